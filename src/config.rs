@@ -1,0 +1,267 @@
+//! Loader configuration and its validation.
+
+use std::fmt;
+
+/// Which I/O backend the loader threads use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u32)]
+pub enum BackendKind {
+    /// io_uring when the kernel allows it, otherwise the thread-pool fallback.
+    #[default]
+    Auto = 0,
+    /// io_uring only: starting fails when io_uring cannot be set up.
+    IoUring = 1,
+    /// The `pread` thread-pool fallback.
+    Threads = 2,
+}
+
+impl BackendKind {
+    pub(crate) fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(BackendKind::Auto),
+            1 => Some(BackendKind::IoUring),
+            2 => Some(BackendKind::Threads),
+            _ => None,
+        }
+    }
+
+    /// Short name, as shown in stats and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::IoUring => "io_uring",
+            BackendKind::Threads => "threads",
+        }
+    }
+}
+
+/// How a loader is sized and how it batches.
+///
+/// The first six fields are the arguments of the original module's
+/// `Loader(queue_depth, max_file_size, n_workers, dispatch_n, idle_iters, direct)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Requests a worker may have outstanding (queued, in flight or delivered
+    /// and not yet released). Each one owns a buffer of `max_file_size`.
+    pub queue_depth: u32,
+    /// Largest file, in bytes, that loads; a larger one completes with `EFBIG`.
+    pub max_file_size: u64,
+    /// Number of worker contexts (ids `0..n_workers`).
+    pub n_workers: u32,
+    /// A batch is submitted once this many requests are waiting ...
+    pub dispatch_n: u32,
+    /// ... or once the loader loop ran this many passes without a new request.
+    pub idle_iters: u32,
+    /// Read with `O_DIRECT` (bypassing the page cache) where the file system
+    /// allows it; files on file systems that refuse it load buffered.
+    pub direct: bool,
+    /// Loader threads, each with its own io_uring; 0 = one per online core.
+    pub loader_threads: u32,
+    /// Files in flight per loader thread (the io_uring window); 0 = default
+    /// (32 buffered, 128 with `direct`).
+    pub ring_window: u32,
+    /// I/O backend.
+    pub backend: BackendKind,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            queue_depth: 64,
+            max_file_size: 4 << 20,
+            n_workers: 1,
+            dispatch_n: 8,
+            idle_iters: 16,
+            direct: false,
+            loader_threads: 0,
+            ring_window: 0,
+            backend: BackendKind::Auto,
+        }
+    }
+}
+
+/// Limits enforced by [`Config::validate`].
+pub mod limits {
+    /// Largest `queue_depth`.
+    pub const MAX_QUEUE_DEPTH: u32 = 65_536;
+    /// Largest `n_workers`.
+    pub const MAX_WORKERS: u32 = 4_096;
+    /// Largest `max_file_size` (1 GiB).
+    pub const MAX_FILE_SIZE: u64 = 1 << 30;
+    /// Largest `loader_threads`.
+    pub const MAX_LOADER_THREADS: u32 = 64;
+    /// Largest `ring_window`.
+    pub const MAX_RING_WINDOW: u32 = 4_096;
+    /// Largest whole shared region (all buffers of all workers), 256 GiB of
+    /// address space; memory is only used for the bytes actually loaded.
+    pub const MAX_REGION_BYTES: u64 = 256 << 30;
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+    /// The offending field.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config: {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use limits::*;
+        if self.queue_depth == 0 || self.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(ConfigError::new(
+                "queue_depth",
+                format!("{} is not in 1..={MAX_QUEUE_DEPTH}", self.queue_depth),
+            ));
+        }
+        if self.n_workers == 0 || self.n_workers > MAX_WORKERS {
+            return Err(ConfigError::new(
+                "n_workers",
+                format!("{} is not in 1..={MAX_WORKERS}", self.n_workers),
+            ));
+        }
+        if self.max_file_size == 0 || self.max_file_size > MAX_FILE_SIZE {
+            return Err(ConfigError::new(
+                "max_file_size",
+                format!("{} is not in 1..={MAX_FILE_SIZE}", self.max_file_size),
+            ));
+        }
+        if self.dispatch_n == 0 {
+            return Err(ConfigError::new("dispatch_n", "must be at least 1"));
+        }
+        if self.loader_threads > MAX_LOADER_THREADS {
+            return Err(ConfigError::new(
+                "loader_threads",
+                format!("{} is more than {MAX_LOADER_THREADS}", self.loader_threads),
+            ));
+        }
+        if self.ring_window > MAX_RING_WINDOW {
+            return Err(ConfigError::new(
+                "ring_window",
+                format!("{} is more than {MAX_RING_WINDOW}", self.ring_window),
+            ));
+        }
+        let entries = self.n_workers as u64 * self.queue_depth as u64;
+        let total = entries.saturating_mul(buffer_size(self.max_file_size));
+        if entries > u32::MAX as u64 / 2 || total > MAX_REGION_BYTES {
+            return Err(ConfigError::new(
+                "max_file_size",
+                format!(
+                    "n_workers x queue_depth x max_file_size = {total} bytes is more than {MAX_REGION_BYTES}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `loader_threads` with 0 resolved to the number of online cores.
+    pub fn effective_loader_threads(&self) -> u32 {
+        if self.loader_threads != 0 {
+            return self.loader_threads;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+            .clamp(1, limits::MAX_LOADER_THREADS)
+    }
+
+    /// `ring_window` with 0 resolved to the default.
+    pub fn effective_ring_window(&self) -> u32 {
+        match self.ring_window {
+            0 if self.direct => 128,
+            0 => 32,
+            n => n,
+        }
+    }
+}
+
+/// Direct-I/O alignment that every buffer and buffer length honours.
+pub const BUF_ALIGN: u64 = 4096;
+
+/// Bytes reserved per entry: one more than `max_file_size` (so that a larger
+/// file is detected by the read itself), rounded up to [`BUF_ALIGN`].
+pub fn buffer_size(max_file_size: u64) -> u64 {
+    (max_file_size + 1).div_ceil(BUF_ALIGN) * BUF_ALIGN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_zeros_and_absurd_sizes() {
+        let bad = [
+            Config {
+                queue_depth: 0,
+                ..Config::default()
+            },
+            Config {
+                n_workers: 0,
+                ..Config::default()
+            },
+            Config {
+                max_file_size: 0,
+                ..Config::default()
+            },
+            Config {
+                dispatch_n: 0,
+                ..Config::default()
+            },
+            Config {
+                max_file_size: u64::MAX,
+                ..Config::default()
+            },
+            Config {
+                n_workers: 4096,
+                queue_depth: 65536,
+                max_file_size: 1 << 20,
+                ..Config::default()
+            },
+        ];
+        let fields = [
+            "queue_depth",
+            "n_workers",
+            "max_file_size",
+            "dispatch_n",
+            "max_file_size",
+            "max_file_size",
+        ];
+        for (c, f) in bad.iter().zip(fields) {
+            assert_eq!(c.validate().unwrap_err().field(), f, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn buffer_size_leaves_room_to_detect_larger_files() {
+        assert_eq!(buffer_size(1), 4096);
+        assert_eq!(buffer_size(4095), 4096);
+        assert_eq!(buffer_size(4096), 8192);
+        assert_eq!(buffer_size(1 << 20), (1 << 20) + 4096);
+    }
+}

@@ -1,0 +1,295 @@
+//! The loader loop: gather requests from every worker ring, dispatch them to
+//! the backend in batches, hand completions to the owning workers.
+//!
+//! Each loader thread runs this loop with its own backend (its own io_uring).
+//! All threads pop from all workers' request rings (the rings are
+//! multi-consumer), so one busy worker keeps every loader thread fed.
+//!
+//! Batching follows the original module: requests gathered in a pass are
+//! queued in the backend, and the batch is submitted once `dispatch_n` are
+//! waiting, or once `idle_iters` passes found no new request (or the backend
+//! is full). Follow-up steps of files already in flight are submitted at once.
+//!
+//! Waiting: with files in flight and nothing new, the thread blocks in
+//! `io_uring_enter` for at most [`INFLIGHT_WAIT`]; with nothing in flight it
+//! spins [`IDLE_SPIN`] passes and then sleeps on the region's loader futex,
+//! which a worker's `request` wakes. Sleeps time out every [`IDLE_SLEEP`] so
+//! the thread notices a dead parent and never depends on a wake alone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::backend::uring::UringBackend;
+use crate::backend::{Backend, Done, Job};
+use crate::config::BackendKind;
+use crate::error::{Error, Result};
+use crate::region::{Region, ThreadStats, entry_state, now_ns, state};
+
+/// Longest block in the backend while files are in flight and no request
+/// arrives; a new request waits at most this long to be gathered.
+const INFLIGHT_WAIT: Duration = Duration::from_micros(200);
+/// Idle passes (beyond `idle_iters`) before an idle thread sleeps.
+const IDLE_SPIN: u32 = 512;
+/// Longest futex sleep of an idle loader thread.
+const IDLE_SLEEP: Duration = Duration::from_millis(100);
+/// After a shutdown, how long in-flight files may take before they are
+/// cancelled, and how long after that the thread gives up on them.
+const STOP_CANCEL_AFTER: Duration = Duration::from_secs(2);
+const STOP_GIVE_UP_AFTER: Duration = Duration::from_secs(5);
+
+/// Where the loader runs, for the parent-death check.
+#[derive(Clone, Copy)]
+pub(crate) struct ThreadCtx {
+    pub tid: u32,
+    /// In a spawned loader process: the parent's pid. The loader stops when
+    /// its parent is gone, so it never outlives the program that made it.
+    pub parent: Option<i32>,
+}
+
+fn make_backend(region: &Region) -> Result<Box<dyn Backend>> {
+    let cfg = region.cfg();
+    let kind = BackendKind::from_u32(cfg.backend).unwrap_or_default();
+    match kind {
+        BackendKind::Auto | BackendKind::IoUring => {
+            match UringBackend::new(cfg.ring_window, cfg.direct != 0, cfg.max_file_size) {
+                Ok(b) => {
+                    region
+                        .header()
+                        .backend_in_use
+                        .store(BackendKind::IoUring as u32, Ordering::Relaxed);
+                    Ok(Box::new(b))
+                }
+                Err(e) => Err(Error::os(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    "io_uring setup",
+                )),
+            }
+        }
+        BackendKind::Threads => Err(Error::os(
+            libc::ENOSYS,
+            "the thread-pool backend is not built yet",
+        )),
+    }
+}
+
+/// Runs one loader thread until shutdown. Returns the error that stopped it
+/// early, if any.
+pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
+    let mut backend = make_backend(region)?;
+    let cfg = *region.cfg();
+    let h = region.header();
+    let stats = &h.thread_stats[ctx.tid as usize];
+    let n = cfg.n_workers;
+    let qd = cfg.queue_depth;
+    let mut rr = ctx.tid % n;
+    let mut unsubmitted = 0u32;
+    let mut idle = 0u32;
+    let mut done: Vec<Done> = Vec::with_capacity(cfg.ring_window as usize * 2);
+    let mut stop_since: Option<Instant> = None;
+    let mut cancelled = false;
+
+    loop {
+        let stopping = h.state.load(Ordering::Acquire) != state::RUNNING;
+        let mut got = 0u32;
+        if !stopping {
+            'gather: loop {
+                let mut any = false;
+                for k in 0..n {
+                    if backend.room() == 0 {
+                        break 'gather;
+                    }
+                    let w = (rr + k) % n;
+                    let Some(g) = region.worker(w).req.pop() else {
+                        continue;
+                    };
+                    if g / qd != w {
+                        // Not an index this worker owns: a corrupt ring.
+                        // Dropping it is all we can safely do.
+                        continue;
+                    }
+                    // SAFETY: we popped `g` from its worker's request ring,
+                    // so the entry is QUEUED and ours until we complete it.
+                    let path = unsafe { region.queued_path(g) }.as_ptr();
+                    backend.push(Job {
+                        g,
+                        path,
+                        buf: region.buffer(g),
+                        buf_len: region.buf_size(),
+                    });
+                    got += 1;
+                    any = true;
+                }
+                if !any {
+                    break;
+                }
+            }
+            rr = (rr + 1) % n;
+        }
+        unsubmitted += got;
+        idle = if got > 0 { 0 } else { idle.saturating_add(1) };
+
+        let dispatch = unsubmitted > 0
+            && (unsubmitted >= cfg.dispatch_n
+                || idle >= cfg.idle_iters
+                || backend.room() == 0
+                || stopping);
+        if dispatch || backend.has_followups() {
+            backend
+                .submit()
+                .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "submit"))?;
+            unsubmitted = 0;
+        }
+
+        let submitted = backend.in_flight() - unsubmitted as usize;
+        let wait = (got == 0 && unsubmitted == 0 && submitted > 0).then_some(INFLIGHT_WAIT);
+        backend
+            .reap(&mut done, wait)
+            .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "reap"))?;
+        if !done.is_empty() {
+            complete(region, stats, &done);
+            done.clear();
+        }
+
+        if backend.in_flight() == 0 && unsubmitted == 0 && got == 0 {
+            if stopping {
+                break;
+            }
+            if idle > cfg.idle_iters.saturating_add(IDLE_SPIN) {
+                flush_counters(backend.as_mut(), stats);
+                let woke = h.loader_parking.sleep_unless(IDLE_SLEEP, || {
+                    h.state.load(Ordering::Acquire) != state::RUNNING
+                        || (0..n).any(|w| !region.worker(w).req.is_empty())
+                });
+                if !woke {
+                    if let Some(parent) = ctx.parent {
+                        // SAFETY: getppid has no preconditions.
+                        if unsafe { libc::getppid() } != parent {
+                            // The program that spawned us is gone.
+                            let _ = h.state.compare_exchange(
+                                state::RUNNING,
+                                state::STOPPING,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            );
+                        }
+                    }
+                }
+            } else if idle > cfg.idle_iters {
+                std::hint::spin_loop();
+            }
+        } else if stopping {
+            let since = *stop_since.get_or_insert_with(Instant::now);
+            if !cancelled && since.elapsed() > STOP_CANCEL_AFTER {
+                backend.cancel_all();
+                cancelled = true;
+            }
+            if since.elapsed() > STOP_GIVE_UP_AFTER {
+                break;
+            }
+        }
+    }
+    flush_counters(backend.as_mut(), stats);
+    Ok(())
+}
+
+fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
+    let c = backend.take_counters();
+    stats.batches.fetch_add(c.batches, Ordering::Relaxed);
+    stats
+        .buffered_fallbacks
+        .fetch_add(c.buffered_fallbacks, Ordering::Relaxed);
+    stats
+        .direct_reads
+        .fetch_add(c.direct_reads, Ordering::Relaxed);
+    stats.syscalls.fetch_add(c.syscalls, Ordering::Relaxed);
+}
+
+/// Stores each result in its entry and hands the entry to its worker.
+fn complete(region: &Region, stats: &ThreadStats, done: &[Done]) {
+    let qd = region.cfg().queue_depth;
+    let t = now_ns();
+    let (mut bytes, mut errors) = (0u64, 0u64);
+    for d in done {
+        let meta = region.entry(d.g);
+        match d.result {
+            Ok(len) => {
+                meta.size.store(len, Ordering::Relaxed);
+                meta.status.store(0, Ordering::Relaxed);
+                bytes += len;
+            }
+            Err(errno) => {
+                meta.size.store(0, Ordering::Relaxed);
+                meta.status.store(errno, Ordering::Relaxed);
+                errors += 1;
+            }
+        }
+        meta.t_done.store(t, Ordering::Relaxed);
+        let word = meta.state.load(Ordering::Relaxed);
+        meta.state.store(
+            (word & !0xffff_ffff) | entry_state::DONE as u64,
+            Ordering::Relaxed,
+        );
+        let rings = region.worker(d.g / qd);
+        // The release in push publishes the stores above with the entry.
+        rings
+            .comp
+            .push(d.g)
+            .expect("completion ring holds queue_depth entries");
+        rings.block.parking.notify(i32::MAX);
+    }
+    stats
+        .completions
+        .fetch_add(done.len() as u64, Ordering::Relaxed);
+    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+    stats.errors.fetch_add(errors, Ordering::Relaxed);
+}
+
+/// Keeps `loader_threads_alive` honest: decremented when a loader thread
+/// ends in any way (return, error, panic). The last one out moves the state
+/// to STOPPED after a shutdown, or to DEAD otherwise, and wakes all workers.
+pub(crate) struct AliveGuard(pub Arc<Region>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        let h = self.0.header();
+        if h.loader_threads_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let to = if h.state.load(Ordering::Acquire) == state::RUNNING {
+                state::DEAD
+            } else {
+                state::STOPPED
+            };
+            let _ = h
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    (s == state::RUNNING || s == state::STOPPING).then_some(to)
+                });
+            for w in 0..self.0.cfg().n_workers {
+                self.0.worker(w).block.parking.notify_all();
+            }
+        }
+    }
+}
+
+/// Body of a loader thread: runs the loop, records a failure, never unwinds.
+pub(crate) fn thread_main(region: Arc<Region>, ctx: ThreadCtx) {
+    let _guard = AliveGuard(region.clone());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_thread(&region, ctx)));
+    let errno = match r {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("asyncloader: loader thread {} stopped: {e}", ctx.tid);
+            e.errno()
+        }
+        Err(_) => {
+            eprintln!("asyncloader: loader thread {} panicked", ctx.tid);
+            libc::EIO
+        }
+    };
+    if errno != 0 {
+        region
+            .header()
+            .loader_error
+            .store(errno, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,423 @@
+//! The `Loader`: creates or attaches to a region and runs the loader in one
+//! of three ways.
+//!
+//! - [`Loader::start`]: loader threads in this process, in the background.
+//! - [`Loader::spawn`]: `fork` a loader process (the original module's
+//!   `spawn_loader`); the child runs the loader threads and exits at shutdown
+//!   or when its parent is gone.
+//! - [`Loader::become_loader`]: run the loader threads here; returns after
+//!   a shutdown requested by any participant (`become_loader`).
+//!
+//! Shutdown is one state change in the region (RUNNING → STOPPING) plus
+//! wake-ups: loader threads finish the files in flight and exit, waiting
+//! workers wake and get `Shutdown` once nothing is left to deliver. The
+//! process that started threads joins them; the one that forked the loader
+//! reaps it (killing it if it does not exit in time).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{BackendKind, Config};
+use crate::engine::{ThreadCtx, thread_main};
+use crate::error::{Error, ErrorKind, Result};
+use crate::region::{Region, state};
+use crate::worker::{Worker, loader_health};
+
+/// How long `shutdown` waits for a forked loader before it kills it.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Counters of a loader, summed over its threads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests accepted from workers.
+    pub requests: u64,
+    /// Requests completed (loaded or failed).
+    pub completions: u64,
+    /// Bytes loaded.
+    pub bytes: u64,
+    /// Completions that carry an error.
+    pub errors: u64,
+    /// Batches submitted to the backend.
+    pub batches: u64,
+    /// Files that asked for O_DIRECT and were read buffered.
+    pub buffered_fallbacks: u64,
+    /// Reads done with O_DIRECT.
+    pub direct_reads: u64,
+    /// System calls the backend made (submits and waits).
+    pub syscalls: u64,
+    /// Backend in use: "io_uring", "threads", or "none" before the loader runs.
+    pub backend: &'static str,
+    /// Loader threads configured.
+    pub loader_threads: u32,
+    /// Loader threads running now.
+    pub loader_threads_alive: u32,
+    /// "created", "running", "stopping", "stopped" or "dead".
+    pub state: &'static str,
+}
+
+#[derive(Default)]
+struct Local {
+    threads: Vec<JoinHandle<()>>,
+    child: Option<i32>,
+}
+
+/// A loader: the shared region plus, in the process that runs it, the
+/// loader threads or the loader child. Dropping the `Loader` in the process
+/// that created it (or that runs its threads or child) shuts it down.
+/// Processes forked after creation inherit it without owning it: their drop
+/// only unmaps.
+pub struct Loader {
+    region: Arc<Region>,
+    local: Mutex<Local>,
+    /// Process in which this handle was made; a forked copy is not it.
+    pid: u32,
+    created: bool,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+fn state_name(s: u32) -> &'static str {
+    match s {
+        state::CREATED => "created",
+        state::RUNNING => "running",
+        state::STOPPING => "stopping",
+        state::STOPPED => "stopped",
+        _ => "dead",
+    }
+}
+
+impl Loader {
+    /// Creates a loader (its shared region) for `cfg`. No loader runs yet:
+    /// call [`start`](Self::start), [`spawn`](Self::spawn) or
+    /// [`become_loader`](Self::become_loader). Requests made before then
+    /// wait in the rings.
+    pub fn new(cfg: Config) -> Result<Loader> {
+        let region = Region::create(&cfg)?;
+        Ok(Loader {
+            region: Arc::new(region),
+            local: Mutex::new(Local::default()),
+            pid: std::process::id(),
+            created: true,
+        })
+    }
+
+    /// Attaches to the loader named `name` (see [`name`](Self::name)) from
+    /// any process of the same user while the creating process lives.
+    pub fn attach(name: &str) -> Result<Loader> {
+        let region = Region::attach(name)?;
+        Ok(Loader {
+            region: Arc::new(region),
+            local: Mutex::new(Local::default()),
+            pid: std::process::id(),
+            created: false,
+        })
+    }
+
+    /// The name other processes attach with.
+    pub fn name(&self) -> &str {
+        self.region.name()
+    }
+
+    /// The configuration (with `loader_threads` and `ring_window` resolved).
+    pub fn config(&self) -> Config {
+        self.region.cfg().to_config()
+    }
+
+    /// The context of worker `id` (`0..n_workers`).
+    pub fn worker(&self, id: u32) -> Result<Worker> {
+        Worker::new(self.region.clone(), id)
+    }
+
+    /// `Ok` while the loader can deliver; `Shutdown` or `LoaderDead` otherwise.
+    pub fn health(&self) -> Result<()> {
+        loader_health(&self.region)
+    }
+
+    fn claim(&self) -> Result<u32> {
+        let h = self.region.header();
+        h.state
+            .compare_exchange(
+                state::CREATED,
+                state::RUNNING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|s| {
+                Error::new(
+                    if s == state::RUNNING {
+                        ErrorKind::Busy
+                    } else {
+                        ErrorKind::Shutdown
+                    },
+                    format!("the loader is {}", state_name(s)),
+                )
+            })?;
+        let n = self.region.cfg().loader_threads;
+        h.loader_threads_alive.store(n, Ordering::Release);
+        Ok(n)
+    }
+
+    fn unclaim(&self) {
+        let h = self.region.header();
+        h.loader_threads_alive.store(0, Ordering::Release);
+        h.state.store(state::CREATED, Ordering::Release);
+    }
+
+    fn spawn_threads(
+        region: &Arc<Region>,
+        tids: std::ops::Range<u32>,
+        parent: Option<i32>,
+    ) -> std::io::Result<Vec<JoinHandle<()>>> {
+        let mut hs = Vec::new();
+        for tid in tids {
+            let r = region.clone();
+            hs.push(
+                std::thread::Builder::new()
+                    .name(format!("al-loader-{tid}"))
+                    .spawn(move || thread_main(r, ThreadCtx { tid, parent }))?,
+            );
+        }
+        Ok(hs)
+    }
+
+    /// Runs the loader in background threads of this process.
+    pub fn start(&self) -> Result<()> {
+        let n = self.claim()?;
+        self.region
+            .header()
+            .loader_pid
+            .store(std::process::id() as i32, Ordering::Release);
+        match Self::spawn_threads(&self.region, 0..n, None) {
+            Ok(hs) => {
+                self.local.lock().unwrap_or_else(|e| e.into_inner()).threads = hs;
+                Ok(())
+            }
+            Err(e) => {
+                // Threads that did start see STOPPING and exit.
+                self.region
+                    .header()
+                    .state
+                    .store(state::STOPPING, Ordering::Release);
+                self.region.header().loader_parking.notify_all();
+                Err(Error::os(
+                    e.raw_os_error().unwrap_or(libc::EAGAIN),
+                    "spawning loader threads",
+                ))
+            }
+        }
+    }
+
+    /// Forks a loader process. Returns in the parent; the child never returns.
+    pub fn spawn(&self) -> Result<()> {
+        let n = self.claim()?;
+        let parent = std::process::id() as i32;
+        // SAFETY: fork is safe to call; in the child we only run the loader
+        // (io_uring setup, thread spawns, futexes) and then `_exit`, never
+        // returning into the caller's code or running its destructors.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            self.unclaim();
+            return Err(Error::last_os("fork of the loader process"));
+        }
+        if pid == 0 {
+            // Child: the loader process.
+            let h = self.region.header();
+            h.loader_pid
+                .store(std::process::id() as i32, Ordering::Release);
+            // Parent died between fork and here: stop right away.
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != parent {
+                h.state.store(state::STOPPING, Ordering::Release);
+            }
+            let code = match Self::spawn_threads(&self.region, 1..n, Some(parent)) {
+                Ok(hs) => {
+                    thread_main(
+                        self.region.clone(),
+                        ThreadCtx {
+                            tid: 0,
+                            parent: Some(parent),
+                        },
+                    );
+                    for t in hs {
+                        let _ = t.join();
+                    }
+                    0
+                }
+                Err(_) => {
+                    h.state.store(state::DEAD, Ordering::Release);
+                    1
+                }
+            };
+            // SAFETY: terminates the child without running the parent's
+            // atexit handlers or destructors.
+            unsafe { libc::_exit(code) };
+        }
+        self.region.header().loader_pid.store(pid, Ordering::Release);
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).child = Some(pid);
+        Ok(())
+    }
+
+    /// Runs the loader in this thread (plus `loader_threads - 1` more) until
+    /// some participant calls [`shutdown`](Self::shutdown).
+    pub fn become_loader(&self) -> Result<()> {
+        let n = self.claim()?;
+        self.region
+            .header()
+            .loader_pid
+            .store(std::process::id() as i32, Ordering::Release);
+        let hs = match Self::spawn_threads(&self.region, 1..n, None) {
+            Ok(hs) => hs,
+            Err(e) => {
+                self.region
+                    .header()
+                    .state
+                    .store(state::STOPPING, Ordering::Release);
+                self.region.header().loader_parking.notify_all();
+                return Err(Error::os(
+                    e.raw_os_error().unwrap_or(libc::EAGAIN),
+                    "spawning loader threads",
+                ));
+            }
+        };
+        thread_main(self.region.clone(), ThreadCtx { tid: 0, parent: None });
+        for t in hs {
+            let _ = t.join();
+        }
+        match self.region.header().state.load(Ordering::Acquire) {
+            state::STOPPED | state::STOPPING => Ok(()),
+            _ => Err(Error::os(
+                self.region.header().loader_error.load(Ordering::Relaxed),
+                "the loader stopped",
+            )),
+        }
+    }
+
+    /// Stops the loader: files in flight finish, waiting workers wake with
+    /// `Shutdown`, later requests fail. Waits for this process's loader
+    /// threads or loader child to exit. Idempotent; may be called from any
+    /// participant (an attached process only signals).
+    pub fn shutdown(&self) -> Result<()> {
+        let h = self.region.header();
+        let _ = h
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| match s {
+                state::CREATED => Some(state::STOPPED),
+                state::RUNNING => Some(state::STOPPING),
+                _ => None,
+            });
+        h.loader_parking.notify_all();
+        for w in 0..self.region.cfg().n_workers {
+            self.region.worker(w).block.parking.notify_all();
+        }
+        if std::process::id() != self.pid {
+            return Ok(());
+        }
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        for t in local.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(pid) = local.child.take() {
+            reap_child(pid);
+            // A killed child cannot move the state on; do it for it.
+            let _ = h
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                    (s == state::STOPPING).then_some(state::STOPPED)
+                });
+            h.loader_threads_alive.store(0, Ordering::Release);
+        }
+        for w in 0..self.region.cfg().n_workers {
+            self.region.worker(w).block.parking.notify_all();
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over loader threads and workers.
+    pub fn stats(&self) -> Stats {
+        let h = self.region.header();
+        let cfg = self.region.cfg();
+        let mut s = Stats {
+            backend: match BackendKind::from_u32(h.backend_in_use.load(Ordering::Relaxed)) {
+                Some(BackendKind::IoUring) => "io_uring",
+                Some(BackendKind::Threads) => "threads",
+                _ => "none",
+            },
+            loader_threads: cfg.loader_threads,
+            loader_threads_alive: h.loader_threads_alive.load(Ordering::Relaxed),
+            state: state_name(h.state.load(Ordering::Relaxed)),
+            ..Stats::default()
+        };
+        for t in &h.thread_stats[..cfg.loader_threads as usize] {
+            s.completions += t.completions.load(Ordering::Relaxed);
+            s.bytes += t.bytes.load(Ordering::Relaxed);
+            s.errors += t.errors.load(Ordering::Relaxed);
+            s.batches += t.batches.load(Ordering::Relaxed);
+            s.buffered_fallbacks += t.buffered_fallbacks.load(Ordering::Relaxed);
+            s.direct_reads += t.direct_reads.load(Ordering::Relaxed);
+            s.syscalls += t.syscalls.load(Ordering::Relaxed);
+        }
+        for w in 0..cfg.n_workers {
+            s.requests += self
+                .region
+                .worker(w)
+                .block
+                .requests
+                .load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    /// Pid of the process running the loader (0 before it starts).
+    pub fn loader_pid(&self) -> i32 {
+        self.region.header().loader_pid.load(Ordering::Acquire)
+    }
+
+    /// The region, for the C ABI.
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+}
+
+fn reap_child(pid: i32) {
+    let deadline = Instant::now() + CHILD_EXIT_GRACE;
+    let mut killed = false;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing into `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
+        {
+            return;
+        }
+        if !killed && Instant::now() >= deadline {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked copy (a worker process): the loader is not ours.
+            return;
+        }
+        let runs_here = {
+            let l = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            !l.threads.is_empty() || l.child.is_some()
+        };
+        if self.created || runs_here {
+            let _ = self.shutdown();
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! The shared-memory region: header, per-worker rings, entries and buffers.
+//!
+//! One `memfd` holds everything a loader and its workers share, mapped
+//! `MAP_SHARED` by every participant:
+//!
+//! ```text
+//! Header                                  (config, state, parking, stats)
+//! WorkerBlock[n_workers]                  (3 ring indices, parking, counters,
+//!                                          then request/completion/free slots)
+//! EntryMeta[n_workers * queue_depth]      (state, status, size, path)
+//! buffers[n_workers * queue_depth]        (buf_size bytes each, 4 KiB aligned)
+//! ```
+//!
+//! Processes forked after creation inherit the mapping. Unrelated processes
+//! attach by name: the name encodes the creator's pid and the memfd's
+//! descriptor number, reopened through `/proc/<pid>/fd/<fd>`, and a random
+//! nonce that must match the header (so a recycled descriptor number is never
+//! mistaken for the loader). A memfd cannot leak: it disappears with the last
+//! descriptor and mapping, whatever kills the processes.
+//!
+//! Trust: every process mapping a region can corrupt it, as with any shared
+//! memory; participants are cooperating processes of one user. The loader
+//! still never trusts a path length or an index read from the region without
+//! bounds-checking it, so a buggy worker cannot make the loader read or write
+//! outside the region.
+
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+use crate::config::{BackendKind, Config, buffer_size, limits};
+use crate::error::{Error, ErrorKind, Result};
+use crate::futex::Parking;
+use crate::ring::{Ring, RingIndices};
+
+/// `b"ASYNCLDR"` as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"ASYNCLDR");
+/// Bumped whenever the layout below changes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes of path an entry holds, including the terminating NUL (Linux
+/// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
+pub const PATH_CAP: usize = 4096;
+
+/// Loader states (the `state` word of the header).
+pub mod state {
+    /// Created; no loader runs yet. Requests queue up.
+    pub const CREATED: u32 = 0;
+    /// A loader runs (threads or a process).
+    pub const RUNNING: u32 = 1;
+    /// Shutdown requested: the loader finishes what is in flight and exits.
+    pub const STOPPING: u32 = 2;
+    /// The loader exited after a shutdown.
+    pub const STOPPED: u32 = 3;
+    /// The loader died (process killed, threads gone) without a shutdown.
+    pub const DEAD: u32 = 4;
+}
+
+/// Entry states (low 32 bits of `EntryMeta::state`; the high 32 bits are a
+/// generation that changes on every release, so that a stale handle is
+/// recognised).
+pub mod entry_state {
+    /// In the worker's free ring.
+    pub const FREE: u32 = 0;
+    /// Requested: in the request ring or being loaded.
+    pub const QUEUED: u32 = 1;
+    /// Loaded (or failed): in the completion ring or held by the user.
+    pub const DONE: u32 = 2;
+}
+
+/// The configuration as stored in the region.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawConfig {
+    pub queue_depth: u32,
+    pub n_workers: u32,
+    pub dispatch_n: u32,
+    pub idle_iters: u32,
+    pub loader_threads: u32,
+    pub ring_window: u32,
+    pub direct: u32,
+    pub backend: u32,
+    pub max_file_size: u64,
+}
+
+impl RawConfig {
+    fn from_config(c: &Config) -> Self {
+        RawConfig {
+            queue_depth: c.queue_depth,
+            n_workers: c.n_workers,
+            dispatch_n: c.dispatch_n,
+            idle_iters: c.idle_iters,
+            loader_threads: c.effective_loader_threads(),
+            ring_window: c.effective_ring_window(),
+            direct: c.direct as u32,
+            backend: c.backend as u32,
+            max_file_size: c.max_file_size,
+        }
+    }
+
+    /// Back to a [`Config`] (loader_threads and ring_window resolved).
+    pub fn to_config(&self) -> Config {
+        Config {
+            queue_depth: self.queue_depth,
+            max_file_size: self.max_file_size,
+            n_workers: self.n_workers,
+            dispatch_n: self.dispatch_n,
+            idle_iters: self.idle_iters,
+            direct: self.direct != 0,
+            loader_threads: self.loader_threads,
+            ring_window: self.ring_window,
+            backend: BackendKind::from_u32(self.backend).unwrap_or_default(),
+        }
+    }
+}
+
+/// Counters of one loader thread, on their own cache line(s).
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct ThreadStats {
+    pub completions: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub batches: AtomicU64,
+    pub buffered_fallbacks: AtomicU64,
+    pub direct_reads: AtomicU64,
+    pub syscalls: AtomicU64,
+    _pad: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ThreadStats>() == 64);
+
+/// The first bytes of the region.
+#[repr(C, align(128))]
+pub struct Header {
+    pub magic: u64,
+    pub version: u32,
+    pub header_size: u32,
+    pub total_size: u64,
+    pub nonce: u64,
+    pub cfg: RawConfig,
+    pub ring_cap: u32,
+    pub creator_pid: i32,
+    pub buf_size: u64,
+    pub workers_off: u64,
+    pub worker_stride: u64,
+    pub entries_off: u64,
+    pub entry_stride: u64,
+    pub buffers_off: u64,
+    /// One of [`state`].
+    pub state: AtomicU32,
+    /// Pid of the process running the loader; 0 before one starts.
+    pub loader_pid: AtomicI32,
+    /// Loader threads that have not exited yet.
+    pub loader_threads_alive: AtomicU32,
+    /// [`BackendKind`] the running loader chose (0 until it chose).
+    pub backend_in_use: AtomicU32,
+    /// errno of the failure that stopped a loader thread (0 if none).
+    pub loader_error: AtomicI32,
+    /// Loader threads sleep here when idle; workers notify after a request.
+    pub loader_parking: Parking,
+    pub thread_stats: [ThreadStats; limits::MAX_LOADER_THREADS as usize],
+}
+
+/// Per-worker control block; its three slot arrays follow it.
+#[repr(C, align(128))]
+pub struct WorkerBlock {
+    pub req: RingIndices,
+    pub comp: RingIndices,
+    pub free: RingIndices,
+    /// The worker sleeps here in `wait_get`; the loader notifies after a
+    /// completion.
+    pub parking: Parking,
+    /// Requests accepted from this worker.
+    pub requests: AtomicU64,
+    _pad: [u64; 7],
+}
+
+/// Metadata of one entry. Its data buffer lives in the buffers area.
+#[repr(C, align(64))]
+pub struct EntryMeta {
+    /// `generation << 32 | entry_state`.
+    pub state: AtomicU64,
+    /// 0, or the positive errno of a failed load.
+    pub status: AtomicI32,
+    /// Length of `path` without the NUL.
+    pub path_len: AtomicU32,
+    /// Bytes loaded into the buffer.
+    pub size: AtomicU64,
+    /// Nanoseconds (CLOCK_MONOTONIC) when the request was made.
+    pub t_request: AtomicU64,
+    /// Nanoseconds (CLOCK_MONOTONIC) when the load completed.
+    pub t_done: AtomicU64,
+    _pad: [u64; 3],
+    /// The requested path, NUL-terminated. Written by the worker while the
+    /// entry is FREE→QUEUED (before the request-ring push that publishes it),
+    /// read by the loader after popping the request, and by the worker's
+    /// `Entry` after the completion pop; never written while anyone else can
+    /// read it.
+    pub path: UnsafeCell<[u8; PATH_CAP]>,
+}
+
+const _: () = assert!(std::mem::size_of::<EntryMeta>() == 64 + PATH_CAP);
+const _: () = assert!(std::mem::align_of::<Header>() == 128);
+
+/// Where everything is, computed from the configuration alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub ring_cap: u32,
+    pub buf_size: u64,
+    pub workers_off: u64,
+    pub worker_stride: u64,
+    pub entries_off: u64,
+    pub entry_stride: u64,
+    pub buffers_off: u64,
+    pub total_size: u64,
+}
+
+fn round_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+impl Layout {
+    pub fn compute(cfg: &RawConfig) -> Layout {
+        let ring_cap = Ring::capacity_for(cfg.queue_depth);
+        let workers_off = round_up(std::mem::size_of::<Header>() as u64, 128);
+        let worker_stride = round_up(
+            std::mem::size_of::<WorkerBlock>() as u64 + 3 * ring_cap as u64 * 8,
+            128,
+        );
+        let n_entries = cfg.n_workers as u64 * cfg.queue_depth as u64;
+        let entries_off = workers_off + worker_stride * cfg.n_workers as u64;
+        let entry_stride = std::mem::size_of::<EntryMeta>() as u64;
+        let buffers_off = round_up(entries_off + entry_stride * n_entries, 4096);
+        let buf_size = buffer_size(cfg.max_file_size);
+        Layout {
+            ring_cap,
+            buf_size,
+            workers_off,
+            worker_stride,
+            entries_off,
+            entry_stride,
+            buffers_off,
+            total_size: buffers_off + buf_size * n_entries,
+        }
+    }
+}
+
+/// A mapping of a region, local to this process.
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+    fd: OwnedFd,
+    name: String,
+    layout: Layout,
+    cfg: RawConfig,
+}
+
+// SAFETY: the region is plain memory whose shared parts are only accessed
+// through atomics or under the ownership protocol documented on each field;
+// the raw base pointer is valid for the Region's lifetime in any thread.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` only hands out shared references to atomics
+// and raw pointers whose use is governed by the entry ownership protocol.
+unsafe impl Sync for Region {}
+
+/// A worker's rings.
+pub struct WorkerRings<'a> {
+    pub block: &'a WorkerBlock,
+    pub req: Ring<'a>,
+    pub comp: Ring<'a>,
+    pub free: Ring<'a>,
+}
+
+fn random_nonce() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `v`, which is 8 bytes.
+    let n = unsafe { libc::getrandom((&raw mut v).cast(), 8, 0) };
+    if n != 8 {
+        // Not security relevant: the nonce only guards against fd reuse.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        v = t ^ ((std::process::id() as u64) << 32);
+    }
+    v | 1
+}
+
+impl Region {
+    /// Creates and initialises a region for `cfg` (already validated).
+    pub fn create(cfg: &Config) -> Result<Region> {
+        cfg.validate()?;
+        let raw = RawConfig::from_config(cfg);
+        let layout = Layout::compute(&raw);
+        // SAFETY: the name is a valid NUL-terminated string; the returned fd
+        // is checked and then owned.
+        let fd = unsafe { libc::memfd_create(c"asyncloader".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::last_os("memfd_create"));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain syscall on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), layout.total_size as libc::off_t) } != 0 {
+            return Err(Error::last_os("ftruncate of the shared region"));
+        }
+        let base = map(&fd, layout.total_size)?;
+        let nonce = random_nonce();
+        let name = format!(
+            "asyncloader-{}-{}-{:016x}",
+            std::process::id(),
+            fd.as_raw_fd(),
+            nonce
+        );
+        let region = Region {
+            base,
+            len: layout.total_size as usize,
+            fd,
+            name,
+            layout,
+            cfg: raw,
+        };
+        // SAFETY: the mapping is fresh, zero-filled, large enough for a
+        // Header at offset 0 (Layout puts the workers after it) and
+        // page-aligned; nobody else can see it yet, so plain writes are fine.
+        unsafe {
+            let h = base.cast::<Header>();
+            (&raw mut (*h).magic).write(MAGIC);
+            (&raw mut (*h).version).write(LAYOUT_VERSION);
+            (&raw mut (*h).header_size).write(std::mem::size_of::<Header>() as u32);
+            (&raw mut (*h).total_size).write(layout.total_size);
+            (&raw mut (*h).nonce).write(nonce);
+            (&raw mut (*h).cfg).write(raw);
+            (&raw mut (*h).ring_cap).write(layout.ring_cap);
+            (&raw mut (*h).creator_pid).write(std::process::id() as i32);
+            (&raw mut (*h).buf_size).write(layout.buf_size);
+            (&raw mut (*h).workers_off).write(layout.workers_off);
+            (&raw mut (*h).worker_stride).write(layout.worker_stride);
+            (&raw mut (*h).entries_off).write(layout.entries_off);
+            (&raw mut (*h).entry_stride).write(layout.entry_stride);
+            (&raw mut (*h).buffers_off).write(layout.buffers_off);
+        }
+        for w in 0..raw.n_workers {
+            let r = region.worker(w);
+            let (req, comp, free) = region.slot_arrays(w);
+            Ring::init(&r.block.req, req);
+            Ring::init(&r.block.comp, comp);
+            Ring::init(&r.block.free, free);
+            for e in 0..raw.queue_depth {
+                r.free.push(e).expect("free ring holds queue_depth");
+            }
+        }
+        Ok(region)
+    }
+
+    /// Maps the region named `name` (see [`Region::name`]).
+    pub fn attach(name: &str) -> Result<Region> {
+        let bad = || Error::new(ErrorKind::InvalidArgument, "not an asyncloader name");
+        let rest = name.strip_prefix("asyncloader-").ok_or_else(bad)?;
+        let mut it = rest.split('-');
+        let pid: u32 = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let fdn: i32 = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let nonce = it
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or_else(bad)?;
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fdn}")).map_err(|_| bad())?;
+        // SAFETY: valid C string; the fd is checked and then owned.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = Error::last_os("open of the loader's shared region");
+            return Err(if e.errno() == libc::ENOENT {
+                Error::new(
+                    ErrorKind::LoaderDead,
+                    "no such loader (its creating process is gone)",
+                )
+            } else {
+                e
+            });
+        }
+        // SAFETY: fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fstat writes into `st`, a properly sized local.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(Error::last_os("fstat of the shared region"));
+        }
+        let size = st.st_size as u64;
+        if size < std::mem::size_of::<Header>() as u64 {
+            return Err(bad());
+        }
+        let base = map(&fd, size)?;
+        // SAFETY: the mapping is at least a Header long and page-aligned; the
+        // fields read here are written once at creation, before the name
+        // could be known to anyone.
+        let (magic, version, hdr_nonce, total, cfg) = unsafe {
+            let h = &*base.cast::<Header>();
+            (h.magic, h.version, h.nonce, h.total_size, h.cfg)
+        };
+        let unmap = || {
+            // SAFETY: we mapped exactly `size` bytes at `base` above.
+            unsafe { libc::munmap(base.cast(), size as usize) };
+        };
+        if magic != MAGIC || hdr_nonce != nonce {
+            unmap();
+            return Err(bad());
+        }
+        if version != LAYOUT_VERSION {
+            unmap();
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("loader layout version {version}, this library speaks {LAYOUT_VERSION}"),
+            ));
+        }
+        let layout = Layout::compute(&cfg);
+        // SAFETY: as above; the header is fully in the mapping.
+        let h = unsafe { &*base.cast::<Header>() };
+        let consistent = cfg.to_config().validate().is_ok()
+            && total == size
+            && layout.total_size == size
+            && h.ring_cap == layout.ring_cap
+            && h.buf_size == layout.buf_size
+            && h.workers_off == layout.workers_off
+            && h.worker_stride == layout.worker_stride
+            && h.entries_off == layout.entries_off
+            && h.entry_stride == layout.entry_stride
+            && h.buffers_off == layout.buffers_off;
+        if !consistent {
+            unmap();
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "shared region header is inconsistent",
+            ));
+        }
+        Ok(Region {
+            base,
+            len: size as usize,
+            fd,
+            name: name.to_owned(),
+            layout,
+            cfg,
+        })
+    }
+
+    /// The name another process passes to [`Region::attach`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stored configuration.
+    pub fn cfg(&self) -> &RawConfig {
+        &self.cfg
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        // SAFETY: offset 0 of a mapping of at least size_of::<Header>() bytes
+        // (checked at create/attach), page-aligned; shared fields are atomics.
+        unsafe { &*self.base.cast::<Header>() }
+    }
+
+    fn worker_ptr(&self, w: u32) -> *mut u8 {
+        assert!(w < self.cfg.n_workers, "worker id out of range");
+        // SAFETY: w < n_workers, so the block lies inside the mapping by
+        // construction of the layout (validated on attach).
+        unsafe {
+            self.base
+                .add((self.layout.workers_off + w as u64 * self.layout.worker_stride) as usize)
+        }
+    }
+
+    fn slot_arrays(&self, w: u32) -> (&[AtomicU64], &[AtomicU64], &[AtomicU64]) {
+        let cap = self.layout.ring_cap as usize;
+        // SAFETY: the three arrays of `cap` u64 follow the WorkerBlock inside
+        // its stride (Layout::compute reserves 3*cap*8 bytes), the block is
+        // 128-aligned so they are 8-aligned, and the memory is only accessed
+        // atomically.
+        unsafe {
+            let s = self
+                .worker_ptr(w)
+                .add(std::mem::size_of::<WorkerBlock>())
+                .cast::<AtomicU64>();
+            (
+                std::slice::from_raw_parts(s, cap),
+                std::slice::from_raw_parts(s.add(cap), cap),
+                std::slice::from_raw_parts(s.add(2 * cap), cap),
+            )
+        }
+    }
+
+    /// Worker `w`'s control block and rings. Panics if `w >= n_workers`
+    /// (callers check ids first).
+    pub fn worker(&self, w: u32) -> WorkerRings<'_> {
+        // SAFETY: see worker_ptr; the block is 128-aligned (workers_off and
+        // worker_stride are multiples of 128) and only accessed atomically.
+        let block = unsafe { &*self.worker_ptr(w).cast::<WorkerBlock>() };
+        let (req, comp, free) = self.slot_arrays(w);
+        WorkerRings {
+            block,
+            req: Ring::new(&block.req, req),
+            comp: Ring::new(&block.comp, comp),
+            free: Ring::new(&block.free, free),
+        }
+    }
+
+    /// Number of entries (n_workers * queue_depth).
+    pub fn n_entries(&self) -> u32 {
+        self.cfg.n_workers * self.cfg.queue_depth
+    }
+
+    /// Entry `g` (global index `worker * queue_depth + e`). Panics when out
+    /// of range.
+    pub fn entry(&self, g: u32) -> &EntryMeta {
+        assert!(g < self.n_entries(), "entry index out of range");
+        // SAFETY: g < n_entries so the meta lies inside the entries area; the
+        // stride is a multiple of 64 and entries_off is 128-aligned.
+        unsafe {
+            &*self
+                .base
+                .add((self.layout.entries_off + g as u64 * self.layout.entry_stride) as usize)
+                .cast::<EntryMeta>()
+        }
+    }
+
+    /// Start of entry `g`'s data buffer (`buf_size` bytes, 4 KiB aligned).
+    pub fn buffer(&self, g: u32) -> *mut u8 {
+        assert!(g < self.n_entries(), "entry index out of range");
+        // SAFETY: in range as for `entry`.
+        unsafe {
+            self.base
+                .add((self.layout.buffers_off + g as u64 * self.layout.buf_size) as usize)
+        }
+    }
+
+    /// Buffer size per entry (max_file_size + 1 rounded up to 4 KiB).
+    pub fn buf_size(&self) -> u64 {
+        self.layout.buf_size
+    }
+
+    /// Raw pointer to entry `g`'s path bytes.
+    pub fn path_ptr(&self, g: u32) -> *mut u8 {
+        self.entry(g).path.get().cast()
+    }
+
+    /// Entry `g`'s path as a C string, for the loader after it popped `g`
+    /// from a request ring. Writes the terminating NUL itself at the stored
+    /// length (clamped), so a worker that wrote garbage cannot make the
+    /// kernel read past the entry.
+    ///
+    /// # Safety
+    /// The caller must own entry `g` in the QUEUED state (popped from a
+    /// request ring and not yet completed), so no one else writes the path.
+    pub unsafe fn queued_path(&self, g: u32) -> &CStr {
+        let len = (self.entry(g).path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
+        let p = self.path_ptr(g);
+        // SAFETY: len < PATH_CAP so both the NUL write and the slice stay in
+        // the path array; the caller owns the entry (see # Safety).
+        unsafe {
+            *p.add(len) = 0;
+            CStr::from_bytes_until_nul(std::slice::from_raw_parts(p, len + 1))
+                .expect("NUL written above")
+        }
+    }
+
+    /// The descriptor of the memfd.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: base/len describe exactly the mapping made in create/attach;
+        // no reference into it outlives the Region (every user holds an Arc).
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+fn map(fd: &OwnedFd, size: u64) -> Result<*mut u8> {
+    // SAFETY: mapping a descriptor we own, MAP_SHARED, at a kernel-chosen
+    // address; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::last_os("mmap of the shared region"));
+    }
+    Ok(p.cast())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_attach_roundtrips() {
+        let cfg = Config {
+            queue_depth: 3,
+            n_workers: 2,
+            max_file_size: 5000,
+            ..Config::default()
+        };
+        let r = Region::create(&cfg).unwrap();
+        let l = *r.layout();
+        assert_eq!(l.buffers_off % 4096, 0);
+        assert_eq!(l.buf_size, 8192);
+        assert_eq!(r.buffer(5) as usize % 4096, 0);
+        assert_eq!(r.worker(1).free.len(), 3);
+        let a = Region::attach(r.name()).unwrap();
+        assert_eq!(a.layout(), r.layout());
+        // Both mappings see the same memory.
+        r.entry(4).size.store(77, Ordering::Relaxed);
+        assert_eq!(a.entry(4).size.load(Ordering::Relaxed), 77);
+        assert!(Region::attach("asyncloader-1-2-3").is_err());
+        let wrong_nonce = format!(
+            "asyncloader-{}-{}-{:016x}",
+            std::process::id(),
+            r.raw_fd(),
+            1
+        );
+        assert!(Region::attach(&wrong_nonce).is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! Worker contexts and the entries they receive.
+//!
+//! A worker owns `queue_depth` entries. `request` takes a free entry, writes
+//! the path into it and pushes its index onto the worker's request ring;
+//! the loader loads it and pushes the index onto the completion ring;
+//! `try_get`/`wait_get` pop it and hand out an [`Entry`], and releasing the
+//! entry (explicitly or by dropping it) puts it back on the free ring.
+//!
+//! Entry ownership moves with the ring operations (release/acquire pairs), so
+//! at any moment exactly one party may touch an entry's path and buffer:
+//! FREE and DONE entries belong to the worker side, QUEUED ones to the loader.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
+
+/// Spins on the completion ring before sleeping on the futex.
+const SPIN_BEFORE_SLEEP: u32 = 200;
+/// Longest single futex sleep; between sleeps the worker checks that the
+/// loader is alive, so a dead loader is noticed within about this long.
+const SLEEP_SLICE: Duration = Duration::from_millis(20);
+
+/// A worker's handle on the loader. Cheap to create; `Send + Sync` (the
+/// rings are multi-producer/multi-consumer), although the usual pattern is
+/// one worker context per thread or process.
+#[derive(Clone)]
+pub struct Worker {
+    region: Arc<Region>,
+    id: u32,
+    qd: u32,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).finish()
+    }
+}
+
+/// Whether the loader behind `region` can still deliver: `Ok` while it is
+/// created or running, `Shutdown` after a shutdown, `LoaderDead` when the
+/// loader process or threads are gone (which this call then records in the
+/// header, so later calls fail fast).
+pub(crate) fn loader_health(region: &Region) -> Result<()> {
+    let h = region.header();
+    match h.state.load(Ordering::Acquire) {
+        state::CREATED => Ok(()),
+        state::RUNNING => {
+            let pid = h.loader_pid.load(Ordering::Acquire);
+            let dead = h.loader_threads_alive.load(Ordering::Acquire) == 0
+                || (pid > 0 && pid as u32 != std::process::id() && !pid_alive(pid));
+            if dead {
+                let _ = h.state.compare_exchange(
+                    state::RUNNING,
+                    state::DEAD,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                // Wake every other sleeper so it notices too.
+                for w in 0..region.cfg().n_workers {
+                    region.worker(w).block.parking.notify_all();
+                }
+                Err(Error::new(ErrorKind::LoaderDead, "the loader died"))
+            } else {
+                Ok(())
+            }
+        }
+        state::STOPPING | state::STOPPED => {
+            Err(Error::new(ErrorKind::Shutdown, "the loader was shut down"))
+        }
+        _ => Err(Error::new(ErrorKind::LoaderDead, "the loader died")),
+    }
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence/permission.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    // A killed child that its parent has not reaped yet still answers kill(0).
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let after = s.iter().rposition(|&b| b == b')').map(|i| i + 2);
+            !matches!(after.and_then(|i| s.get(i)), Some(b'Z') | Some(b'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(region: Arc<Region>, id: u32) -> Result<Worker> {
+        if id >= region.cfg().n_workers {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "worker id {id} out of range (n_workers = {})",
+                    region.cfg().n_workers
+                ),
+            ));
+        }
+        let qd = region.cfg().queue_depth;
+        Ok(Worker { region, id, qd })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Requests `path` (a file system path; not necessarily UTF-8).
+    pub fn request(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.request_bytes(path.as_ref().as_os_str().as_bytes())
+    }
+
+    /// Requests the file at the path given as raw bytes.
+    ///
+    /// Fails without queueing anything when the path is empty, holds a NUL
+    /// byte, is `PATH_CAP` bytes or longer, when the worker has
+    /// `queue_depth` requests outstanding (`QueueFull`: get and release
+    /// entries first), or when the loader was shut down or died.
+    pub fn request_bytes(&self, path: &[u8]) -> Result<()> {
+        if path.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidPath, "empty path"));
+        }
+        if path.len() >= PATH_CAP {
+            return Err(Error::new(
+                ErrorKind::PathTooLong,
+                format!(
+                    "path of {} bytes; at most {} fit",
+                    path.len(),
+                    PATH_CAP - 1
+                ),
+            ));
+        }
+        if path.contains(&0) {
+            return Err(Error::new(ErrorKind::InvalidPath, "path holds a NUL byte"));
+        }
+        let st = self.region.header().state.load(Ordering::Acquire);
+        if st != state::CREATED && st != state::RUNNING {
+            return Err(loader_health(&self.region).unwrap_err());
+        }
+        let rings = self.region.worker(self.id);
+        let Some(e) = rings.free.pop() else {
+            return Err(Error::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "worker {} has queue_depth = {} requests outstanding",
+                    self.id, self.qd
+                ),
+            ));
+        };
+        debug_assert!(e < self.qd);
+        let g = self.id * self.qd + e;
+        let meta = self.region.entry(g);
+        let word = meta.state.load(Ordering::Acquire);
+        debug_assert_eq!(word as u32, entry_state::FREE);
+        // SAFETY: we popped `e` from the free ring, so this worker side owns
+        // the entry exclusively until the request-ring push below publishes
+        // it; path.len() < PATH_CAP so the copy and the NUL stay inside the
+        // path array.
+        unsafe {
+            let dst = self.region.path_ptr(g);
+            std::ptr::copy_nonoverlapping(path.as_ptr(), dst, path.len());
+            *dst.add(path.len()) = 0;
+        }
+        meta.path_len.store(path.len() as u32, Ordering::Relaxed);
+        meta.status.store(0, Ordering::Relaxed);
+        meta.size.store(0, Ordering::Relaxed);
+        meta.t_request.store(now_ns(), Ordering::Relaxed);
+        meta.state.store(
+            (word & !0xffff_ffff) | entry_state::QUEUED as u64,
+            Ordering::Relaxed,
+        );
+        rings
+            .req
+            .push(g)
+            .expect("request ring holds queue_depth entries");
+        rings.block.requests.fetch_add(1, Ordering::Relaxed);
+        self.region.header().loader_parking.notify(i32::MAX);
+        Ok(())
+    }
+
+    /// Requests that are queued, in flight, or delivered and not released.
+    pub fn outstanding(&self) -> u32 {
+        self.qd - self.region.worker(self.id).free.len()
+    }
+
+    /// Takes a completed entry if one is ready.
+    pub fn try_get(&self) -> Option<Entry> {
+        let g = self.region.worker(self.id).comp.pop()?;
+        Some(self.entry_from(g))
+    }
+
+    fn entry_from(&self, g: u32) -> Entry {
+        debug_assert_eq!(g / self.qd, self.id);
+        let generation = (self.region.entry(g).state.load(Ordering::Acquire) >> 32) as u32;
+        Entry {
+            region: self.region.clone(),
+            g,
+            generation,
+            released: false,
+        }
+    }
+
+    /// Waits for a completed entry, without a time limit. Fails when the
+    /// loader is shut down or dies while nothing is left to deliver.
+    pub fn wait_get(&self) -> Result<Entry> {
+        self.wait_get_deadline(None)
+    }
+
+    /// Waits at most `timeout` for a completed entry (`TimedOut` after).
+    pub fn wait_get_timeout(&self, timeout: Duration) -> Result<Entry> {
+        self.wait_get_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until `deadline` (or forever with `None`) for an entry.
+    pub fn wait_get_deadline(&self, deadline: Option<Instant>) -> Result<Entry> {
+        if let Some(e) = self.try_get() {
+            return Ok(e);
+        }
+        for _ in 0..SPIN_BEFORE_SLEEP {
+            std::hint::spin_loop();
+            if let Some(e) = self.try_get() {
+                return Ok(e);
+            }
+        }
+        let rings = self.region.worker(self.id);
+        loop {
+            if let Some(e) = self.try_get() {
+                return Ok(e);
+            }
+            if let Err(e) = loader_health(&self.region) {
+                // Deliver what completed before the shutdown first.
+                return self.try_get().ok_or(e);
+            }
+            let mut slice = SLEEP_SLICE;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(Error::new(ErrorKind::TimedOut, "wait_get timed out"));
+                }
+                slice = slice.min(d - now);
+            }
+            rings
+                .block
+                .parking
+                .sleep_unless(slice, || !rings.comp.is_empty());
+        }
+    }
+
+    /// The region (for the C ABI and the binary).
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+}
+
+/// A completed request: the path, the loaded bytes or the errno. Holding it
+/// keeps its buffer; releasing it (or dropping it) returns the slot to the
+/// worker. Data stays valid and unchanged until then.
+pub struct Entry {
+    region: Arc<Region>,
+    g: u32,
+    generation: u32,
+    released: bool,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("path", &self.path())
+            .field("len", &self.len())
+            .field("error", &self.error())
+            .finish()
+    }
+}
+
+impl Entry {
+    /// The path that was requested, as bytes.
+    pub fn path_bytes(&self) -> &[u8] {
+        let meta = self.region.entry(self.g);
+        let len = (meta.path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
+        // SAFETY: the entry is DONE and held by this handle: nobody writes
+        // its path until release; len < PATH_CAP keeps the slice in bounds.
+        unsafe { std::slice::from_raw_parts(self.region.path_ptr(self.g), len) }
+    }
+
+    /// The path that was requested.
+    pub fn path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(self.path_bytes()))
+    }
+
+    /// 0 on success, otherwise the positive errno of the failed load
+    /// (`ENOENT`, `EISDIR`, `EINVAL` for a file that is not regular,
+    /// `EFBIG` for a file larger than `max_file_size`, ...).
+    pub fn error(&self) -> i32 {
+        self.region.entry(self.g).status.load(Ordering::Relaxed)
+    }
+
+    /// True when the file loaded.
+    pub fn is_ok(&self) -> bool {
+        self.error() == 0
+    }
+
+    /// Number of bytes loaded (0 for a failed load).
+    pub fn len(&self) -> usize {
+        if !self.is_ok() {
+            return 0;
+        }
+        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size()) as usize
+    }
+
+    /// True when no byte was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file's bytes (empty for a failed load).
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: the buffer holds buf_size bytes and len() <= buf_size; the
+        // entry is DONE and held by this handle, so the loader no longer
+        // writes it and nobody reuses it until release.
+        unsafe { std::slice::from_raw_parts(self.region.buffer(self.g), self.len()) }
+    }
+
+    /// The bytes, or the load's error as an `io::Error`.
+    pub fn result(&self) -> std::io::Result<&[u8]> {
+        match self.error() {
+            0 => Ok(self.data()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Nanoseconds from the request to the completion.
+    pub fn latency_ns(&self) -> u64 {
+        let m = self.region.entry(self.g);
+        m.t_done
+            .load(Ordering::Relaxed)
+            .saturating_sub(m.t_request.load(Ordering::Relaxed))
+    }
+
+    /// Global entry index and generation, for handles kept outside Rust.
+    pub fn raw_parts(&self) -> (u32, u32) {
+        (self.g, self.generation)
+    }
+
+    /// Returns the slot to the worker (same as dropping the entry).
+    pub fn release(mut self) {
+        self.release_inner();
+    }
+
+    fn release_inner(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        // Double release is impossible here (release takes self), and a
+        // stale generation only happens if the region was tampered with.
+        let _ = release_raw(&self.region, self.g, self.generation);
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.release_inner();
+    }
+}
+
+/// Releases entry `g` of generation `generation`: `InvalidArgument` when it
+/// was already released (the generation moved on) or is not delivered.
+pub(crate) fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
+    if g >= region.n_entries() {
+        return Err(Error::new(ErrorKind::InvalidArgument, "no such entry"));
+    }
+    let meta = region.entry(g);
+    let expect = ((generation as u64) << 32) | entry_state::DONE as u64;
+    let next = ((generation.wrapping_add(1) as u64) << 32) | entry_state::FREE as u64;
+    meta.state
+        .compare_exchange(expect, next, Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|_| Error::new(ErrorKind::InvalidArgument, "entry already released"))?;
+    let qd = region.cfg().queue_depth;
+    region
+        .worker(g / qd)
+        .free
+        .push(g % qd)
+        .expect("free ring holds queue_depth entries");
+    Ok(())
+}
