@@ -147,6 +147,8 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
             .reap(&mut done, wait)
             .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "reap"))?;
         if !done.is_empty() {
+            // Counters first, so a worker that sees its entry sees them too.
+            flush_counters(backend.as_mut(), stats);
             complete(region, stats, &done);
             done.clear();
         }
@@ -161,19 +163,18 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                     h.state.load(Ordering::Acquire) != state::RUNNING
                         || (0..n).any(|w| !region.worker(w).req.is_empty())
                 });
-                if !woke {
-                    if let Some(parent) = ctx.parent {
-                        // SAFETY: getppid has no preconditions.
-                        if unsafe { libc::getppid() } != parent {
-                            // The program that spawned us is gone.
-                            let _ = h.state.compare_exchange(
-                                state::RUNNING,
-                                state::STOPPING,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            );
-                        }
-                    }
+                // SAFETY (getppid): no preconditions.
+                if !woke
+                    && let Some(parent) = ctx.parent
+                    && unsafe { libc::getppid() } != parent
+                {
+                    // The program that spawned us is gone.
+                    let _ = h.state.compare_exchange(
+                        state::RUNNING,
+                        state::STOPPING,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
                 }
             } else if idle > cfg.idle_iters {
                 std::hint::spin_loop();
@@ -209,19 +210,20 @@ fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
 fn complete(region: &Region, stats: &ThreadStats, done: &[Done]) {
     let qd = region.cfg().queue_depth;
     let t = now_ns();
-    let (mut bytes, mut errors) = (0u64, 0u64);
     for d in done {
         let meta = region.entry(d.g);
+        // Stats before the push, so a worker holding the entry sees them.
+        stats.completions.fetch_add(1, Ordering::Relaxed);
         match d.result {
             Ok(len) => {
                 meta.size.store(len, Ordering::Relaxed);
                 meta.status.store(0, Ordering::Relaxed);
-                bytes += len;
+                stats.bytes.fetch_add(len, Ordering::Relaxed);
             }
             Err(errno) => {
                 meta.size.store(0, Ordering::Relaxed);
                 meta.status.store(errno, Ordering::Relaxed);
-                errors += 1;
+                stats.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         meta.t_done.store(t, Ordering::Relaxed);
@@ -238,11 +240,6 @@ fn complete(region: &Region, stats: &ThreadStats, done: &[Done]) {
             .expect("completion ring holds queue_depth entries");
         rings.block.parking.notify(i32::MAX);
     }
-    stats
-        .completions
-        .fetch_add(done.len() as u64, Ordering::Relaxed);
-    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-    stats.errors.fetch_add(errors, Ordering::Relaxed);
 }
 
 /// Keeps `loader_threads_alive` honest: decremented when a loader thread
@@ -287,9 +284,6 @@ pub(crate) fn thread_main(region: Arc<Region>, ctx: ThreadCtx) {
         }
     };
     if errno != 0 {
-        region
-            .header()
-            .loader_error
-            .store(errno, Ordering::Relaxed);
+        region.header().loader_error.store(errno, Ordering::Relaxed);
     }
 }

@@ -260,7 +260,10 @@ impl Loader {
             // atexit handlers or destructors.
             unsafe { libc::_exit(code) };
         }
-        self.region.header().loader_pid.store(pid, Ordering::Release);
+        self.region
+            .header()
+            .loader_pid
+            .store(pid, Ordering::Release);
         self.local.lock().unwrap_or_else(|e| e.into_inner()).child = Some(pid);
         Ok(())
     }
@@ -287,7 +290,13 @@ impl Loader {
                 ));
             }
         };
-        thread_main(self.region.clone(), ThreadCtx { tid: 0, parent: None });
+        thread_main(
+            self.region.clone(),
+            ThreadCtx {
+                tid: 0,
+                parent: None,
+            },
+        );
         for t in hs {
             let _ = t.join();
         }
@@ -365,12 +374,7 @@ impl Loader {
             s.syscalls += t.syscalls.load(Ordering::Relaxed);
         }
         for w in 0..cfg.n_workers {
-            s.requests += self
-                .region
-                .worker(w)
-                .block
-                .requests
-                .load(Ordering::Relaxed);
+            s.requests += self.region.worker(w).block.requests.load(Ordering::Relaxed);
         }
         s
     }
@@ -381,6 +385,7 @@ impl Loader {
     }
 
     /// The region, for the C ABI.
+    #[allow(dead_code)] // used by the C ABI
     pub(crate) fn region(&self) -> &Arc<Region> {
         &self.region
     }
@@ -393,7 +398,8 @@ fn reap_child(pid: i32) {
         let mut status = 0;
         // SAFETY: waitpid on our own child, writing into `status`.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
+        if r == pid
+            || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
         {
             return;
         }

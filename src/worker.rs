@@ -133,11 +133,7 @@ impl Worker {
         if path.len() >= PATH_CAP {
             return Err(Error::new(
                 ErrorKind::PathTooLong,
-                format!(
-                    "path of {} bytes; at most {} fit",
-                    path.len(),
-                    PATH_CAP - 1
-                ),
+                format!("path of {} bytes; at most {} fit", path.len(), PATH_CAP - 1),
             ));
         }
         if path.contains(&0) {
@@ -257,6 +253,7 @@ impl Worker {
     }
 
     /// The region (for the C ABI and the binary).
+    #[allow(dead_code)] // used by the C ABI
     pub(crate) fn region(&self) -> &Arc<Region> {
         &self.region
     }
@@ -314,7 +311,8 @@ impl Entry {
         if !self.is_ok() {
             return 0;
         }
-        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size()) as usize
+        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size())
+            as usize
     }
 
     /// True when no byte was loaded.

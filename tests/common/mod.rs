@@ -1,0 +1,134 @@
+//! Helpers shared by the integration tests: generated files, forked
+//! children, a loader in each mode.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use asyncloader::{Config, Entry, Loader, Worker};
+
+/// Deterministic bytes for file `i` of `len` bytes (splitmix64 stream).
+pub fn content(i: u64, len: usize) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `sizes.len()` files into `dir`, returns their paths.
+pub fn make_files(dir: &Path, sizes: &[usize]) -> Vec<PathBuf> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let p = dir.join(format!("f{i:06}_{n}.bin"));
+            std::fs::write(&p, content(i as u64, n)).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Asserts that `e` loaded `path` exactly as it is on disk.
+pub fn check_entry(e: &Entry) {
+    assert_eq!(e.error(), 0, "{:?} failed to load", e.path());
+    let disk = std::fs::read(e.path()).unwrap();
+    assert_eq!(e.len(), disk.len(), "{:?}: size", e.path());
+    assert!(e.data() == &disk[..], "{:?}: bytes differ", e.path());
+}
+
+/// How the loader runs in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Threads,
+    Process,
+    Become,
+}
+
+/// A loader running in `mode`. For `Become`, a helper thread of this
+/// process calls `become_loader` (which the Loader handle shuts down).
+pub struct Running {
+    pub loader: std::sync::Arc<Loader>,
+    become_thread: Option<std::thread::JoinHandle<asyncloader::Result<()>>>,
+}
+
+impl Running {
+    pub fn new(cfg: Config, mode: Mode) -> Running {
+        let loader = std::sync::Arc::new(Loader::new(cfg).unwrap());
+        let mut become_thread = None;
+        match mode {
+            Mode::Threads => loader.start().unwrap(),
+            Mode::Process => loader.spawn().unwrap(),
+            Mode::Become => {
+                let l = loader.clone();
+                become_thread = Some(std::thread::spawn(move || l.become_loader()));
+            }
+        }
+        Running {
+            loader,
+            become_thread,
+        }
+    }
+
+    pub fn worker(&self, id: u32) -> Worker {
+        self.loader.worker(id).unwrap()
+    }
+
+    pub fn stop(mut self) {
+        self.loader.shutdown().unwrap();
+        if let Some(t) = self.become_thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+/// Loads every path through `w`, keeping the queue full, checking every
+/// entry's bytes against the disk; releases in completion order. Returns the
+/// number of entries checked.
+pub fn load_all(w: &Worker, paths: &[PathBuf]) -> usize {
+    let mut next = 0;
+    let mut got = 0;
+    while got < paths.len() {
+        while next < paths.len() {
+            match w.request(&paths[next]) {
+                Ok(()) => next += 1,
+                Err(e) if e.kind() == asyncloader::ErrorKind::QueueFull => break,
+                Err(e) => panic!("request: {e}"),
+            }
+        }
+        let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+        check_entry(&e);
+        e.release();
+        got += 1;
+    }
+    got
+}
+
+/// Runs `f` in a forked child; returns true when it exited 0. The child
+/// never returns into the test harness.
+pub fn in_child(f: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: the child only runs `f` and then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
+        // SAFETY: leaves the child without running the harness's code.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    pid
+}
+
+/// Waits for child `pid`; true when it exited with status 0.
+pub fn child_ok(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}

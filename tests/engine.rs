@@ -1,0 +1,484 @@
+//! Integration tests of the engine against the real kernel: every loaded
+//! byte is compared with the file on disk.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use asyncloader::{Config, ErrorKind, Loader};
+use common::*;
+
+const MAX: u64 = 200_000;
+
+fn cfg(workers: u32, qd: u32) -> Config {
+    Config {
+        n_workers: workers,
+        queue_depth: qd,
+        max_file_size: MAX,
+        loader_threads: 2,
+        ..Config::default()
+    }
+}
+
+/// Boundary sizes around pages and the size limit.
+fn boundary_sizes() -> Vec<usize> {
+    vec![
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        100 * 1024,
+        MAX as usize - 1,
+        MAX as usize,
+    ]
+}
+
+fn run_sizes(mode: Mode, direct: bool, dispatch_n: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = boundary_sizes();
+    let paths = make_files(dir.path(), &sizes);
+    let too_big = dir.path().join("too_big");
+    std::fs::write(&too_big, content(99, MAX as usize + 1)).unwrap();
+    let r = Running::new(
+        Config {
+            direct,
+            dispatch_n,
+            ..cfg(1, 4)
+        },
+        mode,
+    );
+    let w = r.worker(0);
+    assert_eq!(load_all(&w, &paths), paths.len());
+    w.request(&too_big).unwrap();
+    let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e.error(), libc::EFBIG, "one byte over max_file_size");
+    assert!(e.data().is_empty(), "an EFBIG entry holds no data");
+    e.release();
+    let st = r.loader.stats();
+    assert_eq!(st.completions, paths.len() as u64 + 1);
+    assert_eq!(st.errors, 1);
+    assert_eq!(st.backend, "io_uring");
+    if direct {
+        // ext4 (where tempdir lives here) supports O_DIRECT; either way,
+        // every non-empty file was read directly or counted as a fallback.
+        assert!(st.direct_reads + st.buffered_fallbacks >= (paths.len() - 1) as u64);
+    } else {
+        assert_eq!(st.direct_reads, 0);
+    }
+    r.stop();
+}
+
+#[test]
+fn sizes_threads_buffered() {
+    run_sizes(Mode::Threads, false, 1);
+    run_sizes(Mode::Threads, false, 8);
+}
+
+#[test]
+fn sizes_threads_direct() {
+    run_sizes(Mode::Threads, true, 1);
+    run_sizes(Mode::Threads, true, 8);
+}
+
+#[test]
+fn sizes_process_loader() {
+    run_sizes(Mode::Process, false, 4);
+    run_sizes(Mode::Process, true, 1);
+}
+
+#[test]
+fn sizes_become_loader() {
+    run_sizes(Mode::Become, false, 1);
+    run_sizes(Mode::Become, true, 4);
+}
+
+#[test]
+fn direct_on_a_file_system_that_may_refuse_it() {
+    // tmpfs: whatever it answers to O_DIRECT, the files load, and the stats
+    // account for each file as a direct read or a buffered fallback.
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let paths = make_files(dir.path(), &[1, 5000, 70_000]);
+    let r = Running::new(
+        Config {
+            direct: true,
+            ..cfg(1, 4)
+        },
+        Mode::Threads,
+    );
+    assert_eq!(load_all(&r.worker(0), &paths), 3);
+    let st = r.loader.stats();
+    assert_eq!(st.direct_reads + st.buffered_fallbacks, 3, "{st:?}");
+    r.stop();
+}
+
+#[test]
+fn direct_reads_are_direct_on_ext4() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only meaningful where the file system reports a direct-I/O alignment.
+    let paths = make_files(dir.path(), &[10_000, 4096, 123_457]);
+    let r = Running::new(
+        Config {
+            direct: true,
+            ..cfg(1, 4)
+        },
+        Mode::Threads,
+    );
+    assert_eq!(load_all(&r.worker(0), &paths), 3);
+    let st = r.loader.stats();
+    r.stop();
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir.path())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if fs.starts_with("ext") || fs == "xfs" || fs == "btrfs" {
+        assert_eq!(st.direct_reads, 3, "{st:?} on {fs}");
+        assert_eq!(st.buffered_fallbacks, 0, "{st:?} on {fs}");
+    }
+}
+
+#[test]
+fn several_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: Vec<usize> = (0..1200).map(|i| (i * 7919) % 30_000).collect();
+    let paths = make_files(dir.path(), &sizes);
+    let r = Running::new(cfg(4, 16), Mode::Threads);
+    std::thread::scope(|s| {
+        for (k, chunk) in paths.chunks(300).enumerate() {
+            let w = r.worker(k as u32);
+            s.spawn(move || assert_eq!(load_all(&w, chunk), chunk.len()));
+        }
+    });
+    assert_eq!(r.loader.stats().completions, 1200);
+    r.stop();
+}
+
+fn forked_workers(mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: Vec<usize> = (0..900).map(|i| (i * 104_729) % 150_000).collect();
+    let paths = make_files(dir.path(), &sizes);
+    let r = Running::new(cfg(3, 8), mode);
+    let pids: Vec<_> = paths
+        .chunks(300)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let w = r.worker(k as u32);
+            in_child(move || {
+                assert_eq!(load_all(&w, chunk), chunk.len());
+            })
+        })
+        .collect();
+    for pid in pids {
+        assert!(child_ok(pid), "a worker process failed");
+    }
+    assert_eq!(r.loader.stats().completions, 900);
+    r.stop();
+}
+
+#[test]
+fn several_worker_processes_loader_process() {
+    forked_workers(Mode::Process);
+}
+
+#[test]
+fn several_worker_processes_loader_threads_in_parent() {
+    forked_workers(Mode::Threads);
+}
+
+#[test]
+fn stress_20k_requests_random_release_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let n_files = 500;
+    let sizes: Vec<usize> = (0..n_files)
+        .map(|i| 1 + (i * 2654435761) % 20_000)
+        .collect();
+    let paths = make_files(dir.path(), &sizes);
+    let expect: HashMap<PathBuf, Vec<u8>> = paths
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    let r = Running::new(cfg(2, 32), Mode::Threads);
+    let total = 20_000usize;
+    std::thread::scope(|s| {
+        for k in 0..2u32 {
+            let w = r.worker(k);
+            let (paths, expect) = (&paths, &expect);
+            s.spawn(move || {
+                let mut rng = 0x1234_5678_9abc_def0u64 ^ k as u64;
+                let mut next_rand = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut held = Vec::new();
+                let (mut sent, mut got) = (0usize, 0usize);
+                let mine = total / 2;
+                while got < mine {
+                    while sent < mine {
+                        match w.request(&paths[(sent * 31 + k as usize) % paths.len()]) {
+                            Ok(()) => sent += 1,
+                            Err(e) if e.kind() == ErrorKind::QueueFull => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    if let Some(e) = w.try_get() {
+                        assert_eq!(e.error(), 0);
+                        assert!(e.data() == &expect[e.path()][..], "bytes of {:?}", e.path());
+                        held.push(e);
+                        got += 1;
+                    } else if held.is_empty() {
+                        let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+                        assert!(e.data() == &expect[e.path()][..]);
+                        held.push(e);
+                        got += 1;
+                    }
+                    // Release a random subset, in random order.
+                    while !held.is_empty() && (held.len() > 20 || next_rand() % 3 == 0) {
+                        let i = (next_rand() % held.len() as u64) as usize;
+                        held.swap_remove(i).release();
+                    }
+                }
+                drop(held);
+                assert_eq!(w.outstanding(), 0);
+            });
+        }
+    });
+    let st = r.loader.stats();
+    assert_eq!(st.requests, total as u64);
+    assert_eq!(st.completions, total as u64);
+    assert_eq!(st.errors, 0);
+    r.stop();
+}
+
+fn load_one(w: &asyncloader::Worker, path: impl AsRef<std::path::Path>) -> i32 {
+    w.request(path.as_ref()).unwrap();
+    let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e.path(), path.as_ref());
+    e.error()
+}
+
+#[test]
+fn bad_inputs_are_error_entries_with_exact_errno() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let loop_a = dir.path().join("loop_a");
+    let loop_b = dir.path().join("loop_b");
+    std::os::unix::fs::symlink(&loop_b, &loop_a).unwrap();
+    std::os::unix::fs::symlink(&loop_a, &loop_b).unwrap();
+    let good = make_files(dir.path(), &[321])[0].clone();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    let t0 = Instant::now();
+    assert_eq!(load_one(&w, dir.path().join("missing")), libc::ENOENT);
+    assert_eq!(load_one(&w, dir.path()), libc::EISDIR);
+    assert_eq!(
+        load_one(&w, &fifo),
+        libc::EINVAL,
+        "a FIFO is not a regular file"
+    );
+    assert_eq!(load_one(&w, "/dev/zero"), libc::EINVAL, "a device");
+    assert_eq!(load_one(&w, "/dev/null"), libc::EINVAL, "a device");
+    assert_eq!(load_one(&w, &loop_a), libc::ELOOP);
+    assert_eq!(load_one(&w, dir.path().join("missing/x")), libc::ENOENT);
+    assert_eq!(load_one(&w, good.join("x")), libc::ENOTDIR);
+    assert_eq!(load_one(&w, &link), 0, "a symlink to a file loads");
+    assert!(t0.elapsed() < Duration::from_secs(5), "nothing blocks");
+    // The loader still works after all that.
+    assert_eq!(load_all(&w, &[good]), 1);
+    r.stop();
+}
+
+#[test]
+fn permission_denied_when_not_root_readable() {
+    // Root reads everything; only meaningful for other users.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = make_files(dir.path(), &[10])[0].clone();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    assert_eq!(load_one(&r.worker(0), &p), libc::EACCES);
+    r.stop();
+}
+
+#[test]
+fn procfs_file_with_zero_stat_size_loads_its_content() {
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    w.request("/proc/self/status").unwrap();
+    let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e.error(), 0);
+    assert!(e.len() > 100, "stat says 0 bytes, the read finds more");
+    assert!(e.data().starts_with(b"Name:"));
+    drop(e);
+    r.stop();
+}
+
+#[test]
+fn request_errors_fail_fast_and_queue_nothing() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    let w = l.worker(1).unwrap();
+    assert_eq!(w.request("").unwrap_err().kind(), ErrorKind::InvalidPath);
+    let long = "a/".repeat(2048);
+    let e = w.request(&long).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PathTooLong);
+    assert_eq!(e.errno(), libc::ENAMETOOLONG);
+    assert_eq!(
+        w.request_bytes(b"nul\0inside").unwrap_err().kind(),
+        ErrorKind::InvalidPath
+    );
+    assert_eq!(w.outstanding(), 0);
+    // Requests queue before the loader starts; the third one is refused.
+    w.request("/proc/self/stat").unwrap();
+    w.request("/proc/self/stat").unwrap();
+    let e = w.request("/proc/self/stat").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QueueFull);
+    assert_eq!(e.errno(), libc::EAGAIN);
+    assert!(w.try_get().is_none());
+    assert_eq!(l.worker(2).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    l.start().unwrap();
+    assert_eq!(l.start().unwrap_err().kind(), ErrorKind::Busy);
+    for _ in 0..2 {
+        let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(e.error(), 0);
+    }
+    assert_eq!(w.outstanding(), 0);
+    l.shutdown().unwrap();
+}
+
+#[test]
+fn path_of_exactly_path_max_minus_one_is_accepted() {
+    // 4095 bytes fit (plus the NUL); the kernel then says what it thinks.
+    let l = Loader::new(cfg(1, 2)).unwrap();
+    let w = l.worker(0).unwrap();
+    let p = format!("/{}", "x".repeat(4094));
+    w.request(&p).unwrap();
+    l.start().unwrap();
+    let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e.error(), libc::ENAMETOOLONG, "a component over NAME_MAX");
+    assert_eq!(e.path_bytes(), p.as_bytes());
+    drop(e);
+    l.shutdown().unwrap();
+}
+
+#[test]
+fn wait_get_times_out_without_requests() {
+    let r = Running::new(cfg(1, 2), Mode::Threads);
+    let t0 = Instant::now();
+    let e = r
+        .worker(0)
+        .wait_get_timeout(Duration::from_millis(100))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    r.stop();
+}
+
+#[test]
+fn shutdown_wakes_waiters_and_refuses_requests() {
+    let r = Running::new(cfg(1, 2), Mode::Process);
+    let w = r.worker(0);
+    let waiter = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            (w.wait_get().map(|_| ()), t0.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    r.loader.shutdown().unwrap();
+    let (res, waited) = waiter.join().unwrap();
+    assert_eq!(res.unwrap_err().kind(), ErrorKind::Shutdown);
+    assert!(waited < Duration::from_secs(5));
+    assert_eq!(
+        w.request("/etc/hostname").unwrap_err().kind(),
+        ErrorKind::Shutdown
+    );
+    assert_eq!(r.loader.stats().state, "stopped");
+    r.stop();
+}
+
+#[test]
+fn dead_loader_process_is_noticed_in_bounded_time() {
+    let r = Running::new(cfg(1, 2), Mode::Process);
+    let w = r.worker(0);
+    let pid = r.loader.loader_pid();
+    assert!(pid > 0);
+    // SAFETY: killing the loader child we spawned.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    let e = w.wait_get().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LoaderDead);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(
+        w.request("/etc/hostname").unwrap_err().kind(),
+        ErrorKind::LoaderDead
+    );
+    r.stop();
+}
+
+#[test]
+fn attach_by_name_shares_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[10, 20_000, 77_777]);
+    let r = Running::new(cfg(2, 4), Mode::Threads);
+    let other = Loader::attach(r.loader.name()).unwrap();
+    assert_eq!(other.config(), r.loader.config());
+    assert_eq!(load_all(&other.worker(1).unwrap(), &paths), 3);
+    drop(other); // an attached handle does not stop the loader
+    assert_eq!(load_all(&r.worker(0), &paths), 3);
+    assert!(Loader::attach("asyncloader-1-1-1").is_err());
+    assert!(Loader::attach("nonsense").is_err());
+    r.stop();
+}
+
+#[test]
+fn invalid_configs_are_errors() {
+    for c in [
+        Config {
+            n_workers: 0,
+            ..Config::default()
+        },
+        Config {
+            queue_depth: 0,
+            ..Config::default()
+        },
+        Config {
+            max_file_size: 1 << 40,
+            ..Config::default()
+        },
+    ] {
+        assert_eq!(Loader::new(c).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    }
+}
+
+#[test]
+fn file_that_grows_past_the_limit_while_queued_is_efbig() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("grows");
+    std::fs::write(&p, content(1, 1000)).unwrap();
+    let l = Loader::new(cfg(1, 2)).unwrap();
+    let w = l.worker(0).unwrap();
+    w.request(&p).unwrap();
+    std::fs::write(&p, content(1, MAX as usize + 10)).unwrap();
+    l.start().unwrap();
+    let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e.error(), libc::EFBIG);
+    drop(e);
+    std::fs::write(&p, content(1, 10)).unwrap();
+    assert_eq!(load_all(&w, &[p]), 1);
+    l.shutdown().unwrap();
+}

@@ -1,0 +1,132 @@
+//! Process and resource lifecycle: idle CPU, shutdown leaves nothing behind,
+//! a spawned loader never outlives its parent.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+use asyncloader::{Config, Loader};
+use common::*;
+
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime); `after` starts at field 3.
+    Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
+}
+
+fn gone_or_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s[s.rfind(')').unwrap() + 2..].starts_with(['Z', 'X']),
+    }
+}
+
+#[test]
+fn idle_loader_uses_almost_no_cpu() {
+    let l = Loader::new(Config {
+        n_workers: 4,
+        loader_threads: 2,
+        ..Config::default()
+    })
+    .unwrap();
+    l.spawn().unwrap();
+    let w = l.worker(0).unwrap();
+    w.request("/proc/self/stat").unwrap();
+    drop(w.wait_get_timeout(Duration::from_secs(10)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = l.loader_pid();
+    let t0 = cpu_ticks(pid).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid).unwrap() - t0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    // Under 1% is the target; allow scheduler noise up to 3% of one core.
+    assert!(
+        used * 100 <= 3 * hz,
+        "idle loader used {used} ticks of {hz} per second"
+    );
+    l.shutdown().unwrap();
+}
+
+fn count_dir(p: &str) -> usize {
+    std::fs::read_dir(p).unwrap().count()
+}
+
+#[test]
+fn shutdown_leaves_no_thread_descriptor_or_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[1, 5000, 100_000]);
+    // In a forked child the process has one thread and only our descriptors,
+    // so the counts are not disturbed by the other tests running in parallel.
+    let pid = in_child(move || {
+        let fds0 = count_dir("/proc/self/fd");
+        let tasks0 = count_dir("/proc/self/task");
+        for mode in [Mode::Threads, Mode::Process, Mode::Become] {
+            let r = Running::new(
+                Config {
+                    n_workers: 2,
+                    queue_depth: 4,
+                    loader_threads: 2,
+                    max_file_size: 1 << 20,
+                    ..Config::default()
+                },
+                mode,
+            );
+            assert_eq!(load_all(&r.worker(1), &paths), 3);
+            let loader_pid = r.loader.loader_pid();
+            r.stop();
+            if mode == Mode::Process {
+                // Reaped by shutdown: no zombie left.
+                // SAFETY: probing a pid.
+                let alive = unsafe { libc::kill(loader_pid, 0) } == 0;
+                assert!(!alive, "loader process {loader_pid} still exists");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(count_dir("/proc/self/fd"), fds0, "descriptors leaked");
+        assert_eq!(count_dir("/proc/self/task"), tasks0, "threads left behind");
+    });
+    assert!(child_ok(pid));
+}
+
+#[test]
+fn spawned_loader_exits_when_its_parent_dies() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let wfd = fds[1];
+    let pid = in_child(move || {
+        let l = Loader::new(Config {
+            loader_threads: 1,
+            ..Config::default()
+        })
+        .unwrap();
+        l.spawn().unwrap();
+        let lp = l.loader_pid();
+        // SAFETY: writing 4 bytes from a local to our pipe.
+        unsafe { libc::write(wfd, (&raw const lp).cast(), 4) };
+        // Die without shutting down.
+        // SAFETY: immediate exit of the child.
+        unsafe { libc::_exit(0) };
+    });
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(wfd) };
+    // SAFETY: fds[0] is the read end we own.
+    let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b).unwrap();
+    let loader_pid = i32::from_ne_bytes(b);
+    assert!(child_ok(pid));
+    let t0 = Instant::now();
+    while !gone_or_zombie(loader_pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "orphaned loader {loader_pid} is still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
