@@ -1,0 +1,1086 @@
+//! `asyncloader bench`: loads the same files with several methods in one
+//! invocation and prints a comparison.
+//!
+//! Rows (methods), all on the same file list in the same order:
+//! - `seq`: `std::fs::read` in a loop on one thread;
+//! - `pool`: `std::fs::read` on a pool of `2 x cores` threads sharing an
+//!   atomic index;
+//! - `threads`: asyncloader with loader threads in this process
+//!   (`Loader::start`) and `--workers` worker threads;
+//! - `process`: asyncloader with a forked loader process (`Loader::spawn`)
+//!   and `--workers` forked worker processes that report through pipes;
+//! - `threads-direct`, `process-direct`: the same with `O_DIRECT`.
+//!
+//! Every asyncloader worker keeps a window of requests in flight: it requests
+//! until `QueueFull`, then takes what completed (`wait_get`, then `try_get`
+//! until empty), releasing each entry, and refills.
+//!
+//! Timing: wall time covers only the loading (from releasing the workers to
+//! the last completion); CPU time is `getrusage(RUSAGE_SELF)` +
+//! `getrusage(RUSAGE_CHILDREN)` over the whole row, including loader setup
+//! and shutdown, with every child reaped before the row ends.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use asyncloader::{Config, ErrorKind, Loader, Stats, Worker};
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use super::datagen::{self, Dist, Spec};
+use super::progress;
+use super::sys::{self, Cpu};
+
+/// A way of loading the files: one row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// `std::fs::read` in a loop, one thread.
+    Seq,
+    /// `std::fs::read` on a thread pool (`--pool-threads`, default 2 x cores).
+    Pool,
+    /// asyncloader, loader threads in this process, worker threads.
+    Threads,
+    /// asyncloader, forked loader process, forked worker processes.
+    Process,
+    /// `threads` with O_DIRECT.
+    ThreadsDirect,
+    /// `process` with O_DIRECT.
+    ProcessDirect,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Seq => "seq",
+            Method::Pool => "pool",
+            Method::Threads => "threads",
+            Method::Process => "process",
+            Method::ThreadsDirect => "threads-direct",
+            Method::ProcessDirect => "process-direct",
+        }
+    }
+
+    fn direct(self) -> bool {
+        matches!(self, Method::ThreadsDirect | Method::ProcessDirect)
+    }
+}
+
+/// Everything `bench` is told.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub dir: Option<PathBuf>,
+    pub ext: Option<String>,
+    pub workers: u32,
+    pub queue_depth: u32,
+    pub dispatch_n: u32,
+    pub idle_iters: u32,
+    pub loader_threads: u32,
+    pub ring_window: u32,
+    pub pool_threads: usize,
+    pub direct: bool,
+    pub cold: bool,
+    pub json: bool,
+    pub files: Option<usize>,
+    pub dist: Dist,
+    pub seed: u64,
+    pub methods: Option<Vec<Method>>,
+    pub repeat: usize,
+    pub warmup: bool,
+    pub progress: bool,
+}
+
+type Res<T> = Result<T, String>;
+
+/// The files of one run.
+struct DataSet {
+    root: PathBuf,
+    files: Vec<PathBuf>,
+    total: u64,
+    max: u64,
+    /// Indices whose bytes are checked: every 97th, the first and the last.
+    sample: Vec<u32>,
+    /// Path bytes of each sampled file → its index.
+    sample_of: HashMap<Vec<u8>, u32>,
+}
+
+impl DataSet {
+    fn list(root: &Path, ext: Option<&str>, limit: Option<usize>) -> Res<DataSet> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", root.display()))?;
+        let mut files = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            let rd = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+            for e in rd {
+                let e = e.map_err(|e| format!("{}: {e}", d.display()))?;
+                let p = e.path();
+                let ft = e.file_type().map_err(|e| format!("{}: {e}", p.display()))?;
+                if ft.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if e.file_name() == datagen::MARKER {
+                    continue;
+                }
+                if let Some(x) = ext
+                    && !e.file_name().as_bytes().ends_with(x.as_bytes())
+                {
+                    continue;
+                }
+                files.push(p);
+            }
+        }
+        files.sort();
+        if let Some(n) = limit {
+            files.truncate(n);
+        }
+        let mut keep = Vec::with_capacity(files.len());
+        let (mut total, mut max) = (0u64, 0u64);
+        for p in files {
+            // Regular files only (symlinks to them count).
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => {
+                    total += m.len();
+                    max = max.max(m.len());
+                    keep.push(p);
+                }
+                _ => {}
+            }
+        }
+        if keep.is_empty() {
+            return Err(format!(
+                "no regular files{} under {}",
+                ext.map(|x| format!(" ending in {x:?}")).unwrap_or_default(),
+                root.display()
+            ));
+        }
+        let n = keep.len() as u32;
+        let mut sample: Vec<u32> = (0..n).step_by(97).collect();
+        if sample.last() != Some(&(n - 1)) {
+            sample.push(n - 1);
+        }
+        let sample_of = sample
+            .iter()
+            .map(|&i| (keep[i as usize].as_os_str().as_bytes().to_vec(), i))
+            .collect();
+        Ok(DataSet {
+            root,
+            files: keep,
+            total,
+            max,
+            sample,
+            sample_of,
+        })
+    }
+}
+
+/// What the workers of one run saw, merged.
+#[derive(Default, Debug)]
+struct Part {
+    ok: u64,
+    errors: u64,
+    bytes: u64,
+    /// Request-to-completion (or per-read) latencies, ns.
+    lat: Vec<u64>,
+    /// (index, length, hash) of each sampled file loaded.
+    samples: Vec<(u32, u64, u64)>,
+    first_error: Option<String>,
+    /// A failure that stopped a worker.
+    fatal: Option<String>,
+}
+
+impl Part {
+    fn merge(&mut self, o: Part) {
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.bytes += o.bytes;
+        self.lat.extend(o.lat);
+        self.samples.extend(o.samples);
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        if self.fatal.is_none() {
+            self.fatal = o.fatal;
+        }
+    }
+
+    fn loaded(&mut self, ds: &DataSet, path: &[u8], data: &[u8], lat: u64) {
+        self.ok += 1;
+        self.bytes += data.len() as u64;
+        self.lat.push(lat);
+        if let Some(&i) = ds.sample_of.get(path) {
+            self.samples
+                .push((i, data.len() as u64, sys::hash_bytes(data)));
+        }
+    }
+
+    fn failed(&mut self, path: &[u8], err: std::io::Error, lat: u64) {
+        self.errors += 1;
+        self.lat.push(lat);
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{}: {err}", String::from_utf8_lossy(path)));
+        }
+    }
+
+    /// Binary encoding for the pipe from a worker process.
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64 + self.lat.len() * 8 + self.samples.len() * 24);
+        let mut put = |x: u64| v.extend_from_slice(&x.to_le_bytes());
+        put(self.ok);
+        put(self.errors);
+        put(self.bytes);
+        put(self.lat.len() as u64);
+        for &l in &self.lat {
+            put(l);
+        }
+        put(self.samples.len() as u64);
+        for &(i, l, h) in &self.samples {
+            put(i as u64);
+            put(l);
+            put(h);
+        }
+        for s in [&self.first_error, &self.fatal] {
+            let b = s.as_deref().unwrap_or("").as_bytes();
+            v.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            v.extend_from_slice(b);
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Res<Part> {
+        let mut c = Cursor { b, at: 0 };
+        let mut p = Part {
+            ok: c.u64()?,
+            errors: c.u64()?,
+            bytes: c.u64()?,
+            ..Part::default()
+        };
+        let n = c.u64()? as usize;
+        p.lat = (0..n).map(|_| c.u64()).collect::<Res<_>>()?;
+        let n = c.u64()? as usize;
+        for _ in 0..n {
+            p.samples.push((c.u64()? as u32, c.u64()?, c.u64()?));
+        }
+        p.first_error = c.string()?;
+        p.fatal = c.string()?;
+        Ok(p)
+    }
+}
+
+/// Reads a worker report.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
+        let s = self
+            .b
+            .get(self.at..self.at.saturating_add(n))
+            .ok_or_else(|| "truncated worker report".to_string())?;
+        self.at += n;
+        Ok(s)
+    }
+
+    fn u64(&mut self) -> Res<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn string(&mut self) -> Res<Option<String>> {
+        let n = self.u64()? as usize;
+        let s = String::from_utf8_lossy(self.take(n)?).into_owned();
+        Ok((!s.is_empty()).then_some(s))
+    }
+}
+
+/// One measured row.
+struct Run {
+    wall_s: f64,
+    cpu: Cpu,
+    part: Part,
+    stats: Option<Stats>,
+    /// Threads (pool) or workers (asyncloader).
+    parallel: usize,
+}
+
+/// Reads files `next..` (shared index) with std::fs::read.
+fn read_files(ds: &DataSet, next: &AtomicUsize, pb: &ProgressBar) -> Part {
+    let mut part = Part {
+        lat: Vec::with_capacity(ds.files.len()),
+        ..Part::default()
+    };
+    let mut since_tick = 0u64;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(p) = ds.files.get(i) else { break };
+        let t = sys::now_ns();
+        let r = std::fs::read(p);
+        let lat = sys::now_ns() - t;
+        let pb_ = p.as_os_str().as_bytes();
+        match r {
+            Ok(d) => part.loaded(ds, pb_, &d, lat),
+            Err(e) => part.failed(pb_, e, lat),
+        }
+        since_tick += 1;
+        if since_tick == 64 {
+            pb.inc(since_tick);
+            since_tick = 0;
+        }
+    }
+    pb.inc(since_tick);
+    part
+}
+
+fn run_pool(ds: &DataSet, threads: usize, pb: &ProgressBar) -> Run {
+    let next = AtomicUsize::new(0);
+    let cpu0 = Cpu::now();
+    let t0 = sys::now_ns();
+    let mut part = Part::default();
+    if threads <= 1 {
+        part = read_files(ds, &next, pb);
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| read_files(ds, &next, pb)))
+                .collect();
+            for h in hs {
+                part.merge(h.join().expect("reader thread panicked"));
+            }
+        });
+    }
+    let wall_s = (sys::now_ns() - t0) as f64 * 1e-9;
+    Run {
+        wall_s,
+        cpu: Cpu::now().since(cpu0),
+        part,
+        stats: None,
+        parallel: threads,
+    }
+}
+
+/// One asyncloader worker's loop over the files `k, k + n, k + 2n, ...`.
+fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressBar) -> Part {
+    let mine: Vec<usize> = (k..ds.files.len()).step_by(n).collect();
+    let mut part = Part {
+        lat: Vec::with_capacity(mine.len()),
+        ..Part::default()
+    };
+    let (mut next, mut done) = (0usize, 0usize);
+    let mut since_tick = 0u64;
+    let take = |e: asyncloader::Entry, part: &mut Part| {
+        let lat = e.latency_ns();
+        match e.error() {
+            0 => part.loaded(ds, e.path_bytes(), e.data(), lat),
+            err => part.failed(e.path_bytes(), std::io::Error::from_raw_os_error(err), lat),
+        }
+        e.release();
+    };
+    while done < mine.len() {
+        while next < mine.len() {
+            match w.request(&ds.files[mine[next]]) {
+                Ok(()) => next += 1,
+                Err(e) if e.kind() == ErrorKind::QueueFull => break,
+                Err(e) => {
+                    part.fatal = Some(format!("request {}: {e}", ds.files[mine[next]].display()));
+                    return part;
+                }
+            }
+        }
+        match w.wait_get_timeout(std::time::Duration::from_secs(60)) {
+            Ok(e) => take(e, &mut part),
+            Err(e) => {
+                part.fatal = Some(format!("wait_get after {done} files: {e}"));
+                return part;
+            }
+        }
+        done += 1;
+        since_tick += 1;
+        while let Some(e) = w.try_get() {
+            take(e, &mut part);
+            done += 1;
+            since_tick += 1;
+        }
+        if since_tick >= 64 {
+            pb.inc(since_tick);
+            since_tick = 0;
+        }
+    }
+    pb.inc(since_tick);
+    part
+}
+
+fn loader_config(o: &Opts, ds: &DataSet, direct: bool) -> Config {
+    Config {
+        queue_depth: o.queue_depth,
+        max_file_size: ds.max.max(1),
+        n_workers: o.workers,
+        dispatch_n: o.dispatch_n,
+        idle_iters: o.idle_iters,
+        direct,
+        loader_threads: o.loader_threads,
+        ring_window: o.ring_window,
+        ..Config::default()
+    }
+}
+
+fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
+    let cpu0 = Cpu::now();
+    let loader = Loader::new(loader_config(o, ds, method.direct())).map_err(|e| e.to_string())?;
+    loader.start().map_err(|e| e.to_string())?;
+    let n = o.workers as usize;
+    let workers = (0..o.workers)
+        .map(|k| loader.worker(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let t0 = sys::now_ns();
+    let mut part = Part::default();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = workers
+            .iter()
+            .enumerate()
+            .map(|(k, w)| s.spawn(move || load_with_worker(w, ds, k, n, pb)))
+            .collect();
+        for h in hs {
+            part.merge(h.join().expect("worker thread panicked"));
+        }
+    });
+    let wall_s = (sys::now_ns() - t0) as f64 * 1e-9;
+    loader.shutdown().map_err(|e| e.to_string())?;
+    let stats = loader.stats();
+    drop(workers);
+    drop(loader);
+    Ok(Run {
+        wall_s,
+        cpu: Cpu::now().since(cpu0),
+        part,
+        stats: Some(stats),
+        parallel: n,
+    })
+}
+
+fn pipe() -> Res<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    Ok((fds[0], fds[1]))
+}
+
+fn close(fd: i32) {
+    // SAFETY: closes a descriptor this code opened and owns.
+    unsafe { libc::close(fd) };
+}
+
+fn write_all(fd: i32, mut b: &[u8]) -> bool {
+    while !b.is_empty() {
+        // SAFETY: writes from a valid slice.
+        let r = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        b = &b[r as usize..];
+    }
+    true
+}
+
+/// Body of a forked worker process; never returns.
+fn worker_child(w: &Worker, ds: &DataSet, k: usize, n: usize, go: i32, out: i32) -> ! {
+    // Wait for the start signal: EOF on `go` once the parent closes it.
+    let mut b = [0u8; 1];
+    // SAFETY: reads into a valid 1-byte buffer.
+    while unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load_with_worker(w, ds, k, n, &ProgressBar::hidden())
+    }));
+    let code = match r {
+        Ok(part) => {
+            if write_all(out, &part.encode()) {
+                0
+            } else {
+                2
+            }
+        }
+        Err(_) => 3,
+    };
+    // SAFETY: ends the forked child without running the parent's
+    // destructors or atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
+    let cpu0 = Cpu::now();
+    let loader = Loader::new(loader_config(o, ds, method.direct())).map_err(|e| e.to_string())?;
+    loader.spawn().map_err(|e| e.to_string())?;
+    let n = o.workers as usize;
+    let (go_r, go_w) = pipe()?;
+    let mut children: Vec<(i32, i32)> = Vec::new(); // (pid, read end)
+    let mut failure = None;
+    for k in 0..n {
+        let w = match loader.worker(k as u32) {
+            Ok(w) => w,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
+        let (r, wr) = pipe()?;
+        // SAFETY: the child only runs the worker loop (the engine's API,
+        // allocation, write) and then _exits; no locks are held across the
+        // fork by this thread, and progress bars are not drawn by a ticker.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            failure = Some(format!("fork: {}", std::io::Error::last_os_error()));
+            close(r);
+            close(wr);
+            break;
+        }
+        if pid == 0 {
+            close(go_w);
+            close(r);
+            for &(_, fd) in &children {
+                close(fd);
+            }
+            worker_child(&w, ds, k, n, go_r, wr);
+        }
+        close(wr);
+        children.push((pid, r));
+    }
+    close(go_r);
+    let t0 = sys::now_ns();
+    close(go_w); // go
+    // Collect the reports; meanwhile show progress from the loader's counters.
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); children.len()];
+    let mut open: Vec<bool> = vec![true; children.len()];
+    let mut t_end = t0;
+    let mut chunk = vec![0u8; 1 << 16];
+    while open.iter().any(|&x| x) {
+        let mut pfds: Vec<libc::pollfd> = children
+            .iter()
+            .zip(&open)
+            .filter(|(_, o)| **o)
+            .map(|(&(_, fd), _)| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: polls a valid array of pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 50) };
+        pb.set_position(loader.stats().completions.min(ds.files.len() as u64));
+        for p in pfds.iter().filter(|p| p.revents != 0) {
+            let i = children.iter().position(|c| c.1 == p.fd).expect("our fd");
+            // SAFETY: reads into a valid buffer.
+            let r = unsafe { libc::read(p.fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+            if r > 0 {
+                bufs[i].extend_from_slice(&chunk[..r as usize]);
+            } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+            {
+                open[i] = false;
+                t_end = sys::now_ns();
+            }
+        }
+    }
+    let wall_s = (t_end - t0) as f64 * 1e-9;
+    let mut part = Part::default();
+    for (i, &(pid, fd)) in children.iter().enumerate() {
+        close(fd);
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+        let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        match Part::decode(&bufs[i]) {
+            Ok(p) if exited_ok => part.merge(p),
+            Ok(p) => {
+                part.merge(p);
+                part.fatal
+                    .get_or_insert_with(|| format!("worker {i} exit status {status:#x}"));
+            }
+            Err(e) => {
+                part.fatal
+                    .get_or_insert_with(|| format!("worker {i} (status {status:#x}): {e}"));
+            }
+        }
+    }
+    // Reaps the loader child, so RUSAGE_CHILDREN includes it.
+    loader.shutdown().map_err(|e| e.to_string())?;
+    let stats = loader.stats();
+    drop(loader);
+    if let Some(f) = failure {
+        part.fatal.get_or_insert(f);
+    }
+    Ok(Run {
+        wall_s,
+        cpu: Cpu::now().since(cpu0),
+        part,
+        stats: Some(stats),
+        parallel: n,
+    })
+}
+
+/// Where the default data sets live.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ASYNCLOADER_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("asyncloader");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("asyncloader")
+}
+
+/// Summary figures of a run, for the table and the JSON.
+struct Figures {
+    files_s: f64,
+    mb_s: f64,
+    cpu_per_1k: f64,
+    p50_us: f64,
+    p99_us: f64,
+    verified: bool,
+    problems: Vec<String>,
+}
+
+fn figures(run: &mut Run, ds: &DataSet, expect: &HashMap<u32, (u64, u64)>) -> Figures {
+    let p = &mut run.part;
+    p.lat.sort_unstable();
+    let n = ds.files.len() as u64;
+    let mut problems = Vec::new();
+    if let Some(f) = &p.fatal {
+        problems.push(f.clone());
+    }
+    if p.ok != n {
+        problems.push(format!(
+            "{} of {n} files loaded, {} failed{}",
+            p.ok,
+            p.errors,
+            p.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    if p.ok == n && p.bytes != ds.total {
+        problems.push(format!("{} bytes loaded, {} expected", p.bytes, ds.total));
+    }
+    let got: HashMap<u32, (u64, u64)> = p.samples.iter().map(|&(i, l, h)| (i, (l, h))).collect();
+    let mut bad = 0;
+    for &i in &ds.sample {
+        match (got.get(&i), expect.get(&i)) {
+            (Some(a), Some(b)) if a == b => {}
+            (None, _) => bad += 1,
+            (Some(_), _) => {
+                bad += 1;
+                if bad <= 3 {
+                    problems.push(format!(
+                        "bytes of {} differ from std::fs::read",
+                        ds.files[i as usize].display()
+                    ));
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        problems.push(format!(
+            "{bad} of {} sampled files not verified",
+            ds.sample.len()
+        ));
+    }
+    let loaded = p.ok.max(1) as f64;
+    Figures {
+        files_s: p.ok as f64 / run.wall_s,
+        mb_s: p.bytes as f64 / 1e6 / run.wall_s,
+        cpu_per_1k: run.cpu.total() / loaded * 1000.0,
+        p50_us: sys::percentile(&p.lat, 0.5) as f64 / 1e3,
+        p99_us: sys::percentile(&p.lat, 0.99) as f64 / 1e3,
+        verified: problems.is_empty(),
+        problems,
+    }
+}
+
+fn label(o: &Opts, m: Method, pool_threads: usize) -> String {
+    match m {
+        Method::Seq => "std::fs::read, 1 thread".into(),
+        Method::Pool => format!("std::fs::read, {pool_threads} threads"),
+        Method::Threads | Method::ThreadsDirect => format!(
+            "asyncloader threads, {} workers{}",
+            o.workers,
+            if m.direct() { ", direct" } else { "" }
+        ),
+        Method::Process | Method::ProcessDirect => format!(
+            "asyncloader process, {} workers{}",
+            o.workers,
+            if m.direct() { ", direct" } else { "" }
+        ),
+    }
+}
+
+/// Runs the bench; returns the process exit code.
+pub fn run(o: Opts) -> Res<i32> {
+    if o.workers == 0 || o.queue_depth == 0 || o.dispatch_n == 0 || o.repeat == 0 {
+        return Err(
+            "--workers, --queue-depth, --dispatch-n and --repeat must be at least 1".into(),
+        );
+    }
+    let say = |s: &str| eprintln!("{s}");
+    let root = match &o.dir {
+        Some(d) => d.clone(),
+        None => {
+            let spec = Spec {
+                dist: o.dist,
+                files: o.files.unwrap_or(20_000),
+                seed: o.seed,
+            };
+            let dir = cache_dir().join(spec.cache_name());
+            if datagen::is_complete(&dir, &spec) {
+                say(&format!("data set: reusing {}", dir.display()));
+            } else {
+                say(&format!(
+                    "data set: generating {} {} files (seed {}) in {} (once; set ASYNCLOADER_CACHE to move it)",
+                    spec.files,
+                    spec.dist,
+                    spec.seed,
+                    dir.display()
+                ));
+                datagen::generate(&dir, &spec, o.progress)
+                    .map_err(|e| format!("generating {}: {e}", dir.display()))?;
+            }
+            dir
+        }
+    };
+    let limit = if o.dir.is_some() { o.files } else { None };
+    let ds = DataSet::list(&root, o.ext.as_deref(), limit)?;
+    let pool_threads = if o.pool_threads == 0 {
+        2 * sys::cores()
+    } else {
+        o.pool_threads
+    };
+    let methods: Vec<Method> = match &o.methods {
+        Some(m) => m.clone(),
+        None => {
+            let mut m = vec![Method::Seq, Method::Pool, Method::Threads, Method::Process];
+            if o.direct {
+                m.extend([Method::ThreadsDirect, Method::ProcessDirect]);
+            }
+            m
+        }
+    };
+    // Probe the page-cache drop once.
+    let mut cold = o.cold;
+    if cold && let Err(e) = sys::drop_page_cache() {
+        say(&format!(
+            "--cold: cannot drop the page cache ({e}; needs root and a writable /proc/sys): rows run WARM"
+        ));
+        cold = false;
+    }
+    say(&format!(
+        "bench: {} files, {:.1} MB under {} ({}), {}",
+        ds.files.len(),
+        ds.total as f64 / 1e6,
+        ds.root.display(),
+        sys::filesystem_of(&ds.root),
+        if cold {
+            "cold: page cache dropped before each row"
+        } else {
+            "warm page cache"
+        }
+    ));
+    if !cold && o.warmup {
+        let pb = progress::bar(o.progress, ds.files.len() as u64, "warm-up (not measured)");
+        run_pool(&ds, pool_threads, &pb);
+        pb.finish_and_clear();
+    }
+
+    let mut runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
+    let mut row_errors: Vec<Option<String>> = methods.iter().map(|_| None).collect();
+    for round in 0..o.repeat {
+        for (mi, &m) in methods.iter().enumerate() {
+            if cold && let Err(e) = sys::drop_page_cache() {
+                say(&format!("--cold: dropping the page cache failed: {e}"));
+            }
+            let title = if o.repeat > 1 {
+                format!("{} ({}/{})", m.name(), round + 1, o.repeat)
+            } else {
+                m.name().to_string()
+            };
+            let pb = progress::bar(o.progress, ds.files.len() as u64, &title);
+            let r = match m {
+                Method::Seq => Ok(run_pool(&ds, 1, &pb)),
+                Method::Pool => Ok(run_pool(&ds, pool_threads, &pb)),
+                Method::Threads | Method::ThreadsDirect => run_threads(&o, &ds, &pb, m),
+                Method::Process | Method::ProcessDirect => run_process(&o, &ds, &pb, m),
+            };
+            pb.finish_and_clear();
+            match r {
+                Ok(r) => runs[mi].push(r),
+                Err(e) => {
+                    say(&format!("{}: {e}", m.name()));
+                    row_errors[mi].get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    // Expected bytes of the sampled files, read after the timed rows.
+    let mut expect = HashMap::new();
+    for &i in &ds.sample {
+        if let Ok(d) = std::fs::read(&ds.files[i as usize]) {
+            expect.insert(i, (d.len() as u64, sys::hash_bytes(&d)));
+        }
+    }
+
+    // Per method: the run with the median files/s.
+    struct Row {
+        method: Method,
+        run: Option<Run>,
+        fig: Option<Figures>,
+        all_files_s: Vec<f64>,
+        error: Option<String>,
+    }
+    let mut rows = Vec::new();
+    for ((mi, &m), rs) in methods.iter().enumerate().zip(runs) {
+        let mut scored: Vec<(f64, Run)> = rs
+            .into_iter()
+            .map(|mut r| {
+                let f = figures(&mut r, &ds, &expect);
+                (f.files_s, r)
+            })
+            .collect();
+        let all: Vec<f64> = scored.iter().map(|s| s.0).collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mid = scored.len().saturating_sub(1) / 2;
+        let mut run = (!scored.is_empty()).then(|| scored.swap_remove(mid).1);
+        let fig = run.as_mut().map(|r| figures(r, &ds, &expect));
+        rows.push(Row {
+            method: m,
+            run,
+            fig,
+            all_files_s: all,
+            error: row_errors[mi].take(),
+        });
+    }
+    let base = |m: Method| {
+        rows.iter()
+            .find(|r| r.method == m)
+            .and_then(|r| r.fig.as_ref())
+            .map(|f| f.files_s)
+    };
+    let (seq_fs, pool_fs) = (base(Method::Seq), base(Method::Pool));
+    let ratio = |x: f64, b: Option<f64>| b.map(|b| x / b);
+
+    // The table.
+    let mut out = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nmachine: {} cores ({}), {}",
+        sys::cores(),
+        sys::cpu_model(),
+        sys::kernel()
+    );
+    let _ = writeln!(
+        out,
+        "data: {} files, {:.1} MB, {}; {}{}",
+        ds.files.len(),
+        ds.total as f64 / 1e6,
+        ds.root.display(),
+        if cold { "cold" } else { "warm" },
+        if o.repeat > 1 {
+            format!(", median of {} runs", o.repeat)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "asyncloader: workers {}, queue_depth {}, dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        o.workers,
+        o.queue_depth,
+        o.dispatch_n,
+        o.idle_iters,
+        if o.loader_threads == 0 {
+            format!("{} (cores)", sys::cores())
+        } else {
+            o.loader_threads.to_string()
+        },
+        if o.ring_window == 0 {
+            "default".to_string()
+        } else {
+            o.ring_window.to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<38} {:>10} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7}  verify",
+        "method", "files/s", "MB/s", "CPU s/1k", "p50 us", "p99 us", "x seq", "x pool"
+    );
+    let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+    for r in &rows {
+        let name = label(&o, r.method, pool_threads);
+        match (&r.fig, &r.error) {
+            (Some(f), _) => {
+                let _ = writeln!(
+                    out,
+                    "{:<38} {:>10.0} {:>9.1} {:>10.4} {:>9.1} {:>9.1} {:>7} {:>7}  {}",
+                    name,
+                    f.files_s,
+                    f.mb_s,
+                    f.cpu_per_1k,
+                    f.p50_us,
+                    f.p99_us,
+                    fmt_ratio(ratio(f.files_s, seq_fs)),
+                    fmt_ratio(ratio(f.files_s, pool_fs)),
+                    if f.verified { "ok" } else { "FAILED" }
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    out,
+                    "{name:<38} failed: {}",
+                    e.as_deref().unwrap_or("no run")
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    for r in &rows {
+        if let (Some(run), Some(s)) = (&r.run, r.run.as_ref().and_then(|r| r.stats.as_ref())) {
+            let files = s.completions.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "{}: backend {}, {} loader threads, {} batches ({:.1} files/batch), {} syscalls ({:.3}/file), direct reads {}, buffered fallbacks {}, errors {}",
+                r.method.name(),
+                s.backend,
+                s.loader_threads,
+                s.batches,
+                files / s.batches.max(1) as f64,
+                s.syscalls,
+                s.syscalls as f64 / files,
+                s.direct_reads,
+                s.buffered_fallbacks,
+                s.errors
+            );
+            let _ = run;
+        }
+    }
+    for r in &rows {
+        if let Some(f) = &r.fig {
+            for p in &f.problems {
+                let _ = writeln!(out, "{}: {p}", r.method.name());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "verify: {} sampled files (every 97th, first, last) compared with std::fs::read; every row must load all {} files and {} bytes",
+        ds.sample.len(),
+        ds.files.len(),
+        ds.total
+    );
+    if o.json {
+        eprint!("{out}");
+    } else {
+        print!("{out}");
+    }
+
+    if o.json {
+        let jrows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "method": r.method.name(),
+                    "label": label(&o, r.method, pool_threads),
+                    "error": r.error,
+                    "runs_files_per_s": r.all_files_s,
+                });
+                if let (Some(run), Some(f)) = (&r.run, &r.fig) {
+                    let m = v.as_object_mut().expect("object");
+                    let extra = json!({
+                        "parallel": run.parallel,
+                        "files": run.part.ok,
+                        "errors": run.part.errors,
+                        "bytes": run.part.bytes,
+                        "seconds": run.wall_s,
+                        "files_per_s": f.files_s,
+                        "mb_per_s": f.mb_s,
+                        "cpu_user_s": run.cpu.user,
+                        "cpu_sys_s": run.cpu.sys,
+                        "cpu_s_per_1k_files": f.cpu_per_1k,
+                        "p50_us": f.p50_us,
+                        "p99_us": f.p99_us,
+                        "ratio_to_seq": ratio(f.files_s, seq_fs),
+                        "ratio_to_pool": ratio(f.files_s, pool_fs),
+                        "verified": f.verified,
+                        "problems": f.problems,
+                        "loader": run.stats.as_ref().map(|s| json!({
+                            "backend": s.backend,
+                            "loader_threads": s.loader_threads,
+                            "requests": s.requests,
+                            "completions": s.completions,
+                            "bytes": s.bytes,
+                            "errors": s.errors,
+                            "batches": s.batches,
+                            "syscalls": s.syscalls,
+                            "syscalls_per_file": s.syscalls as f64 / s.completions.max(1) as f64,
+                            "direct_reads": s.direct_reads,
+                            "buffered_fallbacks": s.buffered_fallbacks,
+                        })),
+                    });
+                    for (k, x) in extra.as_object().expect("object") {
+                        m.insert(k.clone(), x.clone());
+                    }
+                }
+                v
+            })
+            .collect();
+        let doc = json!({
+            "machine": {
+                "cores": sys::cores(),
+                "cpu": sys::cpu_model(),
+                "kernel": sys::kernel(),
+            },
+            "data": {
+                "dir": ds.root,
+                "filesystem": sys::filesystem_of(&ds.root),
+                "files": ds.files.len(),
+                "bytes": ds.total,
+                "max_file_size": ds.max,
+                "sampled": ds.sample.len(),
+            },
+            "cold": cold,
+            "cold_requested": o.cold,
+            "repeat": o.repeat,
+            "config": {
+                "workers": o.workers,
+                "queue_depth": o.queue_depth,
+                "dispatch_n": o.dispatch_n,
+                "idle_iters": o.idle_iters,
+                "loader_threads": o.loader_threads,
+                "ring_window": o.ring_window,
+                "pool_threads": pool_threads,
+            },
+            "rows": jrows,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    }
+    let all_ok = rows
+        .iter()
+        .all(|r| r.error.is_none() && r.fig.as_ref().is_some_and(|f| f.verified));
+    Ok(if all_ok { 0 } else { 1 })
+}

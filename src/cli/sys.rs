@@ -1,0 +1,182 @@
+//! Small system helpers for the bench: clocks, CPU time, the page cache,
+//! and a description of the machine.
+
+use std::io::Write;
+
+/// CLOCK_MONOTONIC in nanoseconds (the same clock the engine stamps entries
+/// with, and one that all processes of the machine share).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// User and system CPU seconds of one `getrusage` target.
+fn rusage_secs(who: libc::c_int) -> (f64, f64) {
+    // SAFETY: rusage is plain old data; getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// CPU time of the whole process tree so far: this process (all threads)
+/// plus every child that has been waited for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl Cpu {
+    pub fn now() -> Cpu {
+        let (su, ss) = rusage_secs(libc::RUSAGE_SELF);
+        let (cu, cs) = rusage_secs(libc::RUSAGE_CHILDREN);
+        Cpu {
+            user: su + cu,
+            sys: ss + cs,
+        }
+    }
+
+    pub fn since(self, start: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - start.user,
+            sys: self.sys - start.sys,
+        }
+    }
+
+    pub fn total(self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+/// `sync; echo 3 > /proc/sys/vm/drop_caches`. Needs root (and a /proc/sys
+/// that is writable, which some containers do not give).
+pub fn drop_page_cache() -> std::io::Result<()> {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/vm/drop_caches")?;
+    f.write_all(b"3\n")
+}
+
+/// Online cores.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// "Linux 6.18.0 x86_64" from uname.
+pub fn kernel() -> String {
+    // SAFETY: utsname is plain old data; uname only writes into it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid utsname to write.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let s = |f: &[libc::c_char]| {
+        let b: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
+}
+
+/// The CPU model from /proc/cpuinfo, if it says.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// File system type and device of the mount that holds `path` (from
+/// /proc/self/mountinfo, longest matching mount point).
+pub fn filesystem_of(path: &std::path::Path) -> String {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return "unknown".into();
+    };
+    let mut best: Option<(usize, String)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|&x| x == "-") else {
+            continue;
+        };
+        if f.len() < 5 || f.len() < sep + 3 {
+            continue;
+        }
+        let mp = f[4];
+        if path.starts_with(mp) && best.as_ref().is_none_or(|(l, _)| mp.len() > *l) {
+            best = Some((
+                mp.len(),
+                format!("{} on {} ({})", f[sep + 1], f[sep + 2], mp),
+            ));
+        }
+    }
+    best.map(|b| b.1).unwrap_or_else(|| "unknown".into())
+}
+
+/// A fast 64-bit hash of a byte string (FNV-style over 8-byte words), used
+/// to compare sampled files with what `std::fs::read` returns.
+pub fn hash_bytes(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ data.len() as u64;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Value at quantile `q` (0..=1) of sorted `v` (nearest rank), 0 if empty.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn hash_sees_every_byte() {
+        let a = vec![7u8; 4099];
+        let mut b = a.clone();
+        b[4098] = 8;
+        assert_ne!(hash_bytes(&a), hash_bytes(&b));
+        b[4098] = 7;
+        b[3] = 0;
+        assert_ne!(hash_bytes(&a), hash_bytes(&b));
+        assert_ne!(hash_bytes(&a[..8]), hash_bytes(&a[..9]));
+    }
+}

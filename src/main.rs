@@ -1,0 +1,173 @@
+//! `asyncloader`: generate data sets and benchmark the loader against
+//! `std::fs::read` baselines. See docs/bench.md.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cli::bench::{self, Method};
+use cli::datagen::{self, Dist, Spec};
+
+#[derive(Parser)]
+#[command(
+    name = "asyncloader",
+    version,
+    about = "io_uring file loader: benchmarks and data sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load every file under DIR with each method and compare (see docs/bench.md).
+    Bench(BenchArgs),
+    /// Write a deterministic synthetic data set into DIR.
+    Gen(GenArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Directory to load (recursively). Without it, a default data set is
+    /// generated once under $ASYNCLOADER_CACHE (or $XDG_CACHE_HOME/asyncloader,
+    /// or ~/.cache/asyncloader) and reused.
+    dir: Option<PathBuf>,
+    /// Only files whose name ends in EXT (e.g. .JPEG).
+    #[arg(long)]
+    ext: Option<String>,
+    /// asyncloader worker threads / processes.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Requests each worker keeps outstanding (and entries it owns).
+    #[arg(long, default_value_t = 64)]
+    queue_depth: u32,
+    /// Loader submits a batch once this many requests wait ...
+    #[arg(long, default_value_t = 8)]
+    dispatch_n: u32,
+    /// ... or after this many loader passes without a new request.
+    #[arg(long, default_value_t = 16)]
+    idle_iters: u32,
+    /// Loader threads, one io_uring each (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    loader_threads: u32,
+    /// Files in flight per loader thread (0 = engine default: 32, 128 direct).
+    #[arg(long, default_value_t = 0)]
+    ring_window: u32,
+    /// Threads of the std::fs::read pool row (0 = 2 x cores).
+    #[arg(long, default_value_t = 0)]
+    pool_threads: usize,
+    /// Add O_DIRECT rows of the asyncloader methods.
+    #[arg(long)]
+    direct: bool,
+    /// Drop the page cache before each row (root only; says so otherwise).
+    #[arg(long)]
+    cold: bool,
+    /// Print the figures as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Files in the default data set; with DIR, load only the first N.
+    #[arg(long)]
+    files: Option<usize>,
+    /// Size distribution of the default data set: imagenet, small, uniform:LO-HI.
+    #[arg(long, default_value = "small")]
+    dist: Dist,
+    /// Seed of the default data set.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Rows to run, comma-separated (default: seq,pool,threads,process, plus
+    /// the -direct rows with --direct).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<Method>>,
+    /// Run every row this many times (interleaved) and report the median.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Skip the unmeasured pass that warms the page cache before warm rows.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Never draw progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Directory to write (created if needed).
+    dir: PathBuf,
+    /// Number of files.
+    #[arg(long, default_value_t = 20_000)]
+    files: usize,
+    /// Size distribution: imagenet (log-normal, median 110 KiB, 4 KiB..2 MiB,
+    /// 100 class dirs), small (4..16 KiB), uniform:LO-HI (e.g. uniform:1K-64K).
+    #[arg(long, default_value = "imagenet")]
+    dist: Dist,
+    /// Seed: the same seed writes identical files.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Never draw progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Gen(a) => {
+            let spec = Spec {
+                dist: a.dist,
+                files: a.files,
+                seed: a.seed,
+            };
+            match datagen::generate(&a.dir, &spec, !a.no_progress) {
+                Ok(s) => {
+                    eprintln!(
+                        "wrote {} files, {:.1} MB ({} seed {}) to {}",
+                        s.files,
+                        s.bytes as f64 / 1e6,
+                        spec.dist,
+                        spec.seed,
+                        a.dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("asyncloader gen: {}: {e}", a.dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench(a) => {
+            let o = bench::Opts {
+                dir: a.dir,
+                ext: a.ext,
+                workers: a.workers,
+                queue_depth: a.queue_depth,
+                dispatch_n: a.dispatch_n,
+                idle_iters: a.idle_iters,
+                loader_threads: a.loader_threads,
+                ring_window: a.ring_window,
+                pool_threads: a.pool_threads,
+                direct: a.direct,
+                cold: a.cold,
+                json: a.json,
+                files: a.files,
+                dist: a.dist,
+                seed: a.seed,
+                methods: a.methods,
+                repeat: a.repeat,
+                warmup: !a.no_warmup,
+                progress: !a.no_progress,
+            };
+            match bench::run(o) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("asyncloader bench: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
