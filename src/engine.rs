@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::backend::threads::ThreadsBackend;
 use crate::backend::uring::UringBackend;
 use crate::backend::{Backend, Done, Job};
 use crate::config::BackendKind;
@@ -47,36 +48,69 @@ pub(crate) struct ThreadCtx {
     pub parent: Option<i32>,
 }
 
-fn make_backend(region: &Region) -> Result<Box<dyn Backend>> {
+/// Environment variable that overrides the configured backend:
+/// `io_uring`, `threads` or `auto`.
+pub const BACKEND_ENV: &str = "ASYNCLOADER_BACKEND";
+
+/// The backend kind asked for: the environment variable wins over the config.
+pub(crate) fn wanted_backend(cfg_kind: u32) -> BackendKind {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("io_uring") | Ok("uring") => BackendKind::IoUring,
+        Ok("threads") | Ok("thread") | Ok("pread") => BackendKind::Threads,
+        Ok("auto") => BackendKind::Auto,
+        _ => BackendKind::from_u32(cfg_kind).unwrap_or_default(),
+    }
+}
+
+fn make_backend(region: &Region, tid: u32) -> Result<Box<dyn Backend>> {
     let cfg = region.cfg();
-    let kind = BackendKind::from_u32(cfg.backend).unwrap_or_default();
-    match kind {
-        BackendKind::Auto | BackendKind::IoUring => {
-            match UringBackend::new(cfg.ring_window, cfg.direct != 0, cfg.max_file_size) {
-                Ok(b) => {
-                    region
-                        .header()
-                        .backend_in_use
-                        .store(BackendKind::IoUring as u32, Ordering::Relaxed);
-                    Ok(Box::new(b))
+    let (window, direct, max) = (cfg.ring_window, cfg.direct != 0, cfg.max_file_size);
+    let kind = wanted_backend(cfg.backend);
+    let chosen: Box<dyn Backend> = match kind {
+        BackendKind::Auto | BackendKind::IoUring => match UringBackend::new(window, direct, max) {
+            Ok(b) => Box::new(b),
+            Err(e) if kind == BackendKind::Auto => {
+                if tid == 0 {
+                    eprintln!(
+                        "asyncloader: io_uring unavailable ({e}); using the thread-pool backend"
+                    );
                 }
-                Err(e) => Err(Error::os(
+                Box::new(threads_backend(window, direct, max)?)
+            }
+            Err(e) => {
+                return Err(Error::os(
                     e.raw_os_error().unwrap_or(libc::EIO),
                     "io_uring setup",
-                )),
+                ));
             }
-        }
-        BackendKind::Threads => Err(Error::os(
-            libc::ENOSYS,
-            "the thread-pool backend is not built yet",
-        )),
-    }
+        },
+        BackendKind::Threads => Box::new(threads_backend(window, direct, max)?),
+    };
+    let in_use = if chosen.is_uring() {
+        BackendKind::IoUring
+    } else {
+        BackendKind::Threads
+    };
+    region
+        .header()
+        .backend_in_use
+        .store(in_use as u32, Ordering::Relaxed);
+    Ok(chosen)
+}
+
+fn threads_backend(window: u32, direct: bool, max: u64) -> Result<ThreadsBackend> {
+    ThreadsBackend::new(window, direct, max).map_err(|e| {
+        Error::os(
+            e.raw_os_error().unwrap_or(libc::EAGAIN),
+            "starting the thread-pool backend",
+        )
+    })
 }
 
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
 pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
-    let mut backend = make_backend(region)?;
+    let mut backend = make_backend(region, ctx.tid)?;
     let cfg = *region.cfg();
     let h = region.header();
     let stats = &h.thread_stats[ctx.tid as usize];

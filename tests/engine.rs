@@ -60,7 +60,7 @@ fn run_sizes(mode: Mode, direct: bool, dispatch_n: u32) {
     let st = r.loader.stats();
     assert_eq!(st.completions, paths.len() as u64 + 1);
     assert_eq!(st.errors, 1);
-    assert_eq!(st.backend, "io_uring");
+    assert_eq!(st.backend, expected_backend());
     if direct {
         // ext4 (where tempdir lives here) supports O_DIRECT; either way,
         // every non-empty file was read directly or counted as a fallback.

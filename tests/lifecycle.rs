@@ -130,3 +130,77 @@ fn spawned_loader_exits_when_its_parent_dies() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Makes `io_uring_setup` fail with `errno` in this (forked, single-threaded)
+/// process, as a container's seccomp profile does.
+fn block_io_uring(errno: u32) {
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let prog = [
+        // seccomp_data.nr is at offset 0.
+        f(ld, 0, 0, 0),
+        f(jeq, 0, 1, libc::SYS_io_uring_setup as u32),
+        f(ret, 0, 0, RET_ERRNO | errno),
+        f(ret, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    // SAFETY: plain prctl calls; `fprog` points at `prog`, alive for the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn falls_back_to_threads_when_io_uring_is_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[0, 1, 4096, 100_000]);
+    for errno in [libc::ENOSYS, libc::EPERM] {
+        let paths = paths.clone();
+        let pid = in_child(move || {
+            block_io_uring(errno as u32);
+            // SAFETY: the forked child has a single thread.
+            unsafe { std::env::remove_var("ASYNCLOADER_BACKEND") };
+            let l = Loader::new(Config {
+                loader_threads: 2,
+                max_file_size: 1 << 20,
+                ..Config::default()
+            })
+            .unwrap();
+            l.start().unwrap();
+            assert_eq!(load_all(&l.worker(0).unwrap(), &paths), 4);
+            assert_eq!(l.stats().backend, "threads");
+            l.shutdown().unwrap();
+            // Asking for io_uring explicitly is an error, not a fallback.
+            let l = Loader::new(Config {
+                backend: asyncloader::BackendKind::IoUring,
+                loader_threads: 1,
+                ..Config::default()
+            })
+            .unwrap();
+            l.start().unwrap();
+            let e = l
+                .worker(0)
+                .unwrap()
+                .wait_get_timeout(Duration::from_secs(5))
+                .unwrap_err();
+            assert_eq!(e.kind(), asyncloader::ErrorKind::LoaderDead);
+            l.shutdown().unwrap();
+        });
+        assert!(child_ok(pid), "fallback with errno {errno}");
+    }
+}

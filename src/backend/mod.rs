@@ -5,10 +5,13 @@
 //! completions. io_uring is the backend; a thread-pool fallback can stand
 //! beside it behind the same trait without touching the rings.
 
+pub mod threads;
 pub mod uring;
 
 use std::ffi::CStr;
 use std::time::Duration;
+
+use crate::config::BUF_ALIGN;
 
 /// One file to load.
 pub struct Job {
@@ -74,4 +77,180 @@ pub trait Backend {
     fn cancel_all(&mut self);
     /// Counters since the last call (then reset).
     fn take_counters(&mut self) -> BackendCounters;
+    /// True for the io_uring backend.
+    fn is_uring(&self) -> bool {
+        false
+    }
+}
+
+/// How to read a file, decided from its statx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Read with O_DIRECT.
+    pub direct: bool,
+    /// Length of the first read.
+    pub req_len: u64,
+    /// The size statx reported (procfs reports 0 for files with content).
+    pub stat_size: u64,
+    /// Direct I/O was asked for and the file system cannot do it.
+    pub fallback: bool,
+}
+
+/// Classifies a statx result: `Err(errno)` for what must not be read
+/// (`EISDIR`, `EINVAL` for anything not a regular file, `EFBIG` over the
+/// limit), otherwise the plan for the first read into a `buf_len` buffer.
+/// A direct read is sized to the file plus one byte, rounded up to the
+/// file's offset alignment, so it neither zero-fills a large buffer nor
+/// misses growth; it is used only when our 4 KiB-aligned buffers satisfy
+/// the alignments statx reports.
+pub fn plan(
+    stx: &libc::statx,
+    direct: bool,
+    max_file_size: u64,
+    buf_len: u64,
+) -> Result<Plan, i32> {
+    let fmt = stx.stx_mode as u32 & libc::S_IFMT;
+    if fmt == libc::S_IFDIR {
+        return Err(libc::EISDIR);
+    }
+    if fmt != libc::S_IFREG {
+        return Err(libc::EINVAL);
+    }
+    let size = stx.stx_size;
+    if size > max_file_size {
+        return Err(libc::EFBIG);
+    }
+    let mut p = Plan {
+        direct: false,
+        req_len: buf_len,
+        stat_size: size,
+        fallback: false,
+    };
+    if direct {
+        let has = stx.stx_mask & libc::STATX_DIOALIGN != 0;
+        let (mem, off) = (
+            stx.stx_dio_mem_align as u64,
+            stx.stx_dio_offset_align as u64,
+        );
+        if has && mem != 0 && off != 0 && mem <= BUF_ALIGN && off <= BUF_ALIGN {
+            p.direct = true;
+            p.req_len = ((size + 1).div_ceil(off) * off).min(buf_len);
+        } else {
+            p.fallback = true;
+        }
+    }
+    Ok(p)
+}
+
+/// What to do after a read of `n` bytes at `offset` that asked for `req_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The file is complete: `total` bytes.
+    Done(u64),
+    /// Read on, buffered, at `offset` for `len` bytes.
+    Continue { offset: u64, len: u64 },
+    /// The file holds more than `max_file_size` bytes.
+    TooBig,
+}
+
+/// Decides whether a file is complete. A read that filled its request may
+/// have more behind it (a file that grew, or a first direct read); a read
+/// that stopped short before the stat size was interrupted; both continue
+/// at the offset reached. Anything past `max_file_size` is `TooBig`.
+pub fn after_read(
+    offset: u64,
+    n: u64,
+    req_len: u64,
+    stat_size: u64,
+    max_file_size: u64,
+    buf_len: u64,
+) -> Next {
+    let total = offset + n;
+    if total > max_file_size {
+        return Next::TooBig;
+    }
+    let filled = n == req_len;
+    let short_of_stat = n > 0 && n < req_len && total < stat_size;
+    if (filled || short_of_stat) && total < buf_len {
+        return Next::Continue {
+            offset: total,
+            len: buf_len - total,
+        };
+    }
+    Next::Done(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stx(mode: u32, size: u64, dio: Option<(u32, u32)>) -> libc::statx {
+        // SAFETY: statx is plain old data.
+        let mut s: libc::statx = unsafe { std::mem::zeroed() };
+        s.stx_mode = mode as u16;
+        s.stx_size = size;
+        if let Some((m, o)) = dio {
+            s.stx_mask |= libc::STATX_DIOALIGN;
+            s.stx_dio_mem_align = m;
+            s.stx_dio_offset_align = o;
+        }
+        s
+    }
+
+    #[test]
+    fn plans() {
+        let reg = libc::S_IFREG | 0o644;
+        assert_eq!(
+            plan(&stx(libc::S_IFDIR, 0, None), false, 100, 4096),
+            Err(libc::EISDIR)
+        );
+        assert_eq!(
+            plan(&stx(libc::S_IFIFO, 0, None), false, 100, 4096),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            plan(&stx(libc::S_IFCHR, 0, None), false, 100, 4096),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            plan(&stx(reg, 101, None), false, 100, 4096),
+            Err(libc::EFBIG)
+        );
+        let p = plan(&stx(reg, 100, None), false, 100, 4096).unwrap();
+        assert_eq!((p.direct, p.req_len, p.fallback), (false, 4096, false));
+        let p = plan(&stx(reg, 100, None), true, 100, 4096).unwrap();
+        assert_eq!((p.direct, p.fallback), (false, true));
+        let p = plan(&stx(reg, 5000, Some((512, 512))), true, 1 << 20, 1 << 21).unwrap();
+        assert_eq!((p.direct, p.req_len), (true, 5120));
+        let p = plan(&stx(reg, 4096, Some((4, 4096))), true, 1 << 20, 1 << 21).unwrap();
+        assert_eq!(p.req_len, 8192, "one byte more than the size, aligned");
+        let p = plan(&stx(reg, 4096, Some((8192, 8192))), true, 1 << 20, 1 << 21).unwrap();
+        assert!(!p.direct && p.fallback, "alignment our buffers cannot meet");
+    }
+
+    #[test]
+    fn reads_complete_continue_or_overflow() {
+        // EOF before the request is filled.
+        assert_eq!(after_read(0, 10, 4096, 10, 100, 4096), Next::Done(10));
+        // procfs: stat size 0, content found.
+        assert_eq!(after_read(0, 700, 4096, 0, 4000, 4096), Next::Done(700));
+        // Filled a direct request sized to the file: there may be more.
+        assert_eq!(
+            after_read(0, 512, 512, 100, 4000, 4096),
+            Next::Continue {
+                offset: 512,
+                len: 3584
+            }
+        );
+        // Interrupted before the stat size.
+        assert_eq!(
+            after_read(0, 100, 4096, 300, 4000, 4096),
+            Next::Continue {
+                offset: 100,
+                len: 3996
+            }
+        );
+        assert_eq!(after_read(0, 4001, 4096, 10, 4000, 4096), Next::TooBig);
+        assert_eq!(after_read(4000, 0, 96, 4000, 4000, 4096), Next::Done(4000));
+    }
 }

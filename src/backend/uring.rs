@@ -33,8 +33,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{Backend, BackendCounters, Done, Job};
-use crate::config::BUF_ALIGN;
+use super::{Backend, BackendCounters, Done, Job, Next, after_read, plan};
 
 const K_STATX: u64 = 0;
 const K_OPEN: u64 = 1;
@@ -206,38 +205,24 @@ impl UringBackend {
         if res < 0 {
             return self.finish(s, Err(-res), out);
         }
-        let st = &self.stx[s as usize];
-        let fmt = st.stx_mode as u32 & libc::S_IFMT;
-        if fmt == libc::S_IFDIR {
-            return self.finish(s, Err(libc::EISDIR), out);
+        let op = self.ops[s as usize];
+        let p = match plan(
+            &self.stx[s as usize],
+            self.direct,
+            self.max_file_size,
+            op.buf_len,
+        ) {
+            Ok(p) => p,
+            Err(e) => return self.finish(s, Err(e), out),
+        };
+        if p.fallback {
+            self.counters.buffered_fallbacks += 1;
         }
-        if fmt != libc::S_IFREG {
-            return self.finish(s, Err(libc::EINVAL), out);
-        }
-        if st.stx_size > self.max_file_size {
-            return self.finish(s, Err(libc::EFBIG), out);
-        }
-        let size = st.stx_size;
-        let has_align = st.stx_mask & libc::STATX_DIOALIGN != 0;
-        let (mem_align, off_align) = (st.stx_dio_mem_align as u64, st.stx_dio_offset_align as u64);
         let op = &mut self.ops[s as usize];
-        op.stat_size = size;
+        op.stat_size = p.stat_size;
         op.offset = 0;
-        op.direct = false;
-        op.req_len = op.buf_len;
-        if self.direct {
-            if has_align
-                && off_align != 0
-                && mem_align != 0
-                && off_align <= BUF_ALIGN
-                && mem_align <= BUF_ALIGN
-            {
-                op.direct = true;
-                op.req_len = ((size + 1).div_ceil(off_align) * off_align).min(op.buf_len);
-            } else {
-                self.counters.buffered_fallbacks += 1;
-            }
-        }
+        op.direct = p.direct;
+        op.req_len = p.req_len;
         self.queue_chain(s);
     }
 
@@ -268,25 +253,28 @@ impl UringBackend {
             }
             return self.finish(s, Err(e), out);
         }
-        let n = op.read_res as u64;
-        let total = op.offset + n;
-        if total > self.max_file_size {
-            return self.finish(s, Err(libc::EFBIG), out);
-        }
-        if op.direct && n > 0 {
+        if op.direct && op.read_res > 0 {
             self.counters.direct_reads += 1;
         }
-        let filled = n == op.req_len;
-        let short_of_stat = n > 0 && n < op.req_len && total < op.stat_size;
-        if (filled || short_of_stat) && total < op.buf_len {
-            // More may follow: continue buffered at the offset reached.
-            let op = &mut self.ops[s as usize];
-            op.direct = false;
-            op.offset = total;
-            op.req_len = op.buf_len - total;
-            return self.queue_chain(s);
+        let n = op.read_res as u64;
+        match after_read(
+            op.offset,
+            n,
+            op.req_len,
+            op.stat_size,
+            self.max_file_size,
+            op.buf_len,
+        ) {
+            Next::Done(total) => self.finish(s, Ok(total), out),
+            Next::TooBig => self.finish(s, Err(libc::EFBIG), out),
+            Next::Continue { offset, len } => {
+                let op = &mut self.ops[s as usize];
+                op.direct = false;
+                op.offset = offset;
+                op.req_len = len;
+                self.queue_chain(s);
+            }
         }
-        self.finish(s, Ok(total), out)
     }
 
     fn drain_cq(&mut self, out: &mut Vec<Done>) {
@@ -403,5 +391,9 @@ impl Backend for UringBackend {
 
     fn take_counters(&mut self) -> BackendCounters {
         std::mem::take(&mut self.counters)
+    }
+
+    fn is_uring(&self) -> bool {
+        true
     }
 }

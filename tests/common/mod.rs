@@ -132,3 +132,12 @@ pub fn child_ok(pid: libc::pid_t) -> bool {
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
+
+/// The backend the loader should pick: the suite runs once per backend,
+/// selected by `ASYNCLOADER_BACKEND`.
+pub fn expected_backend() -> &'static str {
+    match std::env::var("ASYNCLOADER_BACKEND").as_deref() {
+        Ok("threads") => "threads",
+        _ => "io_uring",
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests (which also build and run
+# the C and C++ programs against the shared library), the C programs under
+# AddressSanitizer/UBSan, and the Python package's tests.
+# Usage: bash scripts/test-all.sh      (from any directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test"
+cargo test --all-targets --no-fail-fast 2>&1
+# Doc tests are not part of --all-targets.
+cargo test --doc 2>&1
+# The whole integration suite again on the thread-pool fallback backend.
+echo "== integration tests on the fallback backend (ASYNCLOADER_BACKEND=threads)"
+ASYNCLOADER_BACKEND=threads cargo test --test engine --test lifecycle 2>&1
+
+if [ -f scripts/c-sanitize.sh ]; then
+    echo "== C programs under sanitizers"
+    bash scripts/c-sanitize.sh
+fi
+
+if [ -f python/pyproject.toml ]; then
+    echo "== Python package"
+    bash scripts/test-python.sh
+fi
