@@ -1,0 +1,52 @@
+"""asyncloader: load many whole files fast, through io_uring, into memory
+shared by worker processes.
+
+A drop-in for the original ``AsyncLoader`` C/CPython module (same names,
+same meanings) over ``libasyncloader.so`` via ctypes::
+
+    import asyncloader
+
+    with asyncloader.Loader(queue_depth=64, max_file_size=1 << 20, n_workers=1,
+                            dispatch_n=8, idle_iters=16) as loader:
+        loader.start()                      # or spawn_loader() / become_loader()
+        worker = loader.get_worker_context(0)
+        for entry in worker.load(paths, window=64):
+            data = entry.get_data()          # bytes; raises OSError on failure
+
+See ``docs/python.md`` in the repository for the whole guide.
+"""
+
+from ._core import (
+    DEFAULT_MAX_FILE_SIZE,
+    MAX_PATH_BYTES,
+    Entry,
+    Loader,
+    Worker,
+)
+from ._ffi import LibraryNotFound, find_library
+
+__all__ = [
+    "Loader",
+    "Worker",
+    "Entry",
+    "LibraryNotFound",
+    "find_library",
+    "library_version",
+    "DEFAULT_MAX_FILE_SIZE",
+    "MAX_PATH_BYTES",
+]
+
+__version__ = "0.1.0"
+
+
+def library_version() -> str:
+    """Version of the loaded ``libasyncloader.so`` (``"unknown"`` if it does
+    not say)."""
+    from . import _ffi
+
+    lib = _ffi.lib()
+    if lib.al_version is not None:
+        v = lib.al_version()
+        if v:
+            return v.decode()
+    return "unknown"

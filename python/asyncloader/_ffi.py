@@ -1,0 +1,263 @@
+"""Locating ``libasyncloader.so`` and declaring its C functions for ctypes.
+
+Everything here is private. The library is loaded with :class:`ctypes.CDLL`
+(never ``PyDLL``), so every call into it releases the GIL for its duration:
+a thread blocked in ``al_worker_wait_get`` or ``al_loader_become`` does not
+stop other Python threads.
+
+Search order for the shared library (first hit wins):
+
+1. ``$ASYNCLOADER_LIB`` - an explicit path to ``libasyncloader.so``.
+2. The copy installed inside this package (``pip install ./python`` puts it
+   next to this file).
+3. A source-tree build: ``$CARGO_TARGET_DIR/{release,debug}`` and
+   ``<repo>/target/{release,debug}`` where ``<repo>`` is two directories above
+   this package (``python/asyncloader`` -> repo root).
+4. The dynamic linker's search path (``ctypes.util.find_library``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from ctypes import (
+    POINTER,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+from typing import List, Optional
+
+LIB_NAME = "libasyncloader.so"
+
+
+class LibraryNotFound(ImportError):
+    """``libasyncloader.so`` could not be found or loaded."""
+
+
+def _candidates() -> List[Path]:
+    here = Path(__file__).resolve().parent
+    out: List[Path] = [here / LIB_NAME]
+    tdirs = []
+    env_target = os.environ.get("CARGO_TARGET_DIR")
+    if env_target:
+        tdirs.append(Path(env_target))
+    tdirs.append(here.parent.parent / "target")
+    for t in tdirs:
+        for profile in ("release", "debug"):
+            out.append(t / profile / LIB_NAME)
+    return out
+
+
+def find_library() -> str:
+    """Returns the path of the library that :func:`load` would open."""
+    explicit = os.environ.get("ASYNCLOADER_LIB")
+    if explicit:
+        if not os.path.exists(explicit):
+            raise LibraryNotFound(f"ASYNCLOADER_LIB={explicit!r} does not exist")
+        return explicit
+    for c in _candidates():
+        if c.exists():
+            return str(c)
+    found = ctypes.util.find_library("asyncloader")
+    if found:
+        return found
+    tried = ", ".join(str(c) for c in _candidates())
+    raise LibraryNotFound(
+        f"{LIB_NAME} not found (tried $ASYNCLOADER_LIB, {tried}, and the "
+        "linker path). Install with `pip install ./python` from the "
+        "repository, run `cargo build --release`, or set ASYNCLOADER_LIB."
+    )
+
+
+# ---------------------------------------------------------------------------
+# Opaque handles and structs
+# ---------------------------------------------------------------------------
+
+
+class al_loader(ctypes.Structure):
+    _fields_: list = []
+
+
+class al_worker(ctypes.Structure):
+    _fields_: list = []
+
+
+class al_entry(ctypes.Structure):
+    _fields_: list = []
+
+
+class al_config(ctypes.Structure):
+    """Mirror of the C ``al_config``; filled by ``al_config_default``.
+
+    Field order and types are part of the C ABI contract. Trailing fields
+    the header may add are covered by ``_reserved`` padding so that
+    ``al_config_default`` never writes past this struct.
+    """
+
+    _fields_ = [
+        ("queue_depth", c_uint32),
+        ("max_file_size", c_uint64),
+        ("n_workers", c_uint32),
+        ("dispatch_n", c_uint32),
+        ("idle_iters", c_uint32),
+        ("direct", c_bool),
+        ("loader_threads", c_uint32),
+        ("ring_window", c_uint32),
+        ("backend", c_uint32),
+        # Room for fields a newer header may append (al_config_default
+        # fills them with defaults; we never touch them).
+        ("_reserved", c_uint8 * 64),
+    ]
+
+
+class al_stats(ctypes.Structure):
+    """Mirror of the C ``al_stats`` (88 bytes), plus room to grow."""
+
+    _fields_ = [
+        ("requests", c_uint64),
+        ("completions", c_uint64),
+        ("bytes", c_uint64),
+        ("errors", c_uint64),
+        ("batches", c_uint64),
+        ("buffered_fallbacks", c_uint64),
+        ("direct_reads", c_uint64),
+        ("syscalls", c_uint64),
+        ("backend", c_uint32),
+        ("state", c_uint32),
+        ("loader_threads", c_uint32),
+        ("loader_threads_alive", c_uint32),
+        ("loader_pid", ctypes.c_int32),
+        ("reserved", c_uint32),
+        ("_reserved", c_uint8 * 64),
+    ]
+
+
+class al_entry_info(ctypes.Structure):
+    """Mirror of the C ``al_entry_info``: everything about an entry."""
+
+    _fields_ = [
+        ("path", c_void_p),
+        ("path_len", c_size_t),
+        ("data", c_void_p),
+        ("size", c_size_t),
+        ("error", ctypes.c_int32),
+        ("reserved", c_uint32),
+        ("latency_ns", c_uint64),
+    ]
+
+
+BACKENDS = {0: "auto", 1: "io_uring", 2: "threads"}
+STATES = {0: "created", 1: "running", 2: "stopping", 3: "stopped", 4: "dead"}
+
+LoaderP = POINTER(al_loader)
+WorkerP = POINTER(al_worker)
+# Entry handles travel as plain integers (c_void_p): cheap to store in
+# arrays and lists, and an array element read gives a value, not a view.
+EntryP = c_void_p
+
+
+def _declare(lib: ctypes.CDLL, name: str, restype, argtypes, required: bool = True):
+    try:
+        f = getattr(lib, name)
+    except AttributeError:
+        if required:
+            raise LibraryNotFound(f"{lib._name} lacks the required symbol {name}")
+        return None
+    f.restype = restype
+    f.argtypes = argtypes
+    return f
+
+
+class Lib:
+    """The loaded library with typed functions as attributes.
+
+    Optional functions (added after the first ABI) are ``None`` when the
+    library does not export them; callers fall back to the basic calls.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        # CDLL: calls release the GIL. use_errno is not needed: every
+        # function returns -errno.
+        self.cdll = lib = ctypes.CDLL(path)
+        d = lambda *a, **k: _declare(lib, *a, **k)  # noqa: E731
+
+        self.al_config_default = d("al_config_default", None, [POINTER(al_config)])
+        self.al_loader_new = d("al_loader_new", c_int, [POINTER(al_config), POINTER(LoaderP)])
+        self.al_loader_start = d("al_loader_start", c_int, [LoaderP])
+        self.al_loader_spawn = d("al_loader_spawn", c_int, [LoaderP])
+        self.al_loader_become = d("al_loader_become", c_int, [LoaderP])
+        self.al_loader_shutdown = d("al_loader_shutdown", c_int, [LoaderP])
+        self.al_loader_free = d("al_loader_free", None, [LoaderP])
+        self.al_loader_name = d("al_loader_name", c_char_p, [LoaderP])
+        self.al_loader_attach = d("al_loader_attach", c_int, [c_char_p, POINTER(LoaderP)])
+        self.al_loader_worker = d("al_loader_worker", c_int, [LoaderP, c_uint32, POINTER(WorkerP)])
+        self.al_loader_config = d(
+            "al_loader_config", c_int, [LoaderP, POINTER(al_config)], required=False
+        )
+        self.al_loader_stats = d("al_loader_stats", c_int, [LoaderP, POINTER(al_stats)], required=False)
+        self.al_worker_request = d("al_worker_request", c_int, [WorkerP, c_char_p])
+        self.al_worker_try_get = d("al_worker_try_get", c_int, [WorkerP, POINTER(EntryP)])
+        self.al_worker_wait_get = d("al_worker_wait_get", c_int, [WorkerP, c_int64, POINTER(EntryP)])
+        self.al_entry_path = d("al_entry_path", c_char_p, [EntryP])
+        self.al_entry_data = d("al_entry_data", c_void_p, [EntryP])
+        self.al_entry_size = d("al_entry_size", c_size_t, [EntryP])
+        self.al_entry_error = d("al_entry_error", c_int, [EntryP])
+        self.al_entry_release = d("al_entry_release", None, [EntryP])
+        self.al_strerror = d("al_strerror", c_char_p, [c_int], required=False)
+
+        # Optional (second round of the ABI).
+        self.al_worker_free = d("al_worker_free", None, [WorkerP], required=False)
+        self.al_worker_request_bytes = d(
+            "al_worker_request_bytes", c_int, [WorkerP, c_char_p, c_size_t], required=False
+        )
+        self.al_worker_request_many = d(
+            "al_worker_request_many",
+            c_int,
+            [WorkerP, POINTER(c_char_p), c_size_t, POINTER(c_size_t)],
+            required=False,
+        )
+        self.al_worker_get_many = d(
+            "al_worker_get_many",
+            c_int,
+            [WorkerP, POINTER(EntryP), c_size_t, c_int64, POINTER(c_size_t)],
+            required=False,
+        )
+        self.al_entry_info = d("al_entry_info", c_int, [EntryP, POINTER(al_entry_info)], required=False)
+        self.al_entry_release_many = d(
+            "al_entry_release_many", c_size_t, [POINTER(EntryP), c_size_t], required=False
+        )
+        self.al_worker_outstanding = d("al_worker_outstanding", c_uint32, [WorkerP], required=False)
+        self.al_entry_latency_ns = d("al_entry_latency_ns", c_uint64, [EntryP], required=False)
+        self.al_version = d("al_version", c_char_p, [], required=False)
+        self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)
+
+    def strerror(self, code: int) -> str:
+        s = self.al_strerror(code) if self.al_strerror else None
+        if not s:
+            return os.strerror(abs(code))
+        return s.decode("utf-8", "replace")
+
+
+_lib: Optional[Lib] = None
+
+
+def lib() -> Lib:
+    """The process-wide :class:`Lib`, loaded on first use."""
+    global _lib
+    if _lib is None:
+        path = find_library()
+        try:
+            _lib = Lib(path)
+        except OSError as e:
+            raise LibraryNotFound(f"cannot load {path}: {e}") from e
+    return _lib

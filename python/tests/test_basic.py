@@ -1,0 +1,414 @@
+import errno
+import gc
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import asyncloader
+from conftest import make_files
+
+
+def drain(worker, n, timeout=10):
+    got = {}
+    for _ in range(n):
+        with worker.wait_get(timeout=timeout) as e:
+            got[e.get_filepath()] = e.get_data() if e.error == 0 else e.error
+    return got
+
+
+def test_basic_load_every_byte(loader, files):
+    w = loader.get_worker_context(0)
+    paths = list(files)
+    got = {}
+    i = 0
+    while len(got) < len(paths):
+        while i < len(paths) and w.request(paths[i]):
+            i += 1
+        e = w.wait_get(timeout=10)
+        got[e.get_filepath()] = e.get_data()
+        e.release()
+    assert got == files
+
+
+def test_original_api_names(files):
+    # Positional arguments in the original module's order.
+    ld = asyncloader.Loader(8, 1 << 20, 2, 1, 4, False)
+    try:
+        ld.spawn_loader()
+        w = ld.get_worker_context(1)
+        p = next(iter(files))
+        assert w.request(p) is True
+        e = None
+        while e is None:
+            e = w.try_get()
+        assert isinstance(e.get_filepath(), str)
+        assert e.get_filepath() == p
+        assert e.get_data() == files[p]
+        e.release()
+    finally:
+        ld.shutdown()
+
+
+def test_try_get_none_and_timeout():
+    with asyncloader.Loader(4, 4096, 1, 1, 1) as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        assert w.try_get() is None
+        t = time.monotonic()
+        with pytest.raises(TimeoutError) as ei:
+            w.wait_get(timeout=0.3)
+        assert ei.value.errno == errno.ETIMEDOUT
+        assert 0.25 < time.monotonic() - t < 2
+        assert w.get_many(4, timeout=0.1) == []
+
+
+def test_errors(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5000)
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"y" * 4096)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with asyncloader.Loader(16, 4096, 1, 1, 1) as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        for p in [tmp_path / "missing", d, fifo, big, exact, empty]:
+            assert w.request(p)
+        got = {}
+        for _ in range(6):
+            e = w.wait_get(timeout=10)
+            got[os.path.basename(e.get_filepath())] = e
+        assert got["missing"].error == errno.ENOENT
+        with pytest.raises(FileNotFoundError) as ei:
+            got["missing"].get_data()
+        assert ei.value.errno == errno.ENOENT
+        assert ei.value.filename == str(tmp_path / "missing")
+        with pytest.raises(IsADirectoryError):
+            got["d"].get_data()
+        assert got["fifo"].error == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            got["fifo"].memoryview()
+        assert ei.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            got["big"].get_data()
+        assert ei.value.errno == errno.EFBIG
+        assert got["exact"].get_data() == b"y" * 4096
+        assert got["empty"].get_data() == b""
+        assert bytes(got["empty"].memoryview()) == b""
+        for e in got.values():
+            e.release()
+        st = ld.stats()
+        assert st["errors"] == 4 and st["completions"] == 6
+
+
+def test_path_too_long_and_nul(loader):
+    w = loader.get_worker_context(0)
+    with pytest.raises(OSError) as ei:
+        w.request("/" + "a" * 5000)
+    assert ei.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(ValueError):
+        w.request("/tmp/a\0b")
+    # load() turns them into failed entries instead of stopping.
+    res = [(e.path_bytes, e.error) for e in w.load(["/" + "a" * 5000, "/nonexistent-x"])]
+    assert sorted(r[1] for r in res) == sorted([errno.ENAMETOOLONG, errno.ENOENT])
+
+
+def test_queue_full_returns_false(files):
+    with asyncloader.Loader(4, 1 << 20, 1, 1, 1) as ld:
+        # Not started: requests stay queued.
+        w = ld.get_worker_context(0)
+        paths = list(files)[:6]
+        assert [w.request(p) for p in paths] == [True] * 4 + [False] * 2
+        assert w.outstanding == 4
+        ld.start()
+        got = drain(w, 4)
+        assert got == {p: files[p] for p in paths[:4]}
+        assert w.request(paths[4])
+        assert drain(w, 1) == {paths[4]: files[paths[4]]}
+
+
+def test_non_utf8_path(tmp_path, loader):
+    name = os.fsencode(tmp_path) + b"/\xff\xfe-caf\xe9.bin"
+    with open(name, "wb") as f:
+        f.write(b"non-utf8 content")
+    w = loader.get_worker_context(0)
+    assert w.request(name)
+    with w.wait_get(timeout=10) as e:
+        assert e.path_bytes == name
+        assert e.get_filepath() == os.fsdecode(name)
+        assert e.get_data() == b"non-utf8 content"
+    # A str with surrogate escapes round-trips to the same bytes.
+    assert w.request(os.fsdecode(name))
+    with w.wait_get(timeout=10) as e:
+        assert e.path_bytes == name
+
+
+def test_pathlike(loader, files):
+    import pathlib
+
+    w = loader.get_worker_context(0)
+    p = next(iter(files))
+    assert w.request(pathlib.Path(p))
+    with w.wait_get(timeout=10) as e:
+        assert e.get_data() == files[p]
+
+
+def test_context_managers(files):
+    p = next(iter(files))
+    with asyncloader.Loader(4, 1 << 20, 1, 1, 1) as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        w.request(p)
+        with w.wait_get(timeout=10) as e:
+            assert e.get_data() == files[p]
+        assert e.released
+        with pytest.raises(ValueError):
+            e.get_data()
+        e.release()  # idempotent
+    assert ld.stats()["state"] in ("stopped", "stopping")
+    with pytest.raises(OSError) as ei:
+        w.request(p)
+    assert ei.value.errno == errno.ESHUTDOWN
+
+
+def test_memoryview_lifetime(loader, files):
+    w = loader.get_worker_context(0)
+    p = next(iter(files))
+    data = files[p]
+    w.request(p)
+    e = w.wait_get(timeout=10)
+    mv = e.memoryview()
+    assert mv.readonly and mv.format == "B" and len(mv) == len(data)
+    assert bytes(mv) == data
+    with pytest.raises(TypeError):
+        mv[0] = 1
+    e.release()
+    with pytest.raises(ValueError):
+        mv[0]
+    with pytest.raises(ValueError):
+        bytes(mv)
+
+    # A slice pins the buffer: release refuses, the data stays intact.
+    w.request(p)
+    e = w.wait_get(timeout=10)
+    mv = e.memoryview()
+    s = mv[1:5]
+    with pytest.raises(BufferError):
+        e.release()
+    assert not e.released
+    assert bytes(s) == data[1:5]
+    del s
+    e.release()
+    assert e.released
+    with pytest.raises(ValueError):
+        len(mv.tobytes())
+
+    # An entry collected while a slice lives is released when the slice goes.
+    w.request(p)
+    e = w.wait_get(timeout=10)
+    s = e.memoryview()[2:6]
+    del e
+    gc.collect()
+    assert w.outstanding == 1
+    assert bytes(s) == data[2:6]
+    del s
+    gc.collect()
+    assert w.outstanding == 0
+
+
+def test_memoryview_with_block_releases(loader, files):
+    w = loader.get_worker_context(0)
+    p = next(iter(files))
+    w.request(p)
+    with w.wait_get(timeout=10) as e:
+        with e.memoryview() as mv:
+            assert bytes(mv[:10]) == files[p][:10]
+    assert e.released and w.outstanding == 0
+
+
+def test_max_idle_iters_alias_and_default_size(files):
+    with asyncloader.Loader(queue_depth=8, n_workers=1, dispatch_n=4, max_idle_iters=3) as ld:
+        cfg = ld.config()
+        assert cfg["idle_iters"] == 3
+        assert cfg["max_file_size"] == asyncloader.DEFAULT_MAX_FILE_SIZE
+        assert ld.max_file_size == 16 << 20
+        ld.start()
+        w = ld.get_worker_context(0)
+        got = {e.get_filepath(): e.get_data() for e in w.load(files)}
+        assert got == files
+    with pytest.raises(TypeError):
+        asyncloader.Loader(8, idle_iters=2, max_idle_iters=3)
+    # Many workers x deep queues: the default shrinks to bound address space.
+    with asyncloader.Loader(queue_depth=1024, n_workers=16) as ld:
+        assert ld.max_file_size < 16 << 20
+        assert ld.max_file_size == 2 << 20  # 32 GiB / (1024 * 16)
+
+
+def test_invalid_config():
+    with pytest.raises(OSError) as ei:
+        asyncloader.Loader(0, 1 << 20, 1, 1, 1)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(ValueError):
+        asyncloader.Loader(8, 1 << 20, -1, 1, 1)
+    with pytest.raises(ValueError):
+        asyncloader.Loader(8, backend="nope")
+
+
+def test_worker_id_out_of_range(loader):
+    with pytest.raises(OSError) as ei:
+        loader.get_worker_context(99)
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_load_iterator(loader, files):
+    w = loader.get_worker_context(1)
+    got = {}
+    for e in w.load(iter(files), window=8):
+        got[e.get_filepath()] = e.get_data()
+    assert got == files
+    assert w.outstanding == 0
+    # Window larger than queue_depth is capped, not a deadlock.
+    got = {e.get_filepath(): e.get_data() for e in w.load(list(files), window=10_000)}
+    assert got == files
+    assert w.outstanding == 0
+
+
+def test_load_break_releases_everything(loader, files):
+    w = loader.get_worker_context(2)
+    it = w.load(files, window=16)
+    first = next(it)
+    assert first.get_data() == files[first.get_filepath()]
+    it.close()
+    assert first.released
+    assert w.outstanding == 0
+
+
+def test_load_refuses_release_with_live_slice(loader, files):
+    w = loader.get_worker_context(3)
+    keep = []
+    with pytest.raises(BufferError):
+        for e in w.load(list(files)[:10], window=4):
+            keep.append(e.memoryview()[:4])
+    assert not e.released  # refused: the slice still reads valid data
+    assert bytes(keep[0]) == files[e.get_filepath()][:4]
+    del e
+    keep.clear()
+    gc.collect()
+    assert w.outstanding == 0
+
+
+def test_batch_calls(files):
+    with asyncloader.Loader(8, 1 << 20, 1, 8, 4) as ld:
+        w = ld.get_worker_context(0)
+        paths = list(files)[:20]
+        assert w.request_many(paths) == 8
+        assert w.request_many(paths[8:]) == 0
+        assert w.get_many(8, timeout=0) == []  # not started
+        ld.start()
+        got = {}
+        while len(got) < 8:
+            es = w.get_many(8, timeout=10)
+            assert 1 <= len(es) <= 8
+            for e in es:
+                with e:
+                    got[e.get_filepath()] = e.get_data()
+        assert got == {p: files[p] for p in paths[:8]}
+        with pytest.raises(OSError) as ei:
+            w.request_many(["/" + "x" * 5000] + paths)
+        assert ei.value.errno == errno.ENAMETOOLONG
+        assert w.request_many(paths[:3] + ["/" + "x" * 5000] + paths) == 3
+        for e in w.get_many(3, timeout=10):
+            e.release()
+        assert w.request_many([]) == 0
+
+
+def test_shutdown_wakes_waiters():
+    ld = asyncloader.Loader(4, 4096, 2, 1, 1)
+    ld.start()
+    w = ld.get_worker_context(0)
+    errs = []
+
+    def waiter():
+        try:
+            w.wait_get()
+        except OSError as e:
+            errs.append((e.errno, time.monotonic()))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    ld.shutdown()
+    t.join(5)
+    assert not t.is_alive()
+    assert errs and errs[0][0] == errno.ESHUTDOWN
+    assert errs[0][1] - t0 < 1.0
+    with pytest.raises(BrokenPipeError):
+        w.wait_get(timeout=1)
+    ld.shutdown()  # idempotent
+
+
+def test_wait_releases_gil():
+    with asyncloader.Loader(4, 4096, 1, 1, 1) as ld:
+        # Not started: a wait blocks until the timeout.
+        w = ld.get_worker_context(0)
+        counter = [0]
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                counter[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            with pytest.raises(TimeoutError):
+                w.wait_get(timeout=0.5)
+        finally:
+            stop.set()
+            t.join()
+        assert counter[0] > 1000
+
+
+def test_pickle_same_process(loader):
+    assert pickle.loads(pickle.dumps(loader)) is loader
+    w = loader.get_worker_context(2)
+    w2 = pickle.loads(pickle.dumps(w))
+    assert w2.id == 2 and w2.loader is loader
+    with pytest.raises(TypeError):
+        pickle.dumps(asyncloader.Entry(w, None, path=b"/x", err=2))
+
+
+def test_stats_and_name(loader, files):
+    assert loader.name.startswith("asyncloader-")
+    w = loader.get_worker_context(0)
+    n = sum(1 for _ in w.load(files))
+    st = loader.stats()
+    assert n == len(files)
+    assert st["completions"] >= n and st["requests"] >= n
+    assert st["bytes"] >= sum(map(len, files.values()))
+    assert st["state"] == "running"
+    assert st["backend"] in ("io_uring", "threads")
+
+
+def test_threads_backend(files):
+    with asyncloader.Loader(8, 1 << 20, 1, 2, 2, backend="threads") as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        assert {e.get_filepath(): e.get_data() for e in w.load(files)} == files
+        assert ld.stats()["backend"] == "threads"
+
+
+def test_direct(tmp_path):
+    files = make_files(tmp_path / "direct", 50, lo=0, hi=70000, seed=7)
+    with asyncloader.Loader(16, 1 << 20, 1, 4, 4, True) as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        assert {e.get_filepath(): e.get_data() for e in w.load(files)} == files
