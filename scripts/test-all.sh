@@ -13,6 +13,9 @@ cargo test --doc 2>&1
 # The whole integration suite again on the thread-pool fallback backend.
 echo "== integration tests on the fallback backend (ASYNCLOADER_BACKEND=threads)"
 ASYNCLOADER_BACKEND=threads cargo test --test engine --test lifecycle 2>&1
+# And with every statx submitted through io_uring (the path cold metadata takes).
+echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
+ASYNCLOADER_STATX=async cargo test --test engine 2>&1
 
 if [ -f scripts/c-sanitize.sh ]; then
     echo "== C programs under sanitizers"

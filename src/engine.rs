@@ -122,6 +122,7 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
     let mut done: Vec<Done> = Vec::with_capacity(cfg.ring_window as usize * 2);
     let mut stop_since: Option<Instant> = None;
     let mut cancelled = false;
+    let mut touched: Vec<u32> = Vec::new();
 
     loop {
         let stopping = h.state.load(Ordering::Acquire) != state::RUNNING;
@@ -175,15 +176,16 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
             unsubmitted = 0;
         }
 
-        let submitted = backend.in_flight() - unsubmitted as usize;
-        let wait = (got == 0 && unsubmitted == 0 && submitted > 0).then_some(INFLIGHT_WAIT);
+        // Block only when nothing new came and everything queued is submitted.
+        let wait =
+            (got == 0 && unsubmitted == 0 && backend.in_flight() > 0).then_some(INFLIGHT_WAIT);
         backend
             .reap(&mut done, wait)
             .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "reap"))?;
         if !done.is_empty() {
             // Counters first, so a worker that sees its entry sees them too.
             flush_counters(backend.as_mut(), stats);
-            complete(region, stats, &done);
+            complete(region, stats, &done, &mut touched);
             done.clear();
         }
 
@@ -240,10 +242,13 @@ fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
     stats.syscalls.fetch_add(c.syscalls, Ordering::Relaxed);
 }
 
-/// Stores each result in its entry and hands the entry to its worker.
-fn complete(region: &Region, stats: &ThreadStats, done: &[Done]) {
+/// Stores each result in its entry and hands the entry to its worker; then
+/// wakes each worker that got something once (not once per entry: a sleeping
+/// worker costs the loader one FUTEX_WAKE per batch).
+fn complete(region: &Region, stats: &ThreadStats, done: &[Done], touched: &mut Vec<u32>) {
     let qd = region.cfg().queue_depth;
     let t = now_ns();
+    touched.clear();
     for d in done {
         let meta = region.entry(d.g);
         // Stats before the push, so a worker holding the entry sees them.
@@ -266,13 +271,19 @@ fn complete(region: &Region, stats: &ThreadStats, done: &[Done]) {
             (word & !0xffff_ffff) | entry_state::DONE as u64,
             Ordering::Relaxed,
         );
-        let rings = region.worker(d.g / qd);
+        let w = d.g / qd;
         // The release in push publishes the stores above with the entry.
-        rings
+        region
+            .worker(w)
             .comp
             .push(d.g)
             .expect("completion ring holds queue_depth entries");
-        rings.block.parking.notify(i32::MAX);
+        touched.push(w);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for &w in touched.iter() {
+        region.worker(w).block.parking.notify(i32::MAX);
     }
 }
 
