@@ -17,13 +17,15 @@
 //!
 //! Modules, one per concern: [`config`], [`error`], `region` (the shared
 //! memory layout), `ring` (the lock-free rings), `futex`, `engine` (the
-//! loader loop), `backend` (io_uring), [`loader`] and [`worker`] (the API).
+//! loader loop), `backend` (io_uring), [`loader`] and [`worker`] (the API),
+//! [`ffi`] (the C ABI of `include/asyncloader.h`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
 pub mod config;
 pub(crate) mod engine;
 pub mod error;
+pub mod ffi;
 pub mod futex;
 pub mod loader;
 pub mod region;

@@ -349,6 +349,13 @@ impl Entry {
         (self.g, self.generation)
     }
 
+    /// Gives up this handle without releasing the entry, for handles kept
+    /// outside Rust (the C ABI); release it later with [`release_raw`].
+    pub(crate) fn into_raw_parts(mut self) -> (u32, u32) {
+        self.released = true;
+        (self.g, self.generation)
+    }
+
     /// Returns the slot to the worker (same as dropping the entry).
     pub fn release(mut self) {
         self.release_inner();

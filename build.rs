@@ -1,0 +1,86 @@
+//! Generates the C header with cbindgen and a pkg-config file.
+//!
+//! - The header is always written to `$OUT_DIR/asyncloader.h`; the
+//!   checked-in `include/asyncloader.h` is rewritten only when
+//!   `AL_UPDATE_HEADER=1` is set, so a normal build never dirties the tree.
+//!   `tests/header.rs` compares the two and fails when they differ.
+//! - `asyncloader.pc` is written to `$OUT_DIR` and copied next to the
+//!   built library, to `target/<profile>/pkgconfig/`, so that after
+//!   `cargo build --release`
+//!   `PKG_CONFIG_PATH=target/release/pkgconfig pkg-config --cflags --libs asyncloader`
+//!   works (the target directory is build output, not the source tree).
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-env-changed=AL_UPDATE_HEADER");
+
+    header(&manifest, &out);
+    pkg_config(&manifest, &out);
+}
+
+fn header(manifest: &Path, out: &Path) {
+    let mut config = cbindgen::Config::from_file(manifest.join("cbindgen.toml"))
+        .expect("cbindgen.toml is readable and valid");
+    // cbindgen cannot export string constants, and the version belongs to
+    // Cargo.toml: write the version macros here.
+    let v = |k: &str| std::env::var(k).expect("cargo sets CARGO_PKG_VERSION*");
+    config.after_includes = Some(format!(
+        "\n/** Library version, major (as al_version() reports at run time). */\n\
+         #define AL_VERSION_MAJOR {}\n\
+         /** Library version, minor. */\n\
+         #define AL_VERSION_MINOR {}\n\
+         /** Library version, patch. */\n\
+         #define AL_VERSION_PATCH {}\n\
+         /** Library version as a string; compare with al_version(). */\n\
+         #define AL_VERSION_STRING \"{}\"",
+        v("CARGO_PKG_VERSION_MAJOR"),
+        v("CARGO_PKG_VERSION_MINOR"),
+        v("CARGO_PKG_VERSION_PATCH"),
+        v("CARGO_PKG_VERSION"),
+    ));
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(manifest.join("src/ffi/mod.rs"))
+        .generate()
+        .expect("cbindgen generates the header from src/ffi");
+    bindings.write_to_file(out.join("asyncloader.h"));
+    let update = std::env::var("AL_UPDATE_HEADER").is_ok_and(|v| !v.is_empty() && v != "0");
+    if update {
+        bindings.write_to_file(manifest.join("include/asyncloader.h"));
+    }
+}
+
+fn pkg_config(manifest: &Path, out: &Path) {
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out, and the
+    // libraries land in <target>/<profile>.
+    let Some(libdir) = out.ancestors().nth(3) else {
+        return;
+    };
+    let pc = format!(
+        "prefix={manifest}\n\
+         includedir=${{prefix}}/include\n\
+         libdir={libdir}\n\
+         \n\
+         Name: asyncloader\n\
+         Description: Load whole files into shared memory with io_uring\n\
+         Version: {version}\n\
+         Cflags: -I${{includedir}}\n\
+         Libs: -L${{libdir}} -Wl,-rpath,${{libdir}} -lasyncloader\n\
+         Libs.private: -lpthread -ldl -lm\n",
+        manifest = manifest.display(),
+        libdir = libdir.display(),
+        version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default(),
+    );
+    let _ = std::fs::write(out.join("asyncloader.pc"), &pc);
+    let dir = libdir.join("pkgconfig");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("asyncloader.pc"), &pc);
+    }
+}

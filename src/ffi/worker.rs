@@ -1,0 +1,368 @@
+//! `al_worker`: requesting files and getting entries.
+
+use std::ffi::{c_char, c_int};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::entry::{al_entry, deliver, new_table, window_for};
+use super::panic::{Errno, ffi_boundary};
+use super::ptr::{put, try_bytes, try_cstr, try_out, try_ref};
+use crate::error::Result;
+use crate::region::state;
+use crate::worker::{Entry, Worker};
+
+/// A worker's handle: requests files and receives entries.
+///
+/// Thread-safety: every function taking an `al_worker *` may run in several
+/// threads at once (the queues are multi-producer/multi-consumer), except
+/// `al_worker_free`; the usual pattern is still one worker id per thread or
+/// process.
+///
+/// Lifetime: from `al_loader_worker` to `al_worker_free`. It does not need
+/// its `al_loader` handle to stay alive (it maps the shared memory itself),
+/// and entries it delivered stay valid after `al_worker_free` until each is
+/// released. A process forked while holding it gets its own copy, usable in
+/// the child; entries are per copy.
+pub struct al_worker {
+    worker: Worker,
+    qd: u32,
+    window: u32,
+    slots: Box<[al_entry]>,
+    /// 1 for the handle until `al_worker_free`, plus 1 per live entry.
+    refs: AtomicUsize,
+    freed: AtomicBool,
+}
+
+impl al_worker {
+    pub(crate) fn boxed(worker: Worker) -> *mut al_worker {
+        let qd = worker.region().cfg().queue_depth;
+        let window = window_for(qd);
+        let mut b = Box::new(al_worker {
+            worker,
+            qd,
+            window,
+            slots: Box::new([]),
+            refs: AtomicUsize::new(1),
+            freed: AtomicBool::new(false),
+        });
+        let owner: *const al_worker = &*b;
+        b.slots = new_table(owner, b.worker.id(), qd, window);
+        Box::into_raw(b)
+    }
+
+    pub(crate) fn worker(&self) -> &Worker {
+        &self.worker
+    }
+    pub(crate) fn id(&self) -> u32 {
+        self.worker.id()
+    }
+    pub(crate) fn queue_depth(&self) -> u32 {
+        self.qd
+    }
+    pub(crate) fn window(&self) -> u32 {
+        self.window
+    }
+    pub(crate) fn slots(&self) -> &[al_entry] {
+        &self.slots
+    }
+    pub(crate) fn add_ref(&self) {
+        self.refs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops one reference; frees the handle with the last.
+    ///
+    /// # Safety
+    ///
+    /// `w` came from [`al_worker::boxed`], the caller owns one reference,
+    /// and does not use `w` (or its slots) afterwards.
+    pub(crate) unsafe fn unref(w: *const al_worker) {
+        // SAFETY: the caller's reference keeps `w` alive up to here.
+        if unsafe { &*w }.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: that was the last reference: nobody else can reach
+            // `w`; it came from Box::into_raw in `boxed`.
+            drop(unsafe { Box::from_raw(w.cast_mut()) });
+        }
+    }
+}
+
+/// A worker handle that is not NULL and not freed.
+///
+/// # Safety
+///
+/// `w` is NULL or points to a worker handle that still exists.
+unsafe fn handle<'a>(w: *const al_worker) -> Result<&'a al_worker, Errno> {
+    // SAFETY: the caller's promise.
+    let w = unsafe { try_ref(w) }?;
+    if w.freed.load(Ordering::Acquire) {
+        return Err(Errno::INVAL);
+    }
+    Ok(w)
+}
+
+fn wait(w: &Worker, timeout_ns: i64) -> Result<Entry> {
+    if timeout_ns < 0 {
+        w.wait_get()
+    } else {
+        w.wait_get_timeout(Duration::from_nanos(timeout_ns as u64))
+    }
+}
+
+/// `try_get` that tells "nothing yet" (`EAGAIN`) from "nothing ever again".
+fn try_get(w: &Worker) -> Result<Option<Entry>, Errno> {
+    if let Some(e) = w.try_get() {
+        return Ok(Some(e));
+    }
+    let st = w.region().header().state.load(Ordering::Acquire);
+    if st == state::STOPPED || st == state::DEAD {
+        // A completion may have landed just before the state changed.
+        return match w.try_get() {
+            Some(e) => Ok(Some(e)),
+            None if st == state::DEAD => Err(Errno(libc::EOWNERDEAD)),
+            None => Err(Errno(libc::ESHUTDOWN)),
+        };
+    }
+    Ok(None)
+}
+
+/// Frees the handle. Entries it delivered stay valid until released. NULL
+/// and a second call (while its entries keep it alive) are ignored.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists and that no other
+/// thread is using; afterwards only its entries may be used.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_free(w: *mut al_worker) {
+    ffi_boundary!(() => {
+        // SAFETY: NULL or existing (caller).
+        if let Ok(h) = unsafe { try_ref(w) }
+            && !h.freed.swap(true, Ordering::AcqRel)
+        {
+            // SAFETY: drops the handle's own reference, once (the swap).
+            unsafe { al_worker::unref(w) };
+        }
+    })
+}
+
+/// This worker's id; `UINT32_MAX` for NULL or a freed handle.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_id(w: *const al_worker) -> u32 {
+    ffi_boundary!(u32::MAX => {
+        // SAFETY: the caller's promise.
+        unsafe { handle(w) }.map_or(u32::MAX, |w| w.id())
+    })
+}
+
+/// Requests outstanding on this worker id (queued, in flight, or delivered
+/// and not released; at most `queue_depth`): `queue_depth` minus this is
+/// how many `al_worker_request` calls can succeed now. 0 for NULL.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_outstanding(w: *const al_worker) -> u32 {
+    ffi_boundary!(0 => {
+        // SAFETY: the caller's promise.
+        unsafe { handle(w) }.map_or(0, |w| w.worker.outstanding())
+    })
+}
+
+/// Requests the file at `path` (a NUL-terminated byte string, any encoding).
+/// Returns 0 when queued; `-EAGAIN` when `queue_depth` requests are
+/// outstanding (get and release entries, then retry); `-ENAMETOOLONG`
+/// (4096 bytes or more); `-EINVAL` (NULL, empty path, freed handle);
+/// `-ESHUTDOWN`/`-EOWNERDEAD` when the loader is gone. A file that cannot
+/// be loaded is not an error here: its entry carries the errno.
+/// The path is copied; the caller keeps ownership of `path`.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists; `path` is NULL or
+/// NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request(w: *mut al_worker, path: *const c_char) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        // SAFETY: NULL or NUL-terminated (caller).
+        let p = unsafe { try_cstr(path) }?;
+        Ok(w.worker.request_bytes(p.to_bytes())?)
+    })
+}
+
+/// As `al_worker_request`, for a path given as `len` bytes at `path`, with
+/// no terminating NUL needed (a NUL inside is `-EINVAL`).
+///
+/// # Safety
+///
+/// `w` as for `al_worker_request`; `path` is NULL or valid for reading
+/// `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_bytes(
+    w: *mut al_worker,
+    path: *const u8,
+    len: usize,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        if path.is_null() {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: non-NULL and `len` readable bytes (caller).
+        let p = unsafe { try_bytes(path, len) }?;
+        Ok(w.worker.request_bytes(p)?)
+    })
+}
+
+/// Requests `paths[0 .. n-1]` in order, stopping at the first that fails.
+/// `*accepted` (if not NULL) receives the number queued, always. Returns 0
+/// when all were queued, otherwise the error of `paths[*accepted]` as
+/// `al_worker_request` would (typically `-EAGAIN`: retry from there later;
+/// for `-EINVAL`/`-ENAMETOOLONG`, skip that path).
+///
+/// # Safety
+///
+/// `w` as for `al_worker_request`; `paths` is NULL or points to `n`
+/// readable pointers, each NULL or NUL-terminated; `accepted` is NULL or
+/// valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_many(
+    w: *mut al_worker,
+    paths: *const *const c_char,
+    n: usize,
+    accepted: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let mut done = 0usize;
+        let r = (|| {
+            // SAFETY: the caller's promise.
+            let w = unsafe { handle(w) }?;
+            if paths.is_null() && n > 0 {
+                return Err(Errno::INVAL);
+            }
+            if n > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
+                return Err(Errno::INVAL);
+            }
+            let ps: &[*const c_char] = if n == 0 {
+                &[]
+            } else {
+                // SAFETY: non-NULL, `n` readable pointers (caller), the byte
+                // size fits isize (checked).
+                unsafe { std::slice::from_raw_parts(paths, n) }
+            };
+            for &p in ps {
+                // SAFETY: NULL or NUL-terminated (caller).
+                let p = unsafe { try_cstr(p) }?;
+                w.worker.request_bytes(p.to_bytes())?;
+                done += 1;
+            }
+            Ok(())
+        })();
+        if !accepted.is_null() {
+            // SAFETY: non-NULL and writable (caller).
+            unsafe { put(accepted, done) };
+        }
+        r
+    })
+}
+
+/// Takes a completed entry if one is ready and stores it in `*out` (written
+/// only on success; the caller owns it until `al_entry_release`). Returns
+/// 0; `-EAGAIN` when none is ready; `-ESHUTDOWN`/`-EOWNERDEAD` when none is
+/// ready and none will come (the loader stopped or died); `-EINVAL`.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists; `out` is NULL or
+/// valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_try_get(w: *mut al_worker, out: *mut *mut al_entry) -> c_int {
+    ffi_boundary!(int {
+        let out = try_out(out)?;
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let e = try_get(&w.worker)?.ok_or(Errno(libc::EAGAIN))?;
+        // SAFETY: non-NULL and writable (caller).
+        unsafe { put(out, deliver(w, e)) };
+        Ok(())
+    })
+}
+
+/// Waits for a completed entry and stores it in `*out` (written only on
+/// success). `timeout_ns < 0` waits without limit; 0 only checks. Returns
+/// 0; `-ETIMEDOUT`; `-ESHUTDOWN` when the loader was shut down and nothing
+/// is left to deliver; `-EOWNERDEAD` when the loader died (noticed within
+/// about 20 ms); `-EINVAL`. Sleeps on a futex, not a spin.
+///
+/// # Safety
+///
+/// As `al_worker_try_get`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_wait_get(
+    w: *mut al_worker,
+    timeout_ns: i64,
+    out: *mut *mut al_entry,
+) -> c_int {
+    ffi_boundary!(int {
+        let out = try_out(out)?;
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let e = wait(&w.worker, timeout_ns)?;
+        // SAFETY: non-NULL and writable (caller).
+        unsafe { put(out, deliver(w, e)) };
+        Ok(())
+    })
+}
+
+/// Gets up to `max` entries: waits as `al_worker_wait_get` for the first,
+/// then takes those ready without waiting. Stores them in `out[0 .. *got-1]`
+/// (the caller owns each); `*got` (if not NULL) is always written, 0 on
+/// error. Returns 0 with `*got >= 1`, or the error of the wait (`-ETIMEDOUT`,
+/// `-ESHUTDOWN`, ...); `-EINVAL` for NULL `out` or `max == 0`.
+///
+/// # Safety
+///
+/// `w` as for `al_worker_try_get`; `out` is NULL or valid for writing `max`
+/// pointers; `got` is NULL or valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_get_many(
+    w: *mut al_worker,
+    out: *mut *mut al_entry,
+    max: usize,
+    timeout_ns: i64,
+    got: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let mut n = 0usize;
+        let r = (|| {
+            let out = try_out(out)?;
+            // SAFETY: the caller's promise.
+            let w = unsafe { handle(w) }?;
+            if max == 0 {
+                return Err(Errno::INVAL);
+            }
+            let first = wait(&w.worker, timeout_ns)?;
+            // SAFETY: `out` has room for `max >= 1` pointers (caller).
+            unsafe { put(out, deliver(w, first)) };
+            n = 1;
+            while n < max {
+                let Some(e) = w.worker.try_get() else { break };
+                // SAFETY: n < max, so out + n is inside the caller's array.
+                unsafe { put(out.add(n), deliver(w, e)) };
+                n += 1;
+            }
+            Ok(())
+        })();
+        if !got.is_null() {
+            // SAFETY: non-NULL and writable (caller).
+            unsafe { put(got, n) };
+        }
+        r
+    })
+}
