@@ -232,7 +232,9 @@ class Lib:
             [WorkerP, POINTER(EntryP), c_size_t, c_int64, POINTER(c_size_t)],
             required=False,
         )
-        self.al_entry_info = d("al_entry_info", c_int, [EntryP, POINTER(al_entry_info)], required=False)
+        self.al_entry_info = d(
+            "al_entry_get_info", c_int, [EntryP, POINTER(al_entry_info)], required=False
+        ) or d("al_entry_info", c_int, [EntryP, POINTER(al_entry_info)], required=False)
         self.al_entry_release_many = d(
             "al_entry_release_many", c_size_t, [POINTER(EntryP), c_size_t], required=False
         )
