@@ -135,7 +135,11 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                         break 'gather;
                     }
                     let w = (rr + k) % n;
-                    let Some(g) = region.worker(w).req.pop() else {
+                    let rings = region.worker(w);
+                    if rings.block.reclaiming.load(Ordering::Acquire) != 0 {
+                        continue;
+                    }
+                    let Some(g) = rings.req.pop() else {
                         continue;
                     };
                     if g / qd != w {

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use crate::config::{BackendKind, Config};
 use crate::engine::{ThreadCtx, thread_main};
 use crate::error::{Error, ErrorKind, Result};
-use crate::region::{Region, state};
+use crate::region::{Region, entry_state, state};
+use crate::ring::Ring;
 use crate::worker::{Worker, loader_health};
 
 /// How long `shutdown` waits for a forked loader before it kills it.
@@ -347,6 +348,75 @@ impl Loader {
             self.region.worker(w).block.parking.notify_all();
         }
         Ok(())
+    }
+
+    /// Takes back every entry of worker `id` after the process or thread
+    /// that used it died: requests still queued are dropped, files in flight
+    /// are waited for (up to 10 s), entries it held unreleased are freed, and
+    /// its rings are rebuilt, so a new context for `id` starts with
+    /// `queue_depth` free entries. Returns how many entries were taken back.
+    ///
+    /// Only call this when nobody uses worker `id` any more: entries it
+    /// still holds become invalid (their data may be overwritten). The loader
+    /// and the other workers keep running meanwhile.
+    pub fn reclaim_worker(&self, id: u32) -> Result<u32> {
+        if id >= self.region.cfg().n_workers {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("worker id {id} out of range"),
+            ));
+        }
+        let r = &self.region;
+        let rings = r.worker(id);
+        if rings.block.reclaiming.swap(1, Ordering::AcqRel) != 0 {
+            return Err(Error::new(ErrorKind::Busy, "already being reclaimed"));
+        }
+        // Loader threads check the flag before each pop; one that passed the
+        // check just before we set it finishes its pop within nanoseconds.
+        std::thread::sleep(Duration::from_millis(2));
+        let qd = r.cfg().queue_depth;
+        let base = id * qd;
+        // Requests never picked up: ours to drop.
+        while rings.req.pop().is_some() {}
+        // Files in flight complete into the completion ring.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let queued =
+            |e: u32| r.entry(base + e).state.load(Ordering::Acquire) as u32 == entry_state::QUEUED;
+        // An entry still QUEUED now is in flight in a loader thread.
+        while (0..qd).any(queued) {
+            if loader_health(r).is_err() {
+                break; // a dead loader will not complete it
+            }
+            if Instant::now() >= deadline {
+                rings.block.reclaiming.store(0, Ordering::Release);
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    "files of this worker are still in flight",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Nobody touches this worker's rings now: rebuild them.
+        let (req, comp, free) = r.slot_arrays(id);
+        Ring::init(&rings.block.req, req);
+        Ring::init(&rings.block.comp, comp);
+        Ring::init(&rings.block.free, free);
+        let mut taken = 0;
+        for e in 0..qd {
+            let meta = r.entry(base + e);
+            let word = meta.state.load(Ordering::Acquire);
+            if word as u32 != entry_state::FREE {
+                taken += 1;
+                let generation = ((word >> 32) as u32).wrapping_add(1);
+                meta.state.store(
+                    ((generation as u64) << 32) | entry_state::FREE as u64,
+                    Ordering::Release,
+                );
+            }
+            rings.free.push(e).expect("free ring holds queue_depth");
+        }
+        rings.block.reclaiming.store(0, Ordering::Release);
+        Ok(taken)
     }
 
     /// The counters, summed over loader threads and workers.

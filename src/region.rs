@@ -173,7 +173,10 @@ pub struct WorkerBlock {
     pub parking: Parking,
     /// Requests accepted from this worker.
     pub requests: AtomicU64,
-    _pad: [u64; 7],
+    /// Non-zero while `Loader::reclaim_worker` rebuilds this worker's rings:
+    /// loader threads then leave its request ring alone.
+    pub reclaiming: AtomicU32,
+    _pad: [u32; 13],
 }
 
 /// Metadata of one entry. Its data buffer lives in the buffers area.
@@ -479,7 +482,7 @@ impl Region {
         }
     }
 
-    fn slot_arrays(&self, w: u32) -> (&[AtomicU64], &[AtomicU64], &[AtomicU64]) {
+    pub(crate) fn slot_arrays(&self, w: u32) -> (&[AtomicU64], &[AtomicU64], &[AtomicU64]) {
         let cap = self.layout.ring_cap as usize;
         // SAFETY: the three arrays of `cap` u64 follow the WorkerBlock inside
         // its stride (Layout::compute reserves 3*cap*8 bytes), the block is

@@ -482,3 +482,53 @@ fn file_that_grows_past_the_limit_while_queued_is_efbig() {
     assert_eq!(load_all(&w, &[p]), 1);
     l.shutdown().unwrap();
 }
+
+#[test]
+fn killed_worker_process_does_not_stop_others_and_its_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[100, 5000, 70_000, 1, 4096]);
+    let r = Running::new(cfg(2, 4), Mode::Process);
+    let w0 = r.worker(0);
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let p2 = paths.clone();
+    let victim = in_child(move || {
+        // Hold two entries unreleased, leave two requests queued, then wait
+        // to be killed.
+        for p in &p2[..4] {
+            w0.request(p).unwrap();
+        }
+        let a = w0.wait_get_timeout(Duration::from_secs(10)).unwrap();
+        let b = w0.wait_get_timeout(Duration::from_secs(10)).unwrap();
+        // SAFETY: writing one byte to the pipe we inherited.
+        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        std::thread::sleep(Duration::from_secs(60));
+        drop((a, b));
+    });
+    let mut byte = 0u8;
+    // SAFETY: reading one byte from our pipe.
+    assert_eq!(unsafe { libc::read(fds[0], (&raw mut byte).cast(), 1) }, 1);
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    assert!(!child_ok(victim));
+    // SAFETY: closing our pipe.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    // The other worker is unaffected.
+    assert_eq!(load_all(&r.worker(1), &paths), paths.len());
+    // Worker 0 is out of slots until reclaimed.
+    let w0 = r.worker(0);
+    assert_eq!(w0.outstanding(), 4);
+    assert_eq!(r.loader.reclaim_worker(0).unwrap(), 4);
+    assert_eq!(w0.outstanding(), 0);
+    assert!(w0.try_get().is_none(), "nothing stale is delivered");
+    assert_eq!(load_all(&w0, &paths), paths.len());
+    assert_eq!(
+        r.loader.reclaim_worker(9).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    r.stop();
+}
