@@ -1,0 +1,275 @@
+//! C and C++ programs against `include/asyncloader.h` and the cdylib.
+//!
+//! Each test compiles a program with the system compiler (`$CC`/`cc`,
+//! `$CXX`/`c++`) and `-Wall -Wextra -Werror`, links it against the
+//! `libasyncloader.so` that this `cargo test` run built (it sits next to the
+//! test binary in `<target>/<profile>/deps`), runs it on generated files in
+//! a temp dir, and checks its exit status (the programs compare every byte
+//! with a plain read). Set `AL_SKIP_C_TESTS=1` to skip them on a machine
+//! without a C toolchain.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Directory holding `libasyncloader.so`.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe
+        .parent()
+        .expect("test binary has a directory")
+        .to_path_buf();
+    let mut candidates = vec![deps.clone()];
+    candidates.extend(deps.parent().map(Path::to_path_buf));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest().join("target"));
+    candidates.push(target.join("debug"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("libasyncloader.so").is_file())
+        .expect("libasyncloader.so next to the test binary (crate-type includes cdylib)")
+}
+
+fn skip() -> bool {
+    if std::env::var("AL_SKIP_C_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("AL_SKIP_C_TESTS=1: skipping the C/C++ tests");
+        return true;
+    }
+    false
+}
+
+/// Compiles `src` (relative to the crate) into `out`; C++ when `cxx`.
+fn compile(src: &str, out: &Path, cxx: bool, extra: &[&str]) {
+    let (var, default, std) = if cxx {
+        ("CXX", "c++", "-std=c++17")
+    } else {
+        ("CC", "cc", "-std=c11")
+    };
+    let compiler = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let lib = lib_dir();
+    let output = Command::new(&compiler)
+        .args([std, "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
+        .args(extra)
+        .arg("-I")
+        .arg(manifest().join("include"))
+        .arg(manifest().join(src))
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lasyncloader", "-lpthread"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {compiler}: {e} (set AL_SKIP_C_TESTS=1 to skip)"));
+    assert!(
+        output.status.success(),
+        "{compiler} {src} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits for `child` at most TIMEOUT (then kills it) and returns its output.
+fn finish(child: Child, what: &str) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(out) => out.expect("wait for the program"),
+        Err(_) => {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{what} did not finish within {TIMEOUT:?}");
+        }
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let out = finish(child, what);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Writes `n` files of varied sizes (some empty, one non-UTF-8 name) in
+/// three subdirectories; returns their paths.
+fn make_tree(dir: &Path, n: usize) -> Vec<PathBuf> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut paths = Vec::new();
+    for i in 0..n {
+        let sub = dir.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&sub).unwrap();
+        let size = match i % 10 {
+            0 => 0,
+            1 => 300_000 + (next() % 100_000) as usize,
+            _ => (next() % 20_000) as usize,
+        };
+        let data: Vec<u8> = (0..size).map(|_| next() as u8).collect();
+        let p = sub.join(format!("f{i:05}.bin"));
+        std::fs::write(&p, data).unwrap();
+        paths.push(p);
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let odd = dir.join(std::ffi::OsStr::from_bytes(b"odd-\xff\xfe.bin"));
+    std::fs::write(&odd, b"not utf-8 in the name").unwrap();
+    paths.push(odd);
+    paths
+}
+
+#[test]
+fn header_compiles_as_c11_and_cpp17() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let body = "#include <asyncloader.h>\n\
+                #include <string.h>\n\
+                int main(void) {\n\
+                    al_config c;\n\
+                    al_config_default(&c);\n\
+                    return al_abi_version() == AL_ABI_VERSION &&\n\
+                           strcmp(al_version(), AL_VERSION_STRING) == 0 &&\n\
+                           c.queue_depth > 0 ? 0 : 1;\n\
+                }\n";
+    for (name, cxx) in [("h.c", false), ("h.cpp", true)] {
+        let src = tmp.path().join(name);
+        std::fs::write(&src, body).unwrap();
+        let exe = tmp.path().join(format!("{name}.out"));
+        compile(src.to_str().unwrap(), &exe, cxx, &["-Wpedantic"]);
+        run(&mut Command::new(&exe), name);
+    }
+}
+
+#[test]
+fn c_error_cases() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("errors");
+    compile("tests/c/errors.c", &exe, false, &[]);
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let out = run(Command::new(&exe).arg(&scratch), "tests/c/errors.c");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[test]
+fn c_example_loads_a_directory_with_threads() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("load_dir");
+    compile("examples/c/load_dir.c", &exe, false, &[]);
+    let data = tmp.path().join("data");
+    let n = make_tree(&data, 600).len();
+    let out = run(
+        Command::new(&exe).arg(&data).args(["3", "2"]),
+        "examples/c/load_dir.c",
+    );
+    assert!(
+        out.contains(&format!("verified: {n} ok, 0 differ, 0 failed to load")),
+        "{out}"
+    );
+}
+
+#[test]
+fn cpp_example_loads_a_directory_with_forked_workers() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("load_dir_cpp");
+    compile("examples/cpp/load_dir.cpp", &exe, true, &[]);
+    let data = tmp.path().join("data");
+    let n = make_tree(&data, 400).len();
+    for (procs, mode) in [("3", "spawn"), ("2", "start")] {
+        let out = run(
+            Command::new(&exe).arg(&data).args([procs, mode]),
+            "examples/cpp/load_dir.cpp",
+        );
+        assert!(
+            out.contains(&format!(
+                "verified: 0 differ, 0 failed to load, {n} expected"
+            )),
+            "{mode}: {out}"
+        );
+    }
+}
+
+#[test]
+fn attach_from_an_unrelated_process() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("attach");
+    compile("tests/c/attach.c", &exe, false, &[]);
+    let files = make_tree(&tmp.path().join("data"), 30);
+
+    let mut server = Command::new(&exe)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut name = String::new();
+    stdout.read_line(&mut name).unwrap();
+    let name = name.trim().to_owned();
+    assert!(name.starts_with("asyncloader-"), "server printed {name:?}");
+
+    // A separately started process: it shares nothing with the server but
+    // the name.
+    let out = run(
+        Command::new(&exe).arg("work").arg(&name).args(&files),
+        "attach work",
+    );
+    assert!(
+        out.contains(&format!("loaded {} files, 0 bad", files.len())),
+        "{out}"
+    );
+
+    let mut stdin = server.stdin.take().unwrap();
+    let _ = stdin.flush();
+    drop(stdin); // the server shuts down when its stdin closes
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = finish(server, "attach serve");
+    assert!(
+        out.status.success(),
+        "server failed: {rest}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        rest.contains(&format!("served {} requests", files.len())),
+        "{rest}"
+    );
+}
