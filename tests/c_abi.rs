@@ -166,6 +166,31 @@ fn header_compiles_as_c11_and_cpp17() {
 }
 
 #[test]
+fn docs_example_compiles_and_runs() {
+    if skip() {
+        return;
+    }
+    let doc = std::fs::read_to_string(manifest().join("docs/c-api.md")).unwrap();
+    let start = doc.find("```c\n").expect("docs/c-api.md has a C example") + 5;
+    let len = doc[start..].find("```").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("doc.c");
+    std::fs::write(&src, &doc[start..start + len]).unwrap();
+    let exe = tmp.path().join("doc");
+    compile(src.to_str().unwrap(), &exe, false, &[]);
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    let out = run(
+        Command::new(&exe)
+            .arg(&file)
+            .arg(tmp.path().join("missing")),
+        "docs example",
+    );
+    assert!(out.contains("hello.txt: 5 bytes"), "{out}");
+    assert!(out.contains("missing: No such file or directory"), "{out}");
+}
+
+#[test]
 fn c_error_cases() {
     if skip() {
         return;

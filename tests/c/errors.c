@@ -383,6 +383,7 @@ static void test_worker_and_entries(const char *dir) {
     CHECK_RC(al_worker_request(w, small), -ESHUTDOWN);
     CHECK_RC(al_worker_try_get(w, &e), -ESHUTDOWN);
     CHECK_RC(al_worker_wait_get(w, -1, &e), -ESHUTDOWN);
+    CHECK_RC(al_worker_wait_get(w, INT64_MAX, &e), -ESHUTDOWN);
     got = 99;
     CHECK_RC(al_worker_get_many(w, es, 4, -1, &got), -ESHUTDOWN);
     CHECK(got == 0);
