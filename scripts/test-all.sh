@@ -17,6 +17,9 @@ ASYNCLOADER_BACKEND=threads cargo test --test engine --test lifecycle 2>&1
 echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
 ASYNCLOADER_STATX=async cargo test --test engine 2>&1
 
+echo "== loom model of the rings"
+bash scripts/loom.sh
+
 if [ -f scripts/c-sanitize.sh ]; then
     echo "== C programs under sanitizers"
     bash scripts/c-sanitize.sh

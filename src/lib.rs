@@ -21,18 +21,33 @@
 //! [`ffi`] (the C ABI of `include/asyncloader.h`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// Under `--cfg loom` only the rings are built, for the model checker
+// (scripts/loom.sh); everything else needs the real atomics.
+#[cfg(not(loom))]
 pub mod backend;
+#[cfg(not(loom))]
 pub mod config;
+#[cfg(not(loom))]
 pub(crate) mod engine;
+#[cfg(not(loom))]
 pub mod error;
+#[cfg(not(loom))]
 pub mod ffi;
+#[cfg(not(loom))]
 pub mod futex;
+#[cfg(not(loom))]
 pub mod loader;
+#[cfg(not(loom))]
 pub mod region;
 pub mod ring;
+#[cfg(not(loom))]
 pub mod worker;
 
+#[cfg(not(loom))]
 pub use config::{BackendKind, Config, ConfigError};
+#[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};
+#[cfg(not(loom))]
 pub use loader::{Loader, Stats};
+#[cfg(not(loom))]
 pub use worker::{Entry, Worker};

@@ -18,6 +18,9 @@
 //! differences, which stay correct as long as the capacity is far below
 //! 2^31 (it is at most 2^20 here).
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Largest ring capacity (slots) we create.
@@ -36,11 +39,24 @@ pub struct RingIndices {
     _pad1: [u8; 124],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingIndices>() == 256);
 
 impl RingIndices {
     /// Indices of an empty ring.
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
+        RingIndices {
+            head: AtomicU32::new(0),
+            _pad0: [0; 124],
+            tail: AtomicU32::new(0),
+            _pad1: [0; 124],
+        }
+    }
+
+    /// Indices of an empty ring (loom's atomics are not `const`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
         RingIndices {
             head: AtomicU32::new(0),
             _pad0: [0; 124],
@@ -75,9 +91,14 @@ fn stamp_of(word: u64) -> u32 {
 }
 
 impl<'a> Ring<'a> {
-    /// Capacity (a power of two, at least 1) that holds `n` values.
+    /// Capacity (a power of two, at least 2) that holds `n` values.
+    ///
+    /// At least 2 because with one slot the stamp that means "full, pushed
+    /// at position p" (p + 1) equals the stamp that means "free for the push
+    /// at position p + capacity" (p + 1): a second push would overwrite the
+    /// first value. (Found by the loom model below.)
     pub fn capacity_for(n: u32) -> u32 {
-        n.max(1).next_power_of_two()
+        n.max(2).next_power_of_two()
     }
 
     /// Resets `slots` and `idx` to an empty ring. Must not race with any
@@ -95,7 +116,11 @@ impl<'a> Ring<'a> {
 
     /// A view of an initialised ring. `slots.len()` must be a power of two.
     pub fn new(idx: &'a RingIndices, slots: &'a [AtomicU64]) -> Self {
-        assert!(slots.len().is_power_of_two() && slots.len() <= MAX_CAPACITY as usize);
+        assert!(
+            slots.len().is_power_of_two()
+                && slots.len() >= 2
+                && slots.len() <= MAX_CAPACITY as usize
+        );
         Ring {
             idx,
             slots,
@@ -195,7 +220,7 @@ impl<'a> Ring<'a> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
@@ -222,6 +247,7 @@ mod tests {
     #[test]
     fn fifo_full_empty() {
         let o = Owned::new(4);
+        assert_eq!(o.ring().capacity(), 4);
         let r = o.ring();
         assert_eq!(r.pop(), None);
         for v in 10..14 {
@@ -234,6 +260,20 @@ mod tests {
         }
         assert_eq!(r.pop(), None);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn queue_depth_one_gets_two_slots() {
+        assert_eq!(Ring::capacity_for(0), 2);
+        assert_eq!(Ring::capacity_for(1), 2);
+        assert_eq!(Ring::capacity_for(3), 4);
+        let o = Owned::new(Ring::capacity_for(1));
+        let r = o.ring();
+        r.push(1).unwrap();
+        r.push(2).unwrap();
+        assert_eq!(r.push(3), Err(3));
+        assert_eq!(r.pop(), Some(1));
+        assert_eq!(r.pop(), Some(2));
     }
 
     #[test]
@@ -307,5 +347,139 @@ mod tests {
         let mut all: Vec<u32> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
         all.sort_unstable();
         assert_eq!(all, (0..total).collect::<Vec<_>>());
+    }
+}
+
+/// Model-checked with loom: every interleaving (and every weaker-than-SeqCst
+/// value the memory model allows) of small producer/consumer scenarios.
+/// Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib ring::loom_tests`
+/// (scripts/loom.sh). A missing release/acquire on the slot word, or a
+/// relaxed stamp check, makes these fail.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    struct Owned {
+        idx: RingIndices,
+        slots: Vec<AtomicU64>,
+    }
+
+    fn owned(cap: u32) -> Arc<Owned> {
+        let o = Owned {
+            idx: RingIndices::new(),
+            slots: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Ring::init(&o.idx, &o.slots);
+        Arc::new(o)
+    }
+
+    fn ring(o: &Owned) -> Ring<'_> {
+        Ring::new(&o.idx, &o.slots)
+    }
+
+    /// The value a consumer pops carries the producer's earlier plain write
+    /// (here an atomic relaxed store standing for an entry's path).
+    #[test]
+    fn spsc_publishes_payload_and_keeps_order() {
+        loom::model(|| {
+            let o = owned(2);
+            let payload = Arc::new(AtomicU32::new(0));
+            let (o2, p2) = (o.clone(), payload.clone());
+            let t = thread::spawn(move || {
+                for v in 1..=3u32 {
+                    p2.store(v, Ordering::Relaxed);
+                    while ring(&o2).push(v).is_err() {
+                        thread::yield_now();
+                    }
+                }
+            });
+            let mut next = 1;
+            while next <= 3 {
+                if let Some(v) = ring(&o).pop() {
+                    assert_eq!(v, next, "FIFO order");
+                    // The payload written before the push is visible (it may
+                    // already be newer, never older).
+                    assert!(payload.load(Ordering::Relaxed) >= v);
+                    next += 1;
+                } else {
+                    thread::yield_now();
+                }
+            }
+            t.join().unwrap();
+        });
+    }
+
+    /// Two producers and two consumers on a ring of 2: nothing lost, nothing
+    /// duplicated, the ring ends empty.
+    #[test]
+    fn mpmc_loses_and_duplicates_nothing() {
+        loom::model(|| {
+            let o = owned(2);
+            let producers: Vec<_> = (0..2u32)
+                .map(|p| {
+                    let o = o.clone();
+                    thread::spawn(move || {
+                        while ring(&o).push(10 + p).is_err() {
+                            thread::yield_now();
+                        }
+                    })
+                })
+                .collect();
+            let o2 = o.clone();
+            let consumer = thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    if let Some(v) = ring(&o2).pop() {
+                        got.push(v);
+                    }
+                    thread::yield_now();
+                }
+                got
+            });
+            for p in producers {
+                p.join().unwrap();
+            }
+            let mut all = consumer.join().unwrap();
+            while let Some(v) = ring(&o).pop() {
+                all.push(v);
+            }
+            all.sort_unstable();
+            assert_eq!(all, vec![10, 11]);
+            assert!(ring(&o).is_empty());
+        });
+    }
+
+    /// A full ring refuses a push until a pop frees a slot, across a wrap.
+    #[test]
+    fn full_ring_wraps_correctly() {
+        loom::model(|| {
+            let o = owned(2);
+            ring(&o).push(0).unwrap();
+            assert_eq!(ring(&o).pop(), Some(0));
+            ring(&o).push(1).unwrap();
+            ring(&o).push(3).unwrap();
+            let o2 = o.clone();
+            let t = thread::spawn(move || {
+                let mut tries = 0;
+                while ring(&o2).push(2).is_err() {
+                    tries += 1;
+                    thread::yield_now();
+                }
+                tries
+            });
+            let first = loop {
+                if let Some(v) = ring(&o).pop() {
+                    break v;
+                }
+                thread::yield_now();
+            };
+            assert_eq!(first, 1);
+            t.join().unwrap();
+            assert_eq!(ring(&o).pop(), Some(3));
+            assert_eq!(ring(&o).pop(), Some(2));
+            assert_eq!(ring(&o).pop(), None);
+        });
     }
 }
