@@ -71,9 +71,20 @@ def _check(rc: int, what: str, filename: Any = None) -> None:
         raise _oserror(-rc, what, filename)
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+_tls = threading.local()
+
+
 def _fspath_bytes(path: PathLike) -> bytes:
     """str / bytes / PathLike -> bytes, the way ``open()`` encodes paths."""
-    b = os.fsencode(path)
+    t = type(path)
+    if t is str:
+        b = path.encode(_FS_ENCODING, _FS_ERRORS)  # type: ignore[union-attr]
+    elif t is bytes:
+        b = path  # type: ignore[assignment]
+    else:
+        b = os.fsencode(path)
     if b"\0" in b:
         raise ValueError("embedded null byte in path")
     return b
@@ -82,6 +93,18 @@ def _fspath_bytes(path: PathLike) -> bytes:
 # ---------------------------------------------------------------------------
 # Entry
 # ---------------------------------------------------------------------------
+
+
+_PAGE = 4096
+_array_types: Dict[int, Any] = {}
+
+
+def _array_type(size: int) -> Any:
+    n = (size + _PAGE - 1) // _PAGE * _PAGE
+    t = _array_types.get(n)
+    if t is None:
+        t = _array_types[n] = c_uint8 * n
+    return t
 
 
 def _release_handle(lib: _ffi.Lib, h: Any, pid: int, _worker: Any) -> None:
@@ -153,8 +176,14 @@ class Entry:
         lib = _ffi.lib()
         h = self._h
         if lib.al_entry_info is not None:
-            info = _ffi.al_entry_info()
-            _check(lib.al_entry_info(h, byref(info)), "entry info")
+            # One struct per thread, reused: the fields are copied out below.
+            try:
+                info, ref = _tls.info
+            except AttributeError:
+                info = _ffi.al_entry_info()
+                ref = byref(info)
+                _tls.info = (info, ref)
+            _check(lib.al_entry_info(h, ref), "entry info")
             self._path_ptr = info.path
             self._path_len = info.path_len
             self._data = info.data
@@ -286,12 +315,18 @@ class Entry:
         if self._size == 0:
             return memoryview(b"")
         if self._arr is None:
-            self._arr = (c_uint8 * self._size).from_address(self._data)
+            # The array spans the data rounded up to 4 KiB (entry buffers are
+            # whole 4 KiB pages at least max_file_size + 1 long), so that
+            # only a few ctypes array types are ever created (one per size
+            # class; creating a type costs ~10 us), and views are cut to size.
+            self._arr = _array_type(self._size).from_address(self._data)
             self._arr_base = sys.getrefcount(self._arr)
             self._views = []
         m0 = memoryview(self._arr)
         m1 = m0.cast("B")
-        mv = m1.toreadonly()
+        m2 = m1[: self._size]
+        mv = m2.toreadonly()
+        m2.release()
         m1.release()
         m0.release()
         self._views.append(mv)  # type: ignore[union-attr]
