@@ -176,3 +176,29 @@ def test_keyboard_interrupt(call):
     assert proc.returncode == 42, err
     assert "interrupted" in out
     assert elapsed < 1.0, elapsed
+
+
+def test_loader_death_makes_waiters_raise(files):
+    import errno as errno_mod
+
+    ld = asyncloader.Loader(8, 1 << 20, 1, 1, 1)
+    try:
+        ld.spawn_loader()
+        w = ld.get_worker_context(0)
+        p = sorted(files)[0]
+        assert w.request(p)
+        with w.wait_get(timeout=10) as e:
+            assert e.get_data() == files[p]
+        pid = ld.stats()["loader_pid"]
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as ei:
+            w.wait_get(timeout=10)
+        assert ei.value.errno == errno_mod.EOWNERDEAD
+        assert time.monotonic() - t0 < 2.0
+        assert ld.stats()["state"] == "dead"
+        with pytest.raises(OSError) as ei:
+            w.request(p)
+        assert ei.value.errno == errno_mod.EOWNERDEAD
+    finally:
+        ld.shutdown()
