@@ -173,6 +173,11 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                 || idle >= cfg.idle_iters
                 || backend.room() == 0
                 || stopping);
+        if dispatch {
+            // A batch of new requests goes out (what `batches` counts; the
+            // backend's system calls are counted apart).
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
         if dispatch || backend.has_followups() {
             backend
                 .submit()
@@ -236,7 +241,6 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
 
 fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
     let c = backend.take_counters();
-    stats.batches.fetch_add(c.batches, Ordering::Relaxed);
     stats
         .buffered_fallbacks
         .fetch_add(c.buffered_fallbacks, Ordering::Relaxed);

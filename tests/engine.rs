@@ -532,3 +532,57 @@ fn killed_worker_process_does_not_stop_others_and_its_slots_come_back() {
     );
     r.stop();
 }
+
+#[test]
+fn requests_wait_for_dispatch_n_then_go_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[10, 20, 30, 40]);
+    let r = Running::new(
+        Config {
+            dispatch_n: 4,
+            // Never dispatch for idleness within this test.
+            idle_iters: u32::MAX,
+            loader_threads: 1,
+            ..cfg(1, 8)
+        },
+        Mode::Threads,
+    );
+    let w = r.worker(0);
+    for p in &paths[..3] {
+        w.request(p).unwrap();
+    }
+    let e = w.wait_get_timeout(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::TimedOut,
+        "3 < dispatch_n: nothing submitted"
+    );
+    let before = r.loader.stats().batches;
+    w.request(&paths[3]).unwrap();
+    for _ in 0..4 {
+        check_entry(&w.wait_get_timeout(Duration::from_secs(10)).unwrap());
+    }
+    assert_eq!(
+        r.loader.stats().batches - before,
+        1,
+        "one submit for the batch"
+    );
+    r.stop();
+}
+
+#[test]
+fn idle_iters_dispatches_a_partial_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[10, 20]);
+    let r = Running::new(
+        Config {
+            dispatch_n: 1000,
+            idle_iters: 50,
+            loader_threads: 1,
+            ..cfg(1, 8)
+        },
+        Mode::Threads,
+    );
+    assert_eq!(load_all(&r.worker(0), &paths), 2);
+    r.stop();
+}

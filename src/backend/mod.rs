@@ -49,8 +49,6 @@ pub struct BackendCounters {
     pub buffered_fallbacks: u64,
     /// Reads done with O_DIRECT.
     pub direct_reads: u64,
-    /// Submissions (io_uring_enter calls that submitted something).
-    pub batches: u64,
     /// System calls made.
     pub syscalls: u64,
 }

@@ -212,7 +212,6 @@ impl Backend for ThreadsBackend {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.counters.batches += 1;
         let tx = self.jobs.as_ref().expect("pool alive until drop");
         for job in self.pending.drain(..) {
             tx.send(SendJob(job))

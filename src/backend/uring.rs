@@ -417,7 +417,12 @@ impl Backend for UringBackend {
                     .unwrap_or(libc::EIO)
             };
             let mut ready = std::mem::take(&mut self.ready);
+            // The chain this queues belongs to the new request's batch (it
+            // waits for dispatch_n / idle_iters like the request), not a
+            // follow-up of a file already in flight.
+            let was_followup = self.followups;
             self.on_statx(s, res, &mut ready);
+            self.followups = was_followup;
             self.ready = ready;
         } else {
             self.queue_statx(s);
@@ -433,7 +438,6 @@ impl Backend for UringBackend {
         if self.ring.submission().is_empty() {
             return Ok(());
         }
-        self.counters.batches += 1;
         self.counters.syscalls += 1;
         loop {
             match self.ring.submit() {
