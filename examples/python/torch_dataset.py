@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing as mp
-import os
 import queue as queue_mod
 import random
 import sys

@@ -445,14 +445,13 @@ class Worker:
     that created the loader lives).
     """
 
-    __slots__ = ("_h", "_loader", "_id", "_qd", "_entry_buf", "__weakref__")
+    __slots__ = ("_h", "_loader", "_id", "_qd", "__weakref__")
 
     def __init__(self, loader: "Loader", worker_id: int, h: Any):
         self._h = h
         self._loader = loader
         self._id = worker_id
         self._qd = loader.queue_depth
-        self._entry_buf = None
 
     @property
     def id(self) -> int:
@@ -591,9 +590,9 @@ class Worker:
         lib = _ffi.lib()
         if lib.al_worker_get_many is None:
             return self._get_many_fallback(max_n, timeout)
-        buf = self._entry_buf
-        if buf is None or len(buf) < max_n:
-            buf = self._entry_buf = (EntryP * max(max_n, 64))()
+        # A fresh array per call: the GIL is released during the call, so a
+        # buffer shared by threads using this Worker could be overwritten.
+        buf = (EntryP * max_n)()
         got = c_size_t(0)
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         fn = lib.al_worker_get_many

@@ -3,7 +3,6 @@
 import hashlib
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import subprocess
 import sys
