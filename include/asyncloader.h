@@ -76,11 +76,6 @@
 #define AL_STATE_DEAD 4
 
 /**
- * A positive errno, the error type of every export body.
- */
-typedef struct Errno Errno;
-
-/**
  * A loaded (or failed) file, delivered by `al_worker_try_get`,
  * `al_worker_wait_get` or `al_worker_get_many`.
  *
