@@ -77,6 +77,14 @@ pub(crate) fn loader_health(region: &Region) -> Result<()> {
     }
 }
 
+/// The cheap part of [`loader_health`]: the state word alone, no system call.
+fn loader_state(region: &Region) -> Result<()> {
+    match region.header().state.load(Ordering::Acquire) {
+        state::CREATED | state::RUNNING => Ok(()),
+        _ => loader_health(region),
+    }
+}
+
 /// True while process `pid` exists and is not a zombie.
 pub(crate) fn pid_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence/permission.
@@ -229,11 +237,20 @@ impl Worker {
             }
         }
         let rings = self.region.worker(self.id);
+        let mut slept = false;
         loop {
             if let Some(e) = self.try_get() {
                 return Ok(e);
             }
-            if let Err(e) = loader_health(&self.region) {
+            // The full check (is the loader process alive?) costs system
+            // calls: make it only after a sleep that brought nothing, i.e.
+            // at most once per SLEEP_SLICE. Otherwise the state word suffices.
+            let health = if slept {
+                loader_health(&self.region)
+            } else {
+                loader_state(&self.region)
+            };
+            if let Err(e) = health {
                 // Deliver what completed before the shutdown first.
                 return self.try_get().ok_or(e);
             }
@@ -245,7 +262,7 @@ impl Worker {
                 }
                 slice = slice.min(d - now);
             }
-            rings
+            slept = !rings
                 .block
                 .parking
                 .sleep_unless(slice, || !rings.comp.is_empty());
