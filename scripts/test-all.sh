@@ -13,9 +13,13 @@ cargo test --doc 2>&1
 # The whole integration suite again on the thread-pool fallback backend.
 echo "== integration tests on the fallback backend (ASYNCLOADER_BACKEND=threads)"
 ASYNCLOADER_BACKEND=threads cargo test --test engine --test lifecycle 2>&1
-# And with every statx submitted through io_uring (the path cold metadata takes).
+# And on the io_uring backend's other paths: every statx through io_uring
+# (what cold metadata takes), and statx before every file (no optimistic
+# chain: what cold data and O_DIRECT take).
 echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
 ASYNCLOADER_STATX=async cargo test --test engine 2>&1
+echo "== integration tests without the optimistic chain (ASYNCLOADER_FAST=0)"
+ASYNCLOADER_FAST=0 cargo test --test engine 2>&1
 
 echo "== loom model of the rings"
 bash scripts/loom.sh

@@ -586,3 +586,84 @@ fn idle_iters_dispatches_a_partial_batch() {
     assert_eq!(load_all(&r.worker(0), &paths), 2);
     r.stop();
 }
+
+/// Drops `len` bytes at `off` of `path` from the page cache.
+fn evict(path: &std::path::Path, off: i64, len: i64) {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: advice on our own open descriptor.
+    let r = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            off,
+            len,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+}
+
+#[test]
+fn uncached_and_partly_cached_files_load_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[150_000, 150_000, 9000, 4096 * 3]);
+    evict(&paths[0], 0, 0); // all of it
+    evict(&paths[1], 65_536, 0); // the second half
+    evict(&paths[2], 4096, 4096); // a hole in the middle
+    evict(&paths[3], 8192, 0); // the last page
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    assert_eq!(load_all(&r.worker(0), &paths), 4);
+    r.stop();
+}
+
+#[test]
+fn fifo_with_a_silent_writer_and_a_tty_do_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A writer that holds the FIFO open and never writes (O_RDWR opens a
+    // FIFO without waiting for the other end).
+    let writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    // A pseudo-terminal with nothing to read.
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor.
+    let (master, tty) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+        (
+            m,
+            std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
+                name.as_bytes(),
+            )),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    let t0 = Instant::now();
+    assert_eq!(load_one(&w, &fifo), libc::EINVAL, "FIFO with a writer");
+    assert_eq!(load_one(&w, &tty), libc::EINVAL, "a terminal");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    r.stop();
+    // SAFETY: closing the pty master we opened.
+    unsafe { libc::close(master) };
+    drop(writer);
+}
+
+#[test]
+fn empty_files_and_dev_null_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = make_files(dir.path(), &[0])[0].clone();
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    assert_eq!(load_one(&w, &empty), 0);
+    assert_eq!(load_one(&w, "/dev/null"), libc::EINVAL);
+    assert_eq!(load_one(&w, "/dev/urandom"), libc::EINVAL);
+    r.stop();
+}
