@@ -149,7 +149,7 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                     }
                     // SAFETY: we popped `g` from its worker's request ring,
                     // so the entry is QUEUED and ours until we complete it.
-                    let path = unsafe { region.queued_path(g) }.as_ptr();
+                    let path = unsafe { region.queued_path(g) };
                     backend.push(Job {
                         g,
                         path,

@@ -25,7 +25,6 @@
 //! outside the region.
 
 use std::cell::UnsafeCell;
-use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
@@ -555,24 +554,23 @@ impl Region {
         self.entry(g).path.get().cast()
     }
 
-    /// Entry `g`'s path as a C string, for the loader after it popped `g`
-    /// from a request ring. Writes the terminating NUL itself at the stored
-    /// length (clamped), so a worker that wrote garbage cannot make the
-    /// kernel read past the entry.
+    /// Entry `g`'s path as a NUL-terminated C string, for the loader after
+    /// it popped `g` from a request ring. Writes the terminating NUL itself
+    /// at the stored length (clamped), so a worker that wrote garbage cannot
+    /// make the kernel read past the entry. (No scan for the NUL: the
+    /// worker refused paths holding one, and a corrupt path only names
+    /// another file.)
     ///
     /// # Safety
     /// The caller must own entry `g` in the QUEUED state (popped from a
     /// request ring and not yet completed), so no one else writes the path.
-    pub unsafe fn queued_path(&self, g: u32) -> &CStr {
+    pub unsafe fn queued_path(&self, g: u32) -> *const libc::c_char {
         let len = (self.entry(g).path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
         let p = self.path_ptr(g);
-        // SAFETY: len < PATH_CAP so both the NUL write and the slice stay in
-        // the path array; the caller owns the entry (see # Safety).
-        unsafe {
-            *p.add(len) = 0;
-            CStr::from_bytes_until_nul(std::slice::from_raw_parts(p, len + 1))
-                .expect("NUL written above")
-        }
+        // SAFETY: len < PATH_CAP keeps the write inside the path array; the
+        // caller owns the entry (see # Safety).
+        unsafe { *p.add(len) = 0 };
+        p.cast()
     }
 
     /// The descriptor of the memfd.
