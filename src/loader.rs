@@ -449,6 +449,15 @@ impl Loader {
         s
     }
 
+    /// Allocates all buffer memory now (`n_workers × queue_depth ×
+    /// (max_file_size + 1)`, rounded up to pages), instead of page by page
+    /// when a file first lands there. A long-running loader pays that cost
+    /// once either way; call this to pay it up front (and to fail early if
+    /// the memory is not there). Data is untouched: safe at any time.
+    pub fn prefault(&self) -> Result<()> {
+        self.region.prefault_buffers()
+    }
+
     /// Pid of the process running the loader (0 before it starts).
     pub fn loader_pid(&self) -> i32 {
         self.region.header().loader_pid.load(Ordering::Acquire)

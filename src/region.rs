@@ -573,6 +573,28 @@ impl Region {
         p.cast()
     }
 
+    /// Allocates every page of the data buffers now (without changing their
+    /// contents), so loads never pay a first-touch page fault and zeroing.
+    pub fn prefault_buffers(&self) -> Result<()> {
+        let off = self.layout.buffers_off as usize;
+        // SAFETY: [base + off, base + len) is inside our mapping;
+        // MADV_POPULATE_WRITE only faults pages in, it never changes data, so
+        // it is harmless while loads are in flight.
+        let r = unsafe {
+            libc::madvise(
+                self.base.add(off).cast(),
+                self.len - off,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if r != 0 {
+            return Err(Error::last_os(
+                "madvise(MADV_POPULATE_WRITE) of the buffers",
+            ));
+        }
+        Ok(())
+    }
+
     /// The descriptor of the memfd.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
