@@ -991,6 +991,27 @@ class Loader:
         if self._h:
             _check(_ffi.lib().al_loader_shutdown(self._h), "shutdown")
 
+    def prefault(self) -> None:
+        """Allocates all buffer memory now (``n_workers * queue_depth *
+        max_file_size`` bytes) instead of page by page on first use; data is
+        untouched, so it is safe at any time."""
+        lib = _ffi.lib()
+        if lib.al_loader_prefault is None:
+            raise NotImplementedError("this libasyncloader has no al_loader_prefault")
+        _check(lib.al_loader_prefault(self._h), "prefault")
+
+    def reclaim_worker(self, worker_id: int) -> int:
+        """Takes back the entries of worker ``worker_id`` after the process
+        that used it died (queued requests are dropped, held entries freed);
+        returns how many were taken back. Only call it when nobody uses that
+        worker any more."""
+        lib = _ffi.lib()
+        if lib.al_loader_reclaim_worker is None:
+            raise NotImplementedError("this libasyncloader has no al_loader_reclaim_worker")
+        n = ctypes.c_uint32(0)
+        _check(lib.al_loader_reclaim_worker(self._h, worker_id, ctypes.byref(n)), "reclaim_worker")
+        return n.value
+
     def close(self) -> None:
         """Shuts the loader down if this process created it. The shared
         memory is unmapped once the last Worker/Entry of it is gone."""

@@ -197,6 +197,10 @@ class Lib:
         self.al_loader_spawn = d("al_loader_spawn", c_int, [LoaderP])
         self.al_loader_become = d("al_loader_become", c_int, [LoaderP])
         self.al_loader_shutdown = d("al_loader_shutdown", c_int, [LoaderP])
+        self.al_loader_prefault = d("al_loader_prefault", c_int, [LoaderP], required=False)
+        self.al_loader_reclaim_worker = d(
+            "al_loader_reclaim_worker", c_int, [LoaderP, c_uint32, POINTER(c_uint32)], required=False
+        )
         self.al_loader_free = d("al_loader_free", None, [LoaderP])
         self.al_loader_name = d("al_loader_name", c_char_p, [LoaderP])
         self.al_loader_attach = d("al_loader_attach", c_int, [c_char_p, POINTER(LoaderP)])

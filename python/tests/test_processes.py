@@ -201,3 +201,40 @@ def test_loader_death_makes_waiters_raise(files):
         assert ei.value.errno == errno_mod.EOWNERDEAD
     finally:
         ld.shutdown()
+
+
+def _hold_and_hang(worker, paths, ready):
+    """Child: requests files, holds one entry, then waits to be killed."""
+    for p in paths:
+        assert worker.request(p)
+    e = worker.wait_get(timeout=10)  # held, never released
+    ready.set()
+    time.sleep(60)
+    e.release()
+
+
+def test_killed_worker_process_slots_are_reclaimed(files):
+    ctx = mp.get_context("fork")
+    paths = sorted(files)[:4]
+    with asyncloader.Loader(4, 1 << 20, 2, 1, 1) as ld:
+        ld.start()
+        ld.prefault()
+        ready = ctx.Event()
+        child = ctx.Process(target=_hold_and_hang, args=(ld.get_worker_context(0), paths, ready))
+        child.start()
+        assert ready.wait(10)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        # The other worker is unaffected.
+        w1 = ld.get_worker_context(1)
+        got = {}
+        for e in w1.load(paths, window=4):
+            got[e.get_filepath()] = e.get_data()
+        assert got == {p: files[p] for p in paths}
+        # Worker 0's slots come back.
+        w0 = ld.get_worker_context(0)
+        assert ld.reclaim_worker(0) == 4
+        for e in w0.load(paths, window=4):
+            assert e.get_data() == files[e.get_filepath()]
+        with pytest.raises(OSError):
+            ld.reclaim_worker(99)

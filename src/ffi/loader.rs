@@ -292,6 +292,54 @@ pub unsafe extern "C" fn al_loader_shutdown(l: *mut al_loader) -> c_int {
     })
 }
 
+/// Allocates all buffer memory of the loader now (`n_workers ×
+/// queue_depth × (max_file_size + 1)` bytes, page-rounded) instead of page
+/// by page on first use, without changing any data: safe at any time.
+/// Returns 0, `-EINVAL` for NULL, or the errno of `madvise`
+/// (`-EINVAL` on kernels before 5.14, `-ENOMEM` when memory is short).
+///
+/// # Safety
+///
+/// As `al_loader_start`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_prefault(l: *mut al_loader) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        Ok(l.loader.prefault()?)
+    })
+}
+
+/// Takes back every entry of worker `id` after the process or thread that
+/// used it died: its queued requests are dropped, its files in flight are
+/// waited for (up to 10 s), entries it held are freed, and its rings are
+/// rebuilt, so a new context for `id` starts with `queue_depth` free
+/// entries. Writes the number of entries taken back to `*reclaimed` (may be
+/// NULL). Returns 0, `-EINVAL` (NULL, id out of range), `-EBUSY` (files
+/// still in flight, or a reclaim already running). Only call it when nobody
+/// uses worker `id` any more; the loader and other workers keep running.
+///
+/// # Safety
+///
+/// As `al_loader_start`; `reclaimed` is NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_reclaim_worker(
+    l: *mut al_loader,
+    id: u32,
+    reclaimed: *mut u32,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        let n = l.loader.reclaim_worker(id)?;
+        if !reclaimed.is_null() {
+            // SAFETY: non-NULL and valid for one write (caller).
+            unsafe { reclaimed.write(n) };
+        }
+        Ok(())
+    })
+}
+
 /// Frees the handle. In the process that created the loader (or runs its
 /// threads or child) this also shuts the loader down. NULL is ignored.
 /// Call at most once per handle, when no other thread uses it.
