@@ -669,3 +669,25 @@ fn empty_files_and_dev_null_are_told_apart() {
     assert_eq!(load_one(&w, "/dev/urandom"), libc::EINVAL);
     r.stop();
 }
+
+#[test]
+fn fifo_holding_data_from_a_writer_that_left_is_not_a_file() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader keeps the pipe alive; a writer writes 100 bytes and leaves,
+    // so a read finds 100 bytes and then end of file, like a small file.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(&[7u8; 100]).unwrap();
+    drop(writer);
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    assert_eq!(load_one(&r.worker(0), &fifo), libc::EINVAL);
+    r.stop();
+}
