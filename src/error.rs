@@ -111,12 +111,6 @@ impl From<ConfigError> for Error {
     }
 }
 
-impl From<nix::Error> for Error {
-    fn from(e: nix::Error) -> Self {
-        Error::os(e as i32, "system call failed")
-    }
-}
-
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         std::io::Error::new(
