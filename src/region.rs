@@ -256,6 +256,9 @@ pub struct Region {
     name: String,
     layout: Layout,
     cfg: RawConfig,
+    /// When this process last checked that the loader process is alive
+    /// (ns, CLOCK_MONOTONIC); process-local, rate-limits that check.
+    pub(crate) last_health_check: AtomicU64,
 }
 
 // SAFETY: the region is plain memory whose shared parts are only accessed
@@ -322,6 +325,7 @@ impl Region {
             name,
             layout,
             cfg: raw,
+            last_health_check: AtomicU64::new(0),
         };
         // SAFETY: the mapping is fresh, zero-filled, large enough for a
         // Header at offset 0 (Layout puts the workers after it) and
@@ -446,6 +450,7 @@ impl Region {
             name: name.to_owned(),
             layout,
             cfg,
+            last_health_check: AtomicU64::new(0),
         })
     }
 

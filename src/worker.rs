@@ -28,6 +28,8 @@ const SPIN_BEFORE_SLEEP: u32 = 20;
 /// Longest single futex sleep; between sleeps the worker checks that the
 /// loader is alive, so a dead loader is noticed within about this long.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
+/// How often `request` looks at the loader process itself.
+const HEALTH_EVERY_NS: u64 = 20_000_000;
 
 /// A worker's handle on the loader. Cheap to create; `Send + Sync` (the
 /// rings are multi-producer/multi-consumer), although the usual pattern is
@@ -153,6 +155,15 @@ impl Worker {
         let st = self.region.header().state.load(Ordering::Acquire);
         if st != state::CREATED && st != state::RUNNING {
             return Err(loader_health(&self.region).unwrap_err());
+        }
+        // A loader process killed while nobody waited leaves the state word
+        // at RUNNING: look at the process itself, at most every
+        // HEALTH_EVERY_NS per process, so a request fails fast after that.
+        let now = now_ns();
+        let last = self.region.last_health_check.load(Ordering::Relaxed);
+        if st == state::RUNNING && now.saturating_sub(last) > HEALTH_EVERY_NS {
+            self.region.last_health_check.store(now, Ordering::Relaxed);
+            loader_health(&self.region)?;
         }
         let rings = self.region.worker(self.id);
         let Some(e) = rings.free.pop() else {

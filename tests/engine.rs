@@ -433,6 +433,30 @@ fn dead_loader_process_is_noticed_in_bounded_time() {
 }
 
 #[test]
+fn request_fails_fast_after_the_loader_process_is_killed() {
+    let r = Running::new(cfg(1, 8), Mode::Process);
+    let w = r.worker(0);
+    w.request("/proc/self/stat").unwrap();
+    drop(w.wait_get_timeout(Duration::from_secs(10)).unwrap());
+    // SAFETY: killing the loader child we spawned.
+    unsafe { libc::kill(r.loader.loader_pid(), libc::SIGKILL) };
+    // Nobody waits: the next requests notice within a health-check period.
+    let t0 = Instant::now();
+    let err = loop {
+        match w.request("/proc/self/stat") {
+            Ok(()) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => break e,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "requests still accepted"
+        );
+    };
+    assert_eq!(err.kind(), ErrorKind::LoaderDead);
+    r.stop();
+}
+
+#[test]
 fn attach_by_name_shares_the_loader() {
     let dir = tempfile::tempdir().unwrap();
     let paths = make_files(dir.path(), &[10, 20_000, 77_777]);
