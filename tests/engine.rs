@@ -715,3 +715,62 @@ fn fifo_holding_data_from_a_writer_that_left_is_not_a_file() {
     assert_eq!(load_one(&r.worker(0), &fifo), libc::EINVAL);
     r.stop();
 }
+
+#[test]
+fn file_that_shrinks_after_its_request_loads_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("shrinks");
+    std::fs::write(&p, content(3, 150_000)).unwrap();
+    let l = Loader::new(cfg(1, 2)).unwrap();
+    let w = l.worker(0).unwrap();
+    w.request(&p).unwrap();
+    std::fs::write(&p, content(4, 777)).unwrap();
+    l.start().unwrap();
+    check_entry(&w.wait_get_timeout(Duration::from_secs(10)).unwrap());
+    l.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: Vec<usize> = (0..16).map(|i| 150_000 + i * 3000).collect();
+    let paths = make_files(dir.path(), &sizes);
+    for p in &paths {
+        evict(p, 0, 0);
+    }
+    for mode in [Mode::Threads, Mode::Process] {
+        let r = Running::new(cfg(2, 16), mode);
+        let w = r.worker(0);
+        for p in &paths {
+            w.request(p).unwrap();
+        }
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let mut got = 0;
+                    loop {
+                        match w.wait_get_timeout(Duration::from_secs(10)) {
+                            Ok(e) => {
+                                check_entry(&e);
+                                got += 1;
+                            }
+                            Err(e) => return (got, e.kind()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        r.loader.shutdown().unwrap();
+        let t0 = Instant::now();
+        let mut total = 0;
+        for h in waiters {
+            let (got, kind) = h.join().unwrap();
+            assert_eq!(kind, ErrorKind::Shutdown, "{mode:?}");
+            total += got;
+        }
+        assert!(total <= paths.len());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        r.stop();
+    }
+}
