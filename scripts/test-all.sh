@@ -6,30 +6,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A hang anywhere fails this script in bounded time (the tests themselves
+# have timeouts; this is the net under them). The first run also compiles.
+T="timeout --kill-after=30"
+
 echo "== cargo test"
-cargo test --all-targets --no-fail-fast 2>&1
+$T 1500 cargo test --all-targets --no-fail-fast 2>&1
 # Doc tests are not part of --all-targets.
-cargo test --doc 2>&1
+$T 600 cargo test --doc 2>&1
 # The whole integration suite again on the thread-pool fallback backend.
 echo "== integration tests on the fallback backend (ASYNCLOADER_BACKEND=threads)"
-ASYNCLOADER_BACKEND=threads cargo test --test engine --test lifecycle 2>&1
+ASYNCLOADER_BACKEND=threads $T 600 cargo test --test engine --test lifecycle 2>&1
 # And on the io_uring backend's other paths: every statx through io_uring
 # (what cold metadata takes), and statx before every file (no optimistic
 # chain: what cold data and O_DIRECT take).
 echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
-ASYNCLOADER_STATX=async cargo test --test engine 2>&1
+ASYNCLOADER_STATX=async $T 600 cargo test --test engine 2>&1
 echo "== integration tests without the optimistic chain (ASYNCLOADER_FAST=0)"
-ASYNCLOADER_FAST=0 cargo test --test engine 2>&1
+ASYNCLOADER_FAST=0 $T 600 cargo test --test engine 2>&1
 
 echo "== loom model of the rings"
-bash scripts/loom.sh
+$T 900 bash scripts/loom.sh
 
 if [ -f scripts/c-sanitize.sh ]; then
     echo "== C programs under sanitizers"
-    bash scripts/c-sanitize.sh
+    $T 900 bash scripts/c-sanitize.sh
 fi
 
 if [ -f python/pyproject.toml ]; then
     echo "== Python package"
-    bash scripts/test-python.sh
+    $T 900 bash scripts/test-python.sh
 fi
