@@ -43,6 +43,16 @@ _MIN_DEFAULT_FILE_SIZE = 1 << 20
 WAIT_SLICE_S = 0.1
 _WAIT_SLICE_NS = int(WAIT_SLICE_S * 1e9)
 
+
+def _slice_ns(deadline: Optional[float]) -> int:
+    """The next wait slice: short, so signal handlers (Ctrl-C) run between
+    slices, and never past ``deadline`` (``time.monotonic()``; None: none)."""
+    if deadline is None:
+        return _WAIT_SLICE_NS
+    left = deadline - time.monotonic()
+    return max(0, min(_WAIT_SLICE_NS, int(left * 1e9)))
+
+
 _PID = os.getpid()
 
 
@@ -564,11 +574,7 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         wait = lib.al_worker_wait_get
         while True:
-            if deadline is None:
-                slice_ns = _WAIT_SLICE_NS
-            else:
-                left = deadline - time.monotonic()
-                slice_ns = max(0, min(_WAIT_SLICE_NS, int(left * 1e9)))
+            slice_ns = _slice_ns(deadline)
             rc = wait(self._h, slice_ns, byref(out))
             if rc == 0:
                 return Entry(self, out.value)
@@ -597,11 +603,7 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         fn = lib.al_worker_get_many
         while True:
-            if deadline is None:
-                slice_ns = _WAIT_SLICE_NS
-            else:
-                left = deadline - time.monotonic()
-                slice_ns = max(0, min(_WAIT_SLICE_NS, int(left * 1e9)))
+            slice_ns = _slice_ns(deadline)
             rc = fn(self._h, buf, max_n, slice_ns, byref(got))
             n = got.value
             if n:

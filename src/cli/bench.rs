@@ -429,12 +429,17 @@ fn loader_config(o: &Opts, ds: &DataSet, direct: bool) -> Config {
     }
 }
 
-fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
+/// A loader for one row, in steady state as in a long run: its buffer pages
+/// are allocated before the row is measured (a fresh loader would otherwise
+/// zero-fill each page on first use inside the measurement).
+fn new_loader(o: &Opts, ds: &DataSet, method: Method) -> Res<Loader> {
     let loader = Loader::new(loader_config(o, ds, method.direct())).map_err(|e| e.to_string())?;
-    // Steady state, as in a long run: buffer pages are allocated before the
-    // row is measured (a fresh loader would otherwise zero-fill each page
-    // on first use inside the measurement).
     loader.prefault().map_err(|e| e.to_string())?;
+    Ok(loader)
+}
+
+fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
+    let loader = new_loader(o, ds, method)?;
     let cpu0 = Cpu::now();
     loader.start().map_err(|e| e.to_string())?;
     let n = o.workers as usize;
@@ -524,11 +529,7 @@ fn worker_child(w: &Worker, ds: &DataSet, k: usize, n: usize, go: i32, out: i32)
 }
 
 fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
-    let loader = Loader::new(loader_config(o, ds, method.direct())).map_err(|e| e.to_string())?;
-    // Steady state, as in a long run: buffer pages are allocated before the
-    // row is measured (a fresh loader would otherwise zero-fill each page
-    // on first use inside the measurement).
-    loader.prefault().map_err(|e| e.to_string())?;
+    let loader = new_loader(o, ds, method)?;
     let cpu0 = Cpu::now();
     loader.spawn().map_err(|e| e.to_string())?;
     let n = o.workers as usize;
