@@ -301,18 +301,31 @@ fn bad_inputs_are_error_entries_with_exact_errno() {
 }
 
 #[test]
-fn permission_denied_when_not_root_readable() {
-    // Root reads everything; only meaningful for other users.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return;
-    }
+fn permission_denied_is_eacces() {
     let dir = tempfile::tempdir().unwrap();
+    // A readable directory holding an unreadable file.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let p = make_files(dir.path(), &[10])[0].clone();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
-    let r = Running::new(cfg(1, 4), Mode::Threads);
-    assert_eq!(load_one(&r.worker(0), &p), libc::EACCES);
-    r.stop();
+    // Root reads everything: as root (CI), drop to `nobody` in a forked
+    // child, which then runs the loader and the worker.
+    let pid = in_child(move || {
+        // SAFETY: geteuid/setgid/setuid in a single-threaded child.
+        unsafe {
+            if libc::geteuid() == 0 {
+                assert_eq!(libc::setgid(65534), 0);
+                assert_eq!(libc::setuid(65534), 0);
+            }
+        }
+        let r = Running::new(cfg(1, 4), Mode::Threads);
+        assert_eq!(load_one(&r.worker(0), &p), libc::EACCES);
+        r.stop();
+    });
+    assert!(child_ok(pid));
 }
 
 #[test]
