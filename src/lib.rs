@@ -38,6 +38,8 @@ pub mod futex;
 #[cfg(not(loom))]
 pub mod loader;
 #[cfg(not(loom))]
+pub mod process;
+#[cfg(not(loom))]
 pub mod region;
 pub mod ring;
 #[cfg(not(loom))]

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::process::pid_alive;
 use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
 
 /// Spins on the completion ring before sleeping on the futex. Short: on a
@@ -87,24 +88,6 @@ fn loader_state(region: &Region) -> Result<()> {
     match region.header().state.load(Ordering::Acquire) {
         state::CREATED | state::RUNNING => Ok(()),
         _ => loader_health(region),
-    }
-}
-
-/// True while process `pid` exists and is not a zombie.
-pub(crate) fn pid_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence/permission.
-    if unsafe { libc::kill(pid, 0) } != 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-    {
-        return false;
-    }
-    // A killed child that its parent has not reaped yet still answers kill(0).
-    match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let after = s.iter().rposition(|&b| b == b')').map(|i| i + 2);
-            !matches!(after.and_then(|i| s.get(i)), Some(b'Z') | Some(b'X'))
-        }
-        Err(_) => false,
     }
 }
 

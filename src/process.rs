@@ -1,0 +1,91 @@
+//! Facts about processes: whether one is alive, and whether this process is
+//! a `fork` of the one that made some object.
+//!
+//! An [`crate::Entry`] (and a C `al_entry` handle) is a claim on a slot of
+//! the shared region. After `fork` the child holds a byte-for-byte copy of
+//! that claim, but the slot is still the parent's: a release from the child
+//! must not hand the parent's buffer to someone else. Objects record the
+//! [`fork_epoch`] they were made in and refuse to act in another one.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Incremented in the child of every `fork` (by a `pthread_atfork` handler),
+/// so a copy of a process-local object can tell it was inherited.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
+static REGISTER: Once = Once::new();
+
+extern "C" fn in_child() {
+    // Async-signal-safe: one atomic add, no allocation, no lock.
+    FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The current fork epoch: equal in a process and its threads, different in
+/// every child forked after the first call (the handler is installed then;
+/// a fork before any object exists needs no tracking). Costs one atomic load
+/// after the first call.
+pub fn fork_epoch() -> u64 {
+    REGISTER.call_once(|| {
+        // SAFETY: `in_child` is an `extern "C" fn()` that stays valid for
+        // the life of the process and only touches an atomic, which is
+        // allowed in a child of a multi-threaded fork.
+        let r = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        // pthread_atfork fails only with ENOMEM; without the handler a
+        // forked child would look like its parent, so say so loudly once.
+        if r != 0 {
+            eprintln!("asyncloader: pthread_atfork failed ({r}); entries inherited across fork are not detected");
+        }
+    });
+    FORK_EPOCH.load(Ordering::Relaxed)
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence/permission.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    // A killed child that its parent has not reaped yet still answers kill(0).
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let after = s.iter().rposition(|&b| b == b')').map(|i| i + 2);
+            !matches!(after.and_then(|i| s.get(i)), Some(b'Z') | Some(b'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_moves_the_epoch_in_the_child_only() {
+        let before = fork_epoch();
+        // SAFETY: the child only reads an atomic and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = if fork_epoch() != before { 0 } else { 1 };
+            // SAFETY: ends the child without running the test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(fork_epoch(), before);
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(pid_alive(std::process::id() as i32));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(-1));
+    }
+}
