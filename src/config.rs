@@ -50,7 +50,11 @@ pub struct Config {
     pub n_workers: u32,
     /// A batch is submitted once this many requests are waiting ...
     pub dispatch_n: u32,
-    /// ... or once the loader loop ran this many passes without a new request.
+    /// ... or once the loader loop ran this many passes without a new request
+    /// (at most [`limits::MAX_IDLE_ITERS`]). The first passes spin; later
+    /// ones sleep about 50 µs each until a request arrives, so a large value
+    /// delays a partial batch (by about a second at most) but never keeps a
+    /// core busy.
     pub idle_iters: u32,
     /// Read with `O_DIRECT` (bypassing the page cache) where the file system
     /// allows it; files on file systems that refuse it load buffered.
@@ -92,6 +96,10 @@ pub mod limits {
     pub const MAX_LOADER_THREADS: u32 = 64;
     /// Largest `ring_window`.
     pub const MAX_RING_WINDOW: u32 = 4_096;
+    /// Largest `idle_iters`: with the sleeping idle passes of the loader
+    /// loop (about 50-100 µs each), a lone request waits about a second at
+    /// most for its batch.
+    pub const MAX_IDLE_ITERS: u32 = 10_000;
     /// Largest whole shared region (all buffers of all workers), 256 GiB of
     /// address space; memory is only used for the bytes actually loaded.
     pub const MAX_REGION_BYTES: u64 = 256 << 30;
@@ -149,6 +157,12 @@ impl Config {
         }
         if self.dispatch_n == 0 {
             return Err(ConfigError::new("dispatch_n", "must be at least 1"));
+        }
+        if self.idle_iters > MAX_IDLE_ITERS {
+            return Err(ConfigError::new(
+                "idle_iters",
+                format!("{} is more than {MAX_IDLE_ITERS}", self.idle_iters),
+            ));
         }
         if self.loader_threads > MAX_LOADER_THREADS {
             return Err(ConfigError::new(
@@ -243,6 +257,10 @@ mod tests {
                 max_file_size: 1 << 20,
                 ..Config::default()
             },
+            Config {
+                idle_iters: u32::MAX,
+                ..Config::default()
+            },
         ];
         let fields = [
             "queue_depth",
@@ -251,6 +269,7 @@ mod tests {
             "dispatch_n",
             "max_file_size",
             "max_file_size",
+            "idle_iters",
         ];
         for (c, f) in bad.iter().zip(fields) {
             assert_eq!(c.validate().unwrap_err().field(), f, "{c:?}");

@@ -17,7 +17,7 @@
 //! the thread notices a dead parent and never depends on a wake alone.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::threads::ThreadsBackend;
@@ -32,6 +32,11 @@ use crate::region::{Region, ThreadStats, entry_state, now_ns, state};
 const INFLIGHT_WAIT: Duration = Duration::from_micros(200);
 /// Idle passes (beyond `idle_iters`) before an idle thread sleeps.
 const IDLE_SPIN: u32 = 512;
+/// Idle passes that spin while a partial batch waits for `idle_iters`;
+/// later passes sleep [`PENDING_SLICE`] each (or until a request arrives),
+/// so a large `idle_iters` delays the batch without keeping a core busy.
+const PENDING_SPIN: u32 = 64;
+const PENDING_SLICE: Duration = Duration::from_micros(50);
 /// Longest futex sleep of an idle loader thread.
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
 /// After a shutdown, how long in-flight files may take before they are
@@ -107,6 +112,61 @@ fn threads_backend(window: u32, direct: bool, max: u64) -> Result<ThreadsBackend
     })
 }
 
+/// A pass of this loader thread over the workers' rings: while it lives,
+/// the thread's `ring_epoch` is odd. `Loader::reclaim_worker` sets the
+/// worker's `reclaiming` flag and then waits until every odd epoch has
+/// moved on; a pass that starts after that sees the flag (both sides use
+/// `SeqCst`: flag store then epoch load, epoch increment then flag load), so
+/// once the wait ends no loader thread pops from, or pushes to, that worker's
+/// rings until the flag is cleared.
+struct RingPass<'a>(&'a AtomicU64);
+
+impl<'a> RingPass<'a> {
+    fn enter(epoch: &'a AtomicU64) -> Self {
+        epoch.fetch_add(1, Ordering::SeqCst);
+        RingPass(epoch)
+    }
+}
+
+impl Drop for RingPass<'_> {
+    fn drop(&mut self) {
+        // Release: the pass's ring operations happen before a reclaimer
+        // that sees the new epoch rebuilds the rings.
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Whether a loader thread may use worker `w`'s rings in this pass.
+fn usable(region: &Region, w: u32) -> bool {
+    region.worker(w).block.reclaiming.load(Ordering::SeqCst) == 0
+}
+
+/// Moves entry `g` from `from` to `to` (same generation) if it is in `from`;
+/// false when someone else moved it, or a worker pushed an index it never
+/// requested: then the entry is not ours.
+fn take_entry(region: &Region, g: u32, from: u32, to: u32) -> bool {
+    let meta = region.entry(g);
+    let word = meta.state.load(Ordering::Acquire);
+    word as u32 == from
+        && meta
+            .state
+            .compare_exchange(
+                word,
+                (word & !0xffff_ffff) | to as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+}
+
+/// True when some usable worker has a request a pop would get now.
+fn requests_ready(region: &Region) -> bool {
+    (0..region.cfg().n_workers).any(|w| {
+        let r = region.worker(w);
+        r.block.reclaiming.load(Ordering::Relaxed) == 0 && r.req.has_ready()
+    })
+}
+
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
 pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
@@ -128,6 +188,10 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
         let stopping = h.state.load(Ordering::Acquire) != state::RUNNING;
         let mut got = 0u32;
         if !stopping {
+            let _pass = RingPass::enter(&stats.ring_epoch);
+            // Bounded, so a worker that pushes garbage as fast as we drop it
+            // cannot keep this thread here.
+            let mut budget = 2 * n as u64 * qd as u64 + 64;
             'gather: loop {
                 let mut any = false;
                 for k in 0..n {
@@ -135,20 +199,30 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                         break 'gather;
                     }
                     let w = (rr + k) % n;
-                    let rings = region.worker(w);
-                    if rings.block.reclaiming.load(Ordering::Acquire) != 0 {
+                    if !usable(region, w) {
                         continue;
                     }
-                    let Some(g) = rings.req.pop() else {
+                    if budget == 0 {
+                        break 'gather;
+                    }
+                    let Some(g) = region.worker(w).req.pop() else {
                         continue;
                     };
-                    if g / qd != w {
-                        // Not an index this worker owns: a corrupt ring.
-                        // Dropping it is all we can safely do.
+                    budget -= 1;
+                    // The ring and the entry states live in memory every
+                    // worker process can write: an index this worker does not
+                    // own, or an entry that is not QUEUED (pushed twice, never
+                    // requested, or being reclaimed), is dropped, so a broken
+                    // worker can neither make us load into another worker's
+                    // buffer nor load one buffer twice.
+                    if g / qd != w
+                        || !take_entry(region, g, entry_state::QUEUED, entry_state::LOADING)
+                    {
+                        any = true;
                         continue;
                     }
-                    // SAFETY: we popped `g` from its worker's request ring,
-                    // so the entry is QUEUED and ours until we complete it.
+                    // SAFETY: we moved `g` from QUEUED to LOADING, so the
+                    // entry is ours until we complete it.
                     let path = unsafe { region.queued_path(g) };
                     backend.push(Job {
                         g,
@@ -185,9 +259,13 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
             unsubmitted = 0;
         }
 
-        // Block only when nothing new came and everything queued is submitted.
+        // Block only when nothing new came and everything queued is
+        // submitted, or, briefly, when a partial batch has waited long.
+        // (Not with a partial batch queued: waiting in io_uring_enter would
+        // submit it.)
         let wait =
             (got == 0 && unsubmitted == 0 && backend.in_flight() > 0).then_some(INFLIGHT_WAIT);
+        let pending_sleep = got == 0 && unsubmitted > 0 && idle > PENDING_SPIN;
         backend
             .reap(&mut done, wait)
             .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "reap"))?;
@@ -198,15 +276,23 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
             done.clear();
         }
 
-        if backend.in_flight() == 0 && unsubmitted == 0 && got == 0 {
+        if pending_sleep {
+            // A partial batch waits for idle_iters: sleep, not spin, until a
+            // request arrives or the slice ends (one idle pass; files in
+            // flight are reaped after it).
+            h.loader_parking.sleep_unless(PENDING_SLICE, || {
+                h.state.load(Ordering::Acquire) != state::RUNNING || requests_ready(region)
+            });
+        } else if backend.in_flight() == 0 && unsubmitted == 0 && got == 0 {
             if stopping {
                 break;
             }
             if idle > cfg.idle_iters.saturating_add(IDLE_SPIN) {
                 flush_counters(backend.as_mut(), stats);
+                // `requests_ready`, not "indices differ": a ring corrupted by
+                // a worker must not keep this thread from sleeping.
                 let woke = h.loader_parking.sleep_unless(IDLE_SLEEP, || {
-                    h.state.load(Ordering::Acquire) != state::RUNNING
-                        || (0..n).any(|w| !region.worker(w).req.is_empty())
+                    h.state.load(Ordering::Acquire) != state::RUNNING || requests_ready(region)
                 });
                 // SAFETY (getppid): no preconditions.
                 if !woke
@@ -257,6 +343,7 @@ fn complete(region: &Region, stats: &ThreadStats, done: &[Done], touched: &mut V
     let qd = region.cfg().queue_depth;
     let t = now_ns();
     touched.clear();
+    let _pass = RingPass::enter(&stats.ring_epoch);
     for d in done {
         let meta = region.entry(d.g);
         // Stats before the push, so a worker holding the entry sees them.
@@ -274,19 +361,23 @@ fn complete(region: &Region, stats: &ThreadStats, done: &[Done], touched: &mut V
             }
         }
         meta.t_done.store(t, Ordering::Relaxed);
-        let word = meta.state.load(Ordering::Relaxed);
-        meta.state.store(
-            (word & !0xffff_ffff) | entry_state::DONE as u64,
-            Ordering::Relaxed,
-        );
+        // Only an entry still LOADING is ours to complete (a worker may have
+        // scribbled over its state meanwhile; then it gets nothing back).
+        if !take_entry(region, d.g, entry_state::LOADING, entry_state::DONE) {
+            continue;
+        }
         let w = d.g / qd;
-        // The release in push publishes the stores above with the entry.
-        region
-            .worker(w)
-            .comp
-            .push(d.g)
-            .expect("completion ring holds queue_depth entries");
-        touched.push(w);
+        if !usable(region, w) {
+            // Being reclaimed: the reclaimer takes DONE entries back itself.
+            continue;
+        }
+        // The release in push publishes the stores above with the entry. A
+        // worker's completion ring holds all its queue_depth entries, so a
+        // full one was corrupted by that worker: its entry is lost to it
+        // (until reclaim_worker), and nobody else is affected.
+        if region.worker(w).comp.push(d.g).is_ok() {
+            touched.push(w);
+        }
     }
     touched.sort_unstable();
     touched.dedup();

@@ -65,11 +65,11 @@ impl Error {
     }
 
     /// An OS error with its errno, `what` says which operation failed.
-    pub(crate) fn os(errno: i32, what: &'static str) -> Self {
+    pub(crate) fn os(errno: i32, what: impl Into<Cow<'static, str>>) -> Self {
         Error {
             kind: ErrorKind::Os,
             errno,
-            msg: Cow::Borrowed(what),
+            msg: what.into(),
         }
     }
 

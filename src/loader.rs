@@ -23,11 +23,12 @@ use crate::config::{BackendKind, Config};
 use crate::engine::{ThreadCtx, thread_main};
 use crate::error::{Error, ErrorKind, Result};
 use crate::region::{Region, entry_state, state};
-use crate::ring::Ring;
 use crate::worker::{Worker, loader_health};
 
 /// How long `shutdown` waits for a forked loader before it kills it.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long `reclaim_worker` waits for loader threads and files in flight.
+const RECLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// Counters of a loader, summed over its threads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -355,10 +356,20 @@ impl Loader {
     /// are waited for (up to 10 s), entries it held unreleased are freed, and
     /// its rings are rebuilt, so a new context for `id` starts with
     /// `queue_depth` free entries. Returns how many entries were taken back.
+    /// Also repairs a worker whose rings a broken process corrupted.
     ///
     /// Only call this when nobody uses worker `id` any more: entries it
     /// still holds become invalid (their data may be overwritten). The loader
     /// and the other workers keep running meanwhile.
+    ///
+    /// How it excludes the loader threads (no timing assumption): it raises
+    /// the worker's `reclaiming` flag, then waits until every loader thread
+    /// that was inside a pass over the rings has left it (each thread's
+    /// `ring_epoch` is odd during a pass; see `engine::RingPass`). Passes that
+    /// start later see the flag: they neither take this worker's requests
+    /// nor push to its completion ring (a file that completes meanwhile is
+    /// marked DONE and left for us). Then it waits until no entry is LOADING
+    /// and rebuilds the rings.
     pub fn reclaim_worker(&self, id: u32) -> Result<u32> {
         if id >= self.region.cfg().n_workers {
             return Err(Error::new(
@@ -368,53 +379,72 @@ impl Loader {
         }
         let r = &self.region;
         let rings = r.worker(id);
-        if rings.block.reclaiming.swap(1, Ordering::AcqRel) != 0 {
+        if rings.block.reclaiming.swap(1, Ordering::SeqCst) != 0 {
             return Err(Error::new(ErrorKind::Busy, "already being reclaimed"));
         }
-        // Loader threads check the flag before each pop; one that passed the
-        // check just before we set it finishes its pop within nanoseconds.
-        std::thread::sleep(Duration::from_millis(2));
+        let deadline = Instant::now() + RECLAIM_WAIT;
+        let give_up = |what: &str| {
+            rings.block.reclaiming.store(0, Ordering::Release);
+            Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "worker {id} not reclaimed: {what} after {RECLAIM_WAIT:?}; nothing changed"
+                ),
+            ))
+        };
+        // 1. Every loader thread out of the passes that may not have seen
+        //    the flag.
+        let h = r.header();
+        let threads = &h.thread_stats[..r.cfg().loader_threads as usize];
+        let odd: Vec<(usize, u64)> = threads
+            .iter()
+            .enumerate()
+            .map(|(t, s)| (t, s.ring_epoch.load(Ordering::SeqCst)))
+            .filter(|&(_, e)| e % 2 == 1)
+            .collect();
+        for (t, e) in odd {
+            while threads[t].ring_epoch.load(Ordering::Acquire) == e {
+                if loader_health(r).is_err() {
+                    break; // a dead loader's thread will never leave its pass
+                }
+                if Instant::now() >= deadline {
+                    return give_up("a loader thread did not finish its pass");
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        // 2. Files in flight finish (the loader marks them DONE, leaving
+        //    them to us). Nothing becomes LOADING any more.
         let qd = r.cfg().queue_depth;
         let base = id * qd;
-        // Requests never picked up: ours to drop.
-        while rings.req.pop().is_some() {}
-        // Files in flight complete into the completion ring.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let queued =
-            |e: u32| r.entry(base + e).state.load(Ordering::Acquire) as u32 == entry_state::QUEUED;
-        // An entry still QUEUED now is in flight in a loader thread.
-        while (0..qd).any(queued) {
+        let loading =
+            |e: u32| r.entry(base + e).state.load(Ordering::Acquire) as u32 == entry_state::LOADING;
+        while (0..qd).any(loading) {
             if loader_health(r).is_err() {
                 break; // a dead loader will not complete it
             }
             if Instant::now() >= deadline {
-                rings.block.reclaiming.store(0, Ordering::Release);
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    "files of this worker are still in flight",
-                ));
+                return give_up("files of this worker are still in flight");
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Nobody touches this worker's rings now: rebuild them.
-        let (req, comp, free) = r.slot_arrays(id);
-        Ring::init(&rings.block.req, req);
-        Ring::init(&rings.block.comp, comp);
-        Ring::init(&rings.block.free, free);
+        // 3. Nobody touches this worker's rings or entries now: every entry
+        //    goes back to FREE with a new generation (so old handles are
+        //    stale), and the rings are rebuilt with all entries free.
         let mut taken = 0;
         for e in 0..qd {
             let meta = r.entry(base + e);
             let word = meta.state.load(Ordering::Acquire);
             if word as u32 != entry_state::FREE {
                 taken += 1;
-                let generation = ((word >> 32) as u32).wrapping_add(1);
-                meta.state.store(
-                    ((generation as u64) << 32) | entry_state::FREE as u64,
-                    Ordering::Release,
-                );
             }
-            rings.free.push(e).expect("free ring holds queue_depth");
+            let generation = ((word >> 32) as u32).wrapping_add(1);
+            meta.state.store(
+                ((generation as u64) << 32) | entry_state::FREE as u64,
+                Ordering::Release,
+            );
         }
+        r.reset_worker_rings(id);
         rings.block.reclaiming.store(0, Ordering::Release);
         Ok(taken)
     }

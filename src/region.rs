@@ -36,7 +36,7 @@ use crate::ring::{Ring, RingIndices};
 /// `b"ASYNCLDR"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ASYNCLDR");
 /// Bumped whenever the layout below changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes of path an entry holds, including the terminating NUL (Linux
 /// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
 pub const PATH_CAP: usize = 4096;
@@ -58,13 +58,28 @@ pub mod state {
 /// Entry states (low 32 bits of `EntryMeta::state`; the high 32 bits are a
 /// generation that changes on every release, so that a stale handle is
 /// recognised).
+///
+/// ```text
+///  FREE ──request()──▶ QUEUED ──loader pops, CAS──▶ LOADING ──loader, CAS──▶ DONE
+///   ▲                  (request ring)               (in a backend)          (completion ring,
+///   └──────────────────────────── release(): CAS, generation + 1 ──────────── or held)
+/// ```
+///
+/// Every move out of a state the other side may also act on is a
+/// compare-and-swap on the whole word, so exactly one party wins: a loader
+/// thread takes an entry only if it is QUEUED (an index pushed twice, or
+/// one that was never requested, is dropped), and completes it only if it is
+/// still LOADING. `Loader::reclaim_worker` relies on this to take a dead
+/// worker's entries back while loader threads run.
 pub mod entry_state {
     /// In the worker's free ring.
     pub const FREE: u32 = 0;
-    /// Requested: in the request ring or being loaded.
+    /// Requested: in the request ring, not yet taken by a loader thread.
     pub const QUEUED: u32 = 1;
     /// Loaded (or failed): in the completion ring or held by the user.
     pub const DONE: u32 = 2;
+    /// Taken by a loader thread: its buffer is being written.
+    pub const LOADING: u32 = 3;
 }
 
 /// The configuration as stored in the region.
@@ -97,6 +112,25 @@ impl RawConfig {
         }
     }
 
+    /// Checks the stored values as [`Config::validate`] does, plus what only
+    /// a stored config can get wrong (an unresolved 0, an unknown backend).
+    pub fn validate(&self) -> std::result::Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if self.loader_threads == 0 {
+            return Err(ConfigError::new("loader_threads", "0 in a stored config"));
+        }
+        if self.ring_window == 0 {
+            return Err(ConfigError::new("ring_window", "0 in a stored config"));
+        }
+        if BackendKind::from_u32(self.backend).is_none() || self.direct > 1 {
+            return Err(ConfigError::new(
+                "backend",
+                "unknown value in a stored config",
+            ));
+        }
+        self.to_config().validate()
+    }
+
     /// Back to a [`Config`] (loader_threads and ring_window resolved).
     pub fn to_config(&self) -> Config {
         Config {
@@ -124,7 +158,11 @@ pub struct ThreadStats {
     pub buffered_fallbacks: AtomicU64,
     pub direct_reads: AtomicU64,
     pub syscalls: AtomicU64,
-    _pad: u64,
+    /// Odd while this loader thread is inside a pass over the workers'
+    /// request or completion rings (see `engine::RingPass`), even outside.
+    /// `Loader::reclaim_worker` waits for odd values to move on before it
+    /// rebuilds a worker's rings.
+    pub ring_epoch: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<ThreadStats>() == 64);
@@ -193,7 +231,15 @@ pub struct EntryMeta {
     pub t_request: AtomicU64,
     /// Nanoseconds (CLOCK_MONOTONIC) when the load completed.
     pub t_done: AtomicU64,
-    _pad: [u64; 3],
+    /// Where in `path` the path the loader opens starts, and its length.
+    /// For an absolute path: 0 and `path_len` (the same bytes). For a
+    /// relative one the requester stores, after the path it gave, that path
+    /// resolved against its own working directory, so that the loader —
+    /// another process, or the same one after a `chdir` — opens the file the
+    /// requester meant.
+    pub load_off: AtomicU32,
+    pub load_len: AtomicU32,
+    _pad: [u64; 2],
     /// The requested path, NUL-terminated. Written by the worker while the
     /// entry is FREE→QUEUED (before the request-ring push that publishes it),
     /// read by the loader after popping the request, and by the worker's
@@ -348,14 +394,7 @@ impl Region {
             (&raw mut (*h).buffers_off).write(layout.buffers_off);
         }
         for w in 0..raw.n_workers {
-            let r = region.worker(w);
-            let (req, comp, free) = region.slot_arrays(w);
-            Ring::init(&r.block.req, req);
-            Ring::init(&r.block.comp, comp);
-            Ring::init(&r.block.free, free);
-            for e in 0..raw.queue_depth {
-                r.free.push(e).expect("free ring holds queue_depth");
-            }
+            region.reset_worker_rings(w);
         }
         Ok(region)
     }
@@ -379,13 +418,20 @@ impl Region {
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = Error::last_os("open of the loader's shared region");
-            return Err(if e.errno() == libc::ENOENT {
+            return Err(if e.errno() != libc::ENOENT {
+                e
+            } else if crate::process::pid_alive(pid as i32) {
+                // The creator lives but has no such descriptor: a wrong or
+                // stale name, not a dead loader.
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("no asyncloader region is open as descriptor {fdn} of process {pid}"),
+                )
+            } else {
                 Error::new(
                     ErrorKind::LoaderDead,
                     "no such loader (its creating process is gone)",
                 )
-            } else {
-                e
             });
         }
         // SAFETY: fresh descriptor we own.
@@ -423,11 +469,20 @@ impl Region {
                 format!("loader layout version {version}, this library speaks {LAYOUT_VERSION}"),
             ));
         }
+        // The config comes from memory other processes can write: validate
+        // it before computing anything from it (the limits keep every
+        // product of the layout far from overflowing).
+        if let Err(e) = cfg.validate() {
+            unmap();
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("shared region header holds an invalid config ({e})"),
+            ));
+        }
         let layout = Layout::compute(&cfg);
         // SAFETY: as above; the header is fully in the mapping.
         let h = unsafe { &*base.cast::<Header>() };
-        let consistent = cfg.to_config().validate().is_ok()
-            && total == size
+        let consistent = total == size
             && layout.total_size == size
             && h.ring_cap == layout.ring_cap
             && h.buf_size == layout.buf_size
@@ -520,6 +575,25 @@ impl Region {
         }
     }
 
+    /// Empties worker `w`'s request and completion rings and puts all its
+    /// `queue_depth` entries on its free ring. Must not race with any other
+    /// operation on those rings: called on a region nobody else sees yet, or
+    /// by `Loader::reclaim_worker` once no loader thread or worker can touch
+    /// them.
+    pub(crate) fn reset_worker_rings(&self, w: u32) {
+        let r = self.worker(w);
+        let (req, comp, free) = self.slot_arrays(w);
+        Ring::init(&r.block.req, req);
+        Ring::init(&r.block.comp, comp);
+        Ring::init(&r.block.free, free);
+        for e in 0..self.cfg.queue_depth {
+            // A ring holds capacity_for(queue_depth) >= queue_depth values
+            // and was just emptied.
+            let pushed = r.free.push(e);
+            debug_assert!(pushed.is_ok());
+        }
+    }
+
     /// Number of entries (n_workers * queue_depth).
     pub fn n_entries(&self) -> u32 {
         self.cfg.n_workers * self.cfg.queue_depth
@@ -570,12 +644,16 @@ impl Region {
     /// The caller must own entry `g` in the QUEUED state (popped from a
     /// request ring and not yet completed), so no one else writes the path.
     pub unsafe fn queued_path(&self, g: u32) -> *const libc::c_char {
-        let len = (self.entry(g).path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
+        let meta = self.entry(g);
+        let off = (meta.load_off.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
+        let len = (meta.load_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1 - off);
         let p = self.path_ptr(g);
-        // SAFETY: len < PATH_CAP keeps the write inside the path array; the
-        // caller owns the entry (see # Safety).
-        unsafe { *p.add(len) = 0 };
-        p.cast()
+        // SAFETY: off + len <= PATH_CAP - 1 keeps both the start and the NUL
+        // inside the path array; the caller owns the entry (see # Safety).
+        unsafe {
+            *p.add(off + len) = 0;
+            p.add(off).cast()
+        }
     }
 
     /// Allocates every page of the data buffers now (without changing their

@@ -26,6 +26,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// Largest ring capacity (slots) we create.
 pub const MAX_CAPACITY: u32 = 1 << 20;
 
+/// Retries after which `push`/`pop` give up. Contention among the few
+/// threads and processes of one loader never comes near it; only indices that
+/// another process keeps rewriting could, and then giving up is the point.
+const MAX_SPINS: u32 = 1 << 16;
+
 /// The shared indices of a ring. Producer and consumer indices sit on
 /// separate cache lines so that the two sides do not invalidate each other's
 /// line on every operation.
@@ -134,8 +139,13 @@ impl<'a> Ring<'a> {
     }
 
     /// Appends `value`; gives it back when the ring is full.
+    ///
+    /// Also refuses (never loops forever) when the ring is corrupt: a slot
+    /// stamp that no well-behaved producer or consumer could have written,
+    /// as a buggy or hostile process mapping the region could leave.
     pub fn push(&self, value: u32) -> Result<(), u32> {
         let mut pos = self.idx.tail.load(Ordering::Relaxed);
+        let mut spins = 0u32;
         loop {
             let slot = &self.slots[(pos & self.mask) as usize];
             // Acquire: if the stamp says "free for pos", the consumer that
@@ -163,15 +173,25 @@ impl<'a> Ring<'a> {
                 // The slot still holds the value pushed one lap ago: full.
                 return Err(value);
             } else {
-                // Another producer took `pos`; catch up.
-                pos = self.idx.tail.load(Ordering::Relaxed);
+                // Another producer took `pos`; catch up. That producer's
+                // claim of `pos` happens-before the stamp we just acquired,
+                // so the reload sees a newer tail; an unchanged tail means
+                // the stamp was written by no producer: a corrupt ring.
+                let now = self.idx.tail.load(Ordering::Relaxed);
+                if now == pos || spins >= MAX_SPINS {
+                    return Err(value);
+                }
+                pos = now;
             }
+            spins += 1;
         }
     }
 
-    /// Removes the oldest value, if any.
+    /// Removes the oldest value, if any. A corrupt ring reads as empty
+    /// (see [`push`](Self::push)).
     pub fn pop(&self) -> Option<u32> {
         let mut pos = self.idx.head.load(Ordering::Relaxed);
+        let mut spins = 0u32;
         loop {
             let slot = &self.slots[(pos & self.mask) as usize];
             // Acquire: pairs with the producer's release store of the value.
@@ -200,9 +220,27 @@ impl<'a> Ring<'a> {
                 // Nothing was pushed at `pos` yet: empty.
                 return None;
             } else {
-                pos = self.idx.head.load(Ordering::Relaxed);
+                // Another consumer took `pos` (see `push` for why an
+                // unchanged head means a corrupt ring).
+                let now = self.idx.head.load(Ordering::Relaxed);
+                if now == pos || spins >= MAX_SPINS {
+                    return None;
+                }
+                pos = now;
             }
+            spins += 1;
         }
+    }
+
+    /// True when a [`pop`](Self::pop) would find a value now: the slot at
+    /// the head holds the stamp of a completed push. Unlike
+    /// [`is_empty`](Self::is_empty), which compares the indices, this is
+    /// false for a ring whose indices or stamps were corrupted, so a sleeper
+    /// that checks it does not busy-loop on a ring nobody can pop from.
+    pub fn has_ready(&self) -> bool {
+        let pos = self.idx.head.load(Ordering::Acquire);
+        let word = self.slots[(pos & self.mask) as usize].load(Ordering::Acquire);
+        stamp_of(word) == pos.wrapping_add(1)
     }
 
     /// Approximate number of values queued (exact when nobody is pushing or
@@ -305,6 +343,43 @@ mod tests {
             r.push(v).unwrap();
             assert_eq!(r.pop(), Some(v));
         }
+    }
+
+    /// A stamp no push or pop could have written (a scribbling process)
+    /// makes pop read empty and push refuse, instead of looping forever.
+    #[test]
+    fn corrupt_stamps_do_not_hang() {
+        let o = Owned::new(4);
+        let r = o.ring();
+        r.push(1).unwrap();
+        // The head slot claims a push from a later lap.
+        o.slots[0].store(pack(7, 5), Ordering::Relaxed);
+        assert_eq!(r.pop(), None);
+        assert!(!r.has_ready(), "corrupt head slot is not poppable");
+        // The tail slot claims to be free for a later lap.
+        let o = Owned::new(4);
+        let r = o.ring();
+        o.slots[0].store(pack(9, 0), Ordering::Relaxed);
+        assert_eq!(r.push(3), Err(3));
+        // Indices far apart from the stamps.
+        let o = Owned::new(4);
+        o.idx.head.store(12345, Ordering::Relaxed);
+        o.idx.tail.store(7, Ordering::Relaxed);
+        let r = o.ring();
+        assert_eq!(r.pop(), None);
+        assert!(!r.has_ready());
+        let _ = r.push(1);
+    }
+
+    #[test]
+    fn has_ready_follows_pushes_and_pops() {
+        let o = Owned::new(2);
+        let r = o.ring();
+        assert!(!r.has_ready());
+        r.push(5).unwrap();
+        assert!(r.has_ready());
+        assert_eq!(r.pop(), Some(5));
+        assert!(!r.has_ready());
     }
 
     #[test]

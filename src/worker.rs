@@ -11,14 +11,14 @@
 //! FREE and DONE entries belong to the worker side, QUEUED ones to the loader.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::process::pid_alive;
+use crate::process::{fork_epoch, pid_alive};
 use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
 
 /// Spins on the completion ring before sleeping on the futex. Short: on a
@@ -118,8 +118,14 @@ impl Worker {
 
     /// Requests the file at the path given as raw bytes.
     ///
+    /// A relative path is resolved against this process's working directory
+    /// now, at request time (the loader may be another process, or this one
+    /// after a `chdir`); the entry still reports the path as given. Absolute
+    /// paths cost nothing extra; a relative one costs a `getcwd`.
+    ///
     /// Fails without queueing anything when the path is empty, holds a NUL
-    /// byte, is `PATH_CAP` bytes or longer, when the worker has
+    /// byte, is `PATH_CAP` bytes or longer (for a relative path: when it and
+    /// its resolved form do not fit together), when the worker has
     /// `queue_depth` requests outstanding (`QueueFull`: get and release
     /// entries first), or when the loader was shut down or died.
     pub fn request_bytes(&self, path: &[u8]) -> Result<()> {
@@ -148,6 +154,29 @@ impl Worker {
             self.region.last_health_check.store(now, Ordering::Relaxed);
             loader_health(&self.region)?;
         }
+        // For a relative path, the loader opens `cwd/path`, stored after the
+        // path itself (see EntryMeta::load_off).
+        let resolved = if path[0] == b'/' {
+            None
+        } else {
+            let cwd = std::env::current_dir()
+                .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::ENOENT), "getcwd"))?;
+            let mut abs = cwd.into_os_string().into_vec();
+            abs.push(b'/');
+            abs.extend_from_slice(path);
+            if path.len() + 1 + abs.len() >= PATH_CAP {
+                return Err(Error::new(
+                    ErrorKind::PathTooLong,
+                    format!(
+                        "relative path of {} bytes resolves to {} bytes; together at most {} fit",
+                        path.len(),
+                        abs.len(),
+                        PATH_CAP - 2
+                    ),
+                ));
+            }
+            Some(abs)
+        };
         let rings = self.region.worker(self.id);
         let Some(e) = rings.free.pop() else {
             return Err(Error::new(
@@ -158,21 +187,37 @@ impl Worker {
                 ),
             ));
         };
-        debug_assert!(e < self.qd);
+        if e >= self.qd {
+            return Err(corrupt("free ring"));
+        }
         let g = self.id * self.qd + e;
         let meta = self.region.entry(g);
         let word = meta.state.load(Ordering::Acquire);
-        debug_assert_eq!(word as u32, entry_state::FREE);
+        if word as u32 != entry_state::FREE {
+            return Err(corrupt("free ring (an entry that is not free)"));
+        }
         // SAFETY: we popped `e` from the free ring, so this worker side owns
         // the entry exclusively until the request-ring push below publishes
-        // it; path.len() < PATH_CAP so the copy and the NUL stay inside the
-        // path array.
-        unsafe {
+        // it; path.len() < PATH_CAP, and for a relative path
+        // path.len() + 1 + abs.len() < PATH_CAP (checked above), so every
+        // copy and NUL stays inside the path array.
+        let (load_off, load_len) = unsafe {
             let dst = self.region.path_ptr(g);
             std::ptr::copy_nonoverlapping(path.as_ptr(), dst, path.len());
             *dst.add(path.len()) = 0;
-        }
+            match &resolved {
+                None => (0, path.len()),
+                Some(abs) => {
+                    let off = path.len() + 1;
+                    std::ptr::copy_nonoverlapping(abs.as_ptr(), dst.add(off), abs.len());
+                    *dst.add(off + abs.len()) = 0;
+                    (off, abs.len())
+                }
+            }
+        };
         meta.path_len.store(path.len() as u32, Ordering::Relaxed);
+        meta.load_off.store(load_off as u32, Ordering::Relaxed);
+        meta.load_len.store(load_len as u32, Ordering::Relaxed);
         meta.status.store(0, Ordering::Relaxed);
         meta.size.store(0, Ordering::Relaxed);
         meta.t_request.store(now_ns(), Ordering::Relaxed);
@@ -180,10 +225,9 @@ impl Worker {
             (word & !0xffff_ffff) | entry_state::QUEUED as u64,
             Ordering::Relaxed,
         );
-        rings
-            .req
-            .push(g)
-            .expect("request ring holds queue_depth entries");
+        // The request ring holds all queue_depth entries, so a failed push
+        // means it was corrupted (by this process or another mapping it).
+        rings.req.push(g).map_err(|_| corrupt("request ring"))?;
         rings.block.requests.fetch_add(1, Ordering::Relaxed);
         self.region.header().loader_parking.notify(i32::MAX);
         Ok(())
@@ -196,18 +240,25 @@ impl Worker {
 
     /// Takes a completed entry if one is ready.
     pub fn try_get(&self) -> Option<Entry> {
-        let g = self.region.worker(self.id).comp.pop()?;
-        Some(self.entry_from(g))
-    }
-
-    fn entry_from(&self, g: u32) -> Entry {
-        debug_assert_eq!(g / self.qd, self.id);
-        let generation = (self.region.entry(g).state.load(Ordering::Acquire) >> 32) as u32;
-        Entry {
-            region: self.region.clone(),
-            g,
-            generation,
-            released: false,
+        let comp = self.region.worker(self.id).comp;
+        loop {
+            let g = comp.pop()?;
+            // Only an index of ours that the loader completed; anything else
+            // is left over from a corrupted ring and skipped.
+            if g / self.qd != self.id {
+                continue;
+            }
+            let word = self.region.entry(g).state.load(Ordering::Acquire);
+            if word as u32 != entry_state::DONE {
+                continue;
+            }
+            return Some(Entry {
+                region: self.region.clone(),
+                g,
+                generation: (word >> 32) as u32,
+                epoch: fork_epoch(),
+                released: false,
+            });
         }
     }
 
@@ -262,7 +313,7 @@ impl Worker {
             slept = !rings
                 .block
                 .parking
-                .sleep_unless(slice, || !rings.comp.is_empty());
+                .sleep_unless(slice, || rings.comp.has_ready());
         }
     }
 
@@ -276,10 +327,17 @@ impl Worker {
 /// A completed request: the path, the loaded bytes or the errno. Holding it
 /// keeps its buffer; releasing it (or dropping it) returns the slot to the
 /// worker. Data stays valid and unchanged until then.
+///
+/// After `fork`, a child's copy of an entry (inherited memory, e.g. a
+/// Python object) still reads the same bytes, but it is the parent's claim:
+/// releasing or dropping it in the child does nothing, so the parent's data
+/// cannot be handed to another request behind its back.
 pub struct Entry {
     region: Arc<Region>,
     g: u32,
     generation: u32,
+    /// [`fork_epoch`] of the process that got the entry.
+    epoch: u64,
     released: bool,
 }
 
@@ -380,6 +438,10 @@ impl Entry {
             return;
         }
         self.released = true;
+        if self.epoch != fork_epoch() {
+            // An inherited copy in a forked child: the slot is the parent's.
+            return;
+        }
         // Double release is impossible here (release takes self), and a
         // stale generation only happens if the region was tampered with.
         let _ = release_raw(&self.region, self.g, self.generation);
@@ -405,10 +467,21 @@ pub(crate) fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()
         .compare_exchange(expect, next, Ordering::AcqRel, Ordering::Acquire)
         .map_err(|_| Error::new(ErrorKind::InvalidArgument, "entry already released"))?;
     let qd = region.cfg().queue_depth;
+    // The free ring holds all queue_depth entries: a full one was corrupted,
+    // and the slot is lost to this worker until reclaim_worker.
     region
         .worker(g / qd)
         .free
         .push(g % qd)
-        .expect("free ring holds queue_depth entries");
-    Ok(())
+        .map_err(|_| corrupt("free ring"))
+}
+
+/// The error for a ring or entry of this worker that holds what no correct
+/// participant writes (another process mapping the region scribbled on it).
+/// Only this worker is affected; `Loader::reclaim_worker` repairs it.
+fn corrupt(what: &str) -> Error {
+    Error::os(
+        libc::EIO,
+        format!("this worker's {what} is corrupt (shared memory written by a broken process)"),
+    )
 }

@@ -580,7 +580,7 @@ fn requests_wait_for_dispatch_n_then_go_in_one_batch() {
         Config {
             dispatch_n: 4,
             // Never dispatch for idleness within this test.
-            idle_iters: u32::MAX,
+            idle_iters: asyncloader::config::limits::MAX_IDLE_ITERS,
             loader_threads: 1,
             ..cfg(1, 8)
         },
