@@ -158,6 +158,8 @@ fn run_child(args: &[&str], envs: &[(&str, &Path)], nofile: Option<u64>, limit: 
             })
         };
     }
+    // Reaped by `wait4` below (which also gives its rusage), not `wait()`.
+    #[allow(clippy::zombie_processes)]
     let mut child = c.spawn().expect("spawn asyncloader");
     let pid = child.id() as i32;
     let reader = |mut s: Box<dyn Read + Send>| {

@@ -58,7 +58,7 @@ pub fn human(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (u, name) in UNITS {
         if bytes >= u {
-            return if bytes % u == 0 {
+            return if bytes.is_multiple_of(u) {
                 format!("{} {name}", bytes / u)
             } else {
                 format!("{:.1} {name}", bytes as f64 / u as f64)
@@ -286,10 +286,14 @@ fn fill_from(rng: &mut SplitMix64, buf: &mut [u8]) {
     for c in &mut chunks {
         c.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-    let last = rng.next_u64().to_le_bytes();
+    // A draw only for a partial word: a chunk that ends on a word boundary
+    // leaves the stream where the next chunk continues it (the bytes of a
+    // whole file are the same either way).
     let rem = chunks.into_remainder();
-    let n = rem.len();
-    rem.copy_from_slice(&last[..n]);
+    if !rem.is_empty() {
+        let n = rem.len();
+        rem.copy_from_slice(&rng.next_u64().to_le_bytes()[..n]);
+    }
 }
 
 /// True when `dir` holds a complete data set made from `spec`.
