@@ -696,9 +696,14 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
             .worker(k as u32)
             .map_err(|e| format!("worker {k}: {e}"))?;
         let (r, wr) = pipe().map_err(|e| format!("pipe for worker {k}: {e}"))?;
-        // SAFETY: the child only runs the worker loop (the engine's API,
-        // allocation, write) and then _exits; no locks are held across the
-        // fork by this thread, and progress bars are not drawn by a ticker.
+        // SAFETY: after fork in a multi-threaded process a child may only
+        // call async-signal-safe functions, since another thread may have
+        // held a lock (the allocator's) at the fork. This process has one
+        // thread here: rows run one at a time, the earlier rows' threads
+        // are joined (scoped), the loader of this row runs in its own
+        // forked process (`spawn`), and progress bars draw in this thread
+        // (no ticker). So the child may run the worker loop (the engine's
+        // API, allocation, write) and then `_exit`s.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(format!(
