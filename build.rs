@@ -1,14 +1,19 @@
-//! Generates the C header with cbindgen and a pkg-config file.
+//! Generates the C header with cbindgen and a pkg-config file, into
+//! `OUT_DIR` only (cargo's rule: a build script writes nowhere else).
 //!
-//! - The header is always written to `$OUT_DIR/asyncloader.h`; the
-//!   checked-in `include/asyncloader.h` is rewritten only when
-//!   `AL_UPDATE_HEADER=1` is set, so a normal build never dirties the tree.
-//!   `tests/header.rs` compares the two and fails when they differ.
-//! - `asyncloader.pc` is written to `$OUT_DIR` and copied next to the
-//!   built library, to `target/<profile>/pkgconfig/`, so that after
-//!   `cargo build --release`
+//! - The header is written to `$OUT_DIR/asyncloader.h`. The checked-in
+//!   `include/asyncloader.h` is rewritten only when the developer asks for
+//!   it with `AL_UPDATE_HEADER=1 cargo build`: that explicit opt-in is the
+//!   one exception to the rule above, so a normal build never writes to the
+//!   source tree. `tests/header.rs` compares the two and fails when they
+//!   differ.
+//! - `asyncloader.pc` is written to `$OUT_DIR/asyncloader.pc`
+//!   (`target/<profile>/build/asyncloader-<hash>/out/`). Its `prefix` is
+//!   this checkout (for `include/`) and its `libdir` the directory the
+//!   library is built into. `scripts/pkgconfig.sh [--release]` builds the
+//!   library and copies the file to `target/<profile>/pkgconfig/`, so that
 //!   `PKG_CONFIG_PATH=target/release/pkgconfig pkg-config --cflags --libs asyncloader`
-//!   works (the target directory is build output, not the source tree).
+//!   works (see docs/c-api.md).
 
 use std::path::{Path, PathBuf};
 
@@ -78,9 +83,5 @@ fn pkg_config(manifest: &Path, out: &Path) {
         libdir = libdir.display(),
         version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default(),
     );
-    let _ = std::fs::write(out.join("asyncloader.pc"), &pc);
-    let dir = libdir.join("pkgconfig");
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("asyncloader.pc"), &pc);
-    }
+    std::fs::write(out.join("asyncloader.pc"), &pc).expect("OUT_DIR is writable");
 }

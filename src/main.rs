@@ -57,6 +57,12 @@ struct BenchArgs {
     /// Files in flight per loader thread (0 = engine default: 32, 128 direct).
     #[arg(long, default_value_t = 0)]
     ring_window: u32,
+    /// Memory all buffers of one loader may take (e.g. 512M); each entry's
+    /// buffer is this / (workers x queue_depth), at most 1 GiB, and larger
+    /// files are left out of every row. Default: a quarter of the memory
+    /// available (MemAvailable, or the cgroup's limit).
+    #[arg(long, value_parser = datagen::parse_size)]
+    memory_budget: Option<u64>,
     /// Threads of the std::fs::read pool row (0 = 2 x cores).
     #[arg(long, default_value_t = 0)]
     pool_threads: usize,
@@ -69,8 +75,9 @@ struct BenchArgs {
     /// Print the figures as JSON on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
-    /// Files in the default data set; with DIR, load only the first N.
-    #[arg(long)]
+    /// Files in the default data set; with DIR, load only the first N
+    /// (1..=10,000,000).
+    #[arg(long, value_parser = datagen::parse_files)]
     files: Option<usize>,
     /// Size distribution of the default data set: imagenet, small, uniform:LO-HI.
     #[arg(long, default_value = "small")]
@@ -97,11 +104,12 @@ struct BenchArgs {
 struct GenArgs {
     /// Directory to write (created if needed).
     dir: PathBuf,
-    /// Number of files.
-    #[arg(long, default_value_t = 20_000)]
+    /// Number of files (1..=10,000,000).
+    #[arg(long, default_value = "20000", value_parser = datagen::parse_files)]
     files: usize,
     /// Size distribution: imagenet (log-normal, median 110 KiB, 4 KiB..2 MiB,
-    /// 100 class dirs), small (4..16 KiB), uniform:LO-HI (e.g. uniform:1K-64K).
+    /// 100 class dirs), small (4..16 KiB), uniform:LO-HI (e.g. uniform:1K-64K;
+    /// HI at most 1 GiB, the largest file asyncloader loads).
     #[arg(long, default_value = "imagenet")]
     dist: Dist,
     /// Seed: the same seed writes identical files.
@@ -121,6 +129,11 @@ fn main() -> ExitCode {
                 files: a.files,
                 seed: a.seed,
             };
+            // Up front, before a byte is written: a set that cannot fit.
+            if let Err(e) = datagen::check_space(&a.dir, spec.total_bytes()) {
+                eprintln!("asyncloader gen: {e}");
+                return ExitCode::from(2);
+            }
             match datagen::generate(&a.dir, &spec, !a.no_progress) {
                 Ok(s) => {
                     eprintln!(
@@ -150,6 +163,7 @@ fn main() -> ExitCode {
                 loader_threads: a.loader_threads,
                 ring_window: a.ring_window,
                 pool_threads: a.pool_threads,
+                memory_budget: a.memory_budget,
                 direct: a.direct,
                 cold: a.cold,
                 json: a.json,

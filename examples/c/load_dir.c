@@ -2,6 +2,7 @@
  * (pthreads) of one in-process loader, then checks every byte against a
  * plain read of the file.
  *
+ *   scripts/pkgconfig.sh --release
  *   cc -O2 -std=c11 examples/c/load_dir.c \
  *      $(PKG_CONFIG_PATH=target/release/pkgconfig pkg-config --cflags --libs asyncloader) \
  *      -lpthread -o load_dir

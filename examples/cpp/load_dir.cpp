@@ -1,6 +1,7 @@
 // Loads every regular file under a directory with several forked worker
 // processes sharing one loader, then checks every byte against a plain read.
 //
+//   scripts/pkgconfig.sh --release
 //   export PKG_CONFIG_PATH=target/release/pkgconfig
 //   c++ -O2 -std=c++17 examples/cpp/load_dir.cpp -o load_dir_cpp
 //       $(pkg-config --cflags --libs asyncloader)

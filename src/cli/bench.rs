@@ -15,21 +15,29 @@
 //! until `QueueFull`, then takes what completed (`wait_get`, then `try_get`
 //! until empty), releasing each entry, and refills.
 //!
+//! Memory: every asyncloader entry owns a buffer of `max_file_size` bytes
+//! (rounded up to 4 KiB), `workers x queue_depth` of them, all touched
+//! before the row (`Loader::prefault`). The buffer is capped (see
+//! [`Budget`]); files larger than the cap are left out of every row and
+//! the output says how many, so that every row loads the same files.
+//!
 //! Timing: wall time covers only the loading (from releasing the workers to
 //! the last completion); CPU time is `getrusage(RUSAGE_SELF)` +
 //! `getrusage(RUSAGE_CHILDREN)` over the whole row, including loader setup
 //! and shutdown, with every child reaped before the row ends.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use asyncloader::config::{BUF_ALIGN, buffer_size, limits};
 use asyncloader::{Config, ErrorKind, Loader, Stats, Worker};
 use indicatif::ProgressBar;
 use serde_json::json;
 
-use super::datagen::{self, Dist, Spec};
+use super::datagen::{self, Dist, Spec, human};
 use super::progress;
 use super::sys::{self, Cpu};
 
@@ -79,6 +87,8 @@ pub struct Opts {
     pub loader_threads: u32,
     pub ring_window: u32,
     pub pool_threads: usize,
+    /// Bytes all buffers of a loader may take; `None`: available / 4.
+    pub memory_budget: Option<u64>,
     pub direct: bool,
     pub cold: bool,
     pub json: bool,
@@ -93,12 +103,100 @@ pub struct Opts {
 
 type Res<T> = Result<T, String>;
 
+/// Most threads of the `pool` row (`--pool-threads`).
+const MAX_POOL_THREADS: usize = 1024;
+
+/// Share of the available memory the loader's buffers may take: a quarter.
+/// The rest stays for what a warm bench also needs: the page cache holding
+/// the data set (which `MemAvailable` counts as available), the `pool`
+/// row's per-thread read buffers, the worker processes, and the rest of
+/// the machine. The loader's buffers are all resident during a row (they
+/// are prefaulted), so this bounds the bench's own memory.
+const MEMORY_SHARE: u64 = 4;
+
+/// How large one asyncloader entry's buffer may be.
+#[derive(Clone, Debug)]
+struct Budget {
+    /// Memory available to this process, bytes, and where that came from.
+    available: u64,
+    source: String,
+    /// How `total` was chosen, for the output.
+    how: String,
+    /// `--memory-budget`, else `available / MEMORY_SHARE`: all buffers of a
+    /// loader together.
+    total: u64,
+    /// `workers x queue_depth`.
+    entries: u64,
+    /// Largest file loaded: `total / entries` in whole 4 KiB pages, less
+    /// one page (the buffer holds one byte more than `max_file_size` to
+    /// detect a larger file), at most `limits::MAX_FILE_SIZE`.
+    cap: u64,
+}
+
+impl Budget {
+    fn new(workers: u32, queue_depth: u32, chosen: Option<u64>) -> Res<Budget> {
+        let (available, source) = sys::available_memory();
+        let total = chosen.unwrap_or(available / MEMORY_SHARE);
+        let how = match chosen {
+            Some(_) => "--memory-budget".to_string(),
+            None => format!("{source} {} / {MEMORY_SHARE}", human(available)),
+        };
+        let entries = workers as u64 * queue_depth as u64;
+        // A whole number of pages per entry; the cap is one page less, a
+        // round figure whose buffer (one byte more, rounded up to a page,
+        // see `config::buffer_size`) is exactly `per_entry`.
+        let per_entry = total / entries / BUF_ALIGN * BUF_ALIGN;
+        if per_entry < 2 * BUF_ALIGN {
+            return Err(format!(
+                "--workers {workers} x --queue-depth {queue_depth} = {entries} buffers do not fit in the \
+                 memory budget of {} ({how}) with even {} files in them; lower --workers or --queue-depth",
+                human(total),
+                human(BUF_ALIGN)
+            ));
+        }
+        let cap = (per_entry - BUF_ALIGN).min(limits::MAX_FILE_SIZE);
+        debug_assert!(buffer_size(cap) <= per_entry);
+        Ok(Budget {
+            available,
+            source,
+            how,
+            total,
+            entries,
+            cap,
+        })
+    }
+
+    /// Why the cap is what it is, for the output.
+    fn explain(&self) -> String {
+        format!(
+            "asyncloader buffers capped at {} per entry: the smaller of {} (the largest file the library loads, \
+             config::limits::MAX_FILE_SIZE) and a memory budget of {} ({}) over {} entries (workers x queue_depth)",
+            human(self.cap),
+            human(limits::MAX_FILE_SIZE),
+            human(self.total),
+            self.how,
+            self.entries
+        )
+    }
+}
+
+/// Files of the listing larger than the buffer cap, left out of every row.
+#[derive(Clone, Debug, Default)]
+struct LeftOut {
+    files: u64,
+    bytes: u64,
+    largest: u64,
+}
+
 /// The files of one run.
 struct DataSet {
     root: PathBuf,
     files: Vec<PathBuf>,
     total: u64,
     max: u64,
+    /// Files over `cap`, not in `files`.
+    left_out: LeftOut,
+    cap: u64,
     /// Indices whose bytes are checked: every 97th, the first and the last.
     sample: Vec<u32>,
     /// Path bytes of each sampled file → its index.
@@ -106,7 +204,9 @@ struct DataSet {
 }
 
 impl DataSet {
-    fn list(root: &Path, ext: Option<&str>, limit: Option<usize>) -> Res<DataSet> {
+    /// Regular files under `root` (recursively, sorted; the first `limit`),
+    /// except those larger than `cap`, which are counted in `left_out`.
+    fn list(root: &Path, ext: Option<&str>, limit: Option<usize>, cap: u64) -> Res<DataSet> {
         let root = root
             .canonicalize()
             .map_err(|e| format!("{}: {e}", root.display()))?;
@@ -139,9 +239,15 @@ impl DataSet {
         }
         let mut keep = Vec::with_capacity(files.len());
         let (mut total, mut max) = (0u64, 0u64);
+        let mut left_out = LeftOut::default();
         for p in files {
             // Regular files only (symlinks to them count).
             match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() && m.len() > cap => {
+                    left_out.files += 1;
+                    left_out.bytes += m.len();
+                    left_out.largest = left_out.largest.max(m.len());
+                }
                 Ok(m) if m.is_file() => {
                     total += m.len();
                     max = max.max(m.len());
@@ -149,6 +255,14 @@ impl DataSet {
                 }
                 _ => {}
             }
+        }
+        if keep.is_empty() && left_out.files > 0 {
+            return Err(format!(
+                "all {} files under {} are larger than {}, the largest this bench loads",
+                left_out.files,
+                root.display(),
+                human(cap)
+            ));
         }
         if keep.is_empty() {
             return Err(format!(
@@ -171,6 +285,8 @@ impl DataSet {
             files: keep,
             total,
             max,
+            left_out,
+            cap,
             sample,
             sample_of,
         })
@@ -415,10 +531,12 @@ fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressB
     part
 }
 
-fn loader_config(o: &Opts, ds: &DataSet, direct: bool) -> Config {
+/// The loader of a row: buffers sized by the largest file of the data set
+/// (at most the budget's cap: larger files are not in it).
+fn loader_config(o: &Opts, max_file_size: u64, direct: bool) -> Config {
     Config {
         queue_depth: o.queue_depth,
-        max_file_size: ds.max.max(1),
+        max_file_size: max_file_size.max(1),
         n_workers: o.workers,
         dispatch_n: o.dispatch_n,
         idle_iters: o.idle_iters,
@@ -433,7 +551,8 @@ fn loader_config(o: &Opts, ds: &DataSet, direct: bool) -> Config {
 /// are allocated before the row is measured (a fresh loader would otherwise
 /// zero-fill each page on first use inside the measurement).
 fn new_loader(o: &Opts, ds: &DataSet, method: Method) -> Res<Loader> {
-    let loader = Loader::new(loader_config(o, ds, method.direct())).map_err(|e| e.to_string())?;
+    let loader =
+        Loader::new(loader_config(o, ds.max, method.direct())).map_err(|e| e.to_string())?;
     loader.prefault().map_err(|e| e.to_string())?;
     Ok(loader)
 }
@@ -473,18 +592,50 @@ fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     })
 }
 
-fn pipe() -> Res<(i32, i32)> {
+/// A pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
-    Ok((fds[0], fds[1]))
+    // SAFETY: pipe2 just opened these two descriptors; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn close(fd: i32) {
-    // SAFETY: closes a descriptor this code opened and owns.
+/// Closes a descriptor in a forked child, where the `OwnedFd` holding it
+/// is never dropped (the child leaves with `_exit`).
+fn close_in_child(fd: RawFd) {
+    // SAFETY: the child owns its copy of the descriptor and never uses it
+    // again (nor drops the parent's `OwnedFd` of it).
     unsafe { libc::close(fd) };
+}
+
+/// Waits for our child `pid` (retrying on EINTR); returns its status.
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: reaps our own child, writing into `status`.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+    status
+}
+
+/// The worker processes of one `process` row with the read end of each
+/// one's report pipe. Whatever ends the row early (an error in the fork
+/// loop, a `?`, a panic), dropping this kills and reaps every child not yet
+/// reaped, so none is left blocked on the start pipe.
+struct Forked(Vec<(i32, OwnedFd)>);
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        for (pid, _report) in self.0.drain(..) {
+            // SAFETY: signals our own child, not yet reaped (so the pid
+            // cannot have been reused).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+        }
+    }
 }
 
 fn write_all(fd: i32, mut b: &[u8]) -> bool {
@@ -503,7 +654,7 @@ fn write_all(fd: i32, mut b: &[u8]) -> bool {
 }
 
 /// Body of a forked worker process; never returns.
-fn worker_child(w: &Worker, ds: &DataSet, k: usize, n: usize, go: i32, out: i32) -> ! {
+fn worker_child(w: &Worker, ds: &DataSet, k: usize, n: usize, go: RawFd, out: RawFd) -> ! {
     // Wait for the start signal: EOF on `go` once the parent closes it.
     let mut b = [0u8; 1];
     // SAFETY: reads into a valid 1-byte buffer.
@@ -533,42 +684,52 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     let cpu0 = Cpu::now();
     loader.spawn().map_err(|e| e.to_string())?;
     let n = o.workers as usize;
-    let (go_r, go_w) = pipe()?;
-    let mut children: Vec<(i32, i32)> = Vec::new(); // (pid, read end)
-    let mut failure = None;
+    // The children wait for EOF on `go_r`: the parent's closing `go_w`.
+    // `forked` is declared after the start pipe so that on an early return
+    // it is dropped first: the children are killed before `go_w` closes.
+    let (go_r, go_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let mut forked = Forked(Vec::with_capacity(n));
     for k in 0..n {
-        let w = match loader.worker(k as u32) {
-            Ok(w) => w,
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
-            }
-        };
-        let (r, wr) = pipe()?;
-        // SAFETY: the child only runs the worker loop (the engine's API,
-        // allocation, write) and then _exits; no locks are held across the
-        // fork by this thread, and progress bars are not drawn by a ticker.
+        // Any error here returns with `forked` dropped: the workers
+        // already forked are killed and reaped (and the row fails whole).
+        let w = loader
+            .worker(k as u32)
+            .map_err(|e| format!("worker {k}: {e}"))?;
+        let (r, wr) = pipe().map_err(|e| format!("pipe for worker {k}: {e}"))?;
+        // SAFETY: after fork in a multi-threaded process a child may only
+        // call async-signal-safe functions, since another thread may have
+        // held a lock (the allocator's) at the fork. This process has one
+        // thread here: rows run one at a time, the earlier rows' threads
+        // are joined (scoped), the loader of this row runs in its own
+        // forked process (`spawn`), and progress bars draw in this thread
+        // (no ticker). So the child may run the worker loop (the engine's
+        // API, allocation, write) and then `_exit`s.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            failure = Some(format!("fork: {}", std::io::Error::last_os_error()));
-            close(r);
-            close(wr);
-            break;
+            return Err(format!(
+                "fork of worker {k}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         if pid == 0 {
-            close(go_w);
-            close(r);
-            for &(_, fd) in &children {
-                close(fd);
+            close_in_child(go_w.as_raw_fd());
+            close_in_child(r.as_raw_fd());
+            for (_, fd) in &forked.0 {
+                close_in_child(fd.as_raw_fd());
             }
-            worker_child(&w, ds, k, n, go_r, wr);
+            worker_child(&w, ds, k, n, go_r.as_raw_fd(), wr.as_raw_fd());
         }
-        close(wr);
-        children.push((pid, r));
+        drop(wr);
+        forked.0.push((pid, r));
     }
-    close(go_r);
+    drop(go_r);
     let t0 = sys::now_ns();
-    close(go_w); // go
+    drop(go_w); // go
+    let children: Vec<(i32, RawFd)> = forked
+        .0
+        .iter()
+        .map(|(p, fd)| (*p, fd.as_raw_fd()))
+        .collect();
     // Collect the reports; meanwhile show progress from the loader's counters.
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); children.len()];
     let mut open: Vec<bool> = vec![true; children.len()];
@@ -603,13 +764,9 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     }
     let wall_s = (t_end - t0) as f64 * 1e-9;
     let mut part = Part::default();
-    for (i, &(pid, fd)) in children.iter().enumerate() {
-        close(fd);
-        let mut status = 0;
-        // SAFETY: reaps our own child.
-        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
+    for (i, (pid, report)) in std::mem::take(&mut forked.0).into_iter().enumerate() {
+        drop(report);
+        let status = reap(pid);
         let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
         match Part::decode(&bufs[i]) {
             Ok(p) if exited_ok => part.merge(p),
@@ -628,9 +785,6 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     loader.shutdown().map_err(|e| e.to_string())?;
     let stats = loader.stats();
     drop(loader);
-    if let Some(f) = failure {
-        part.fatal.get_or_insert(f);
-    }
     Ok(Run {
         wall_s,
         cpu: Cpu::now().since(cpu0),
@@ -737,13 +891,55 @@ fn label(o: &Opts, m: Method, pool_threads: usize) -> String {
     }
 }
 
+/// The line that says which files no row loads, if any.
+fn left_out_line(ds: &DataSet) -> Option<String> {
+    let l = &ds.left_out;
+    (l.files > 0).then(|| {
+        format!(
+            "left out: {} file{} over {} left out of every row ({:.1} MB, largest {} bytes): larger than an \
+             asyncloader buffer, they would complete with EFBIG (there is no chunked load yet)",
+            l.files,
+            if l.files == 1 { "" } else { "s" },
+            human(ds.cap),
+            l.bytes as f64 / 1e6,
+            l.largest
+        )
+    })
+}
+
+/// Checks the flags before anything runs: the engine's knobs against the
+/// library's own rules (`Config::validate`, `config::limits`), the bench's
+/// own counts, and the memory the buffers would take. The error names the
+/// flag; the caller exits 2 (a usage error).
+fn validate(o: &Opts) -> Res<Budget> {
+    if o.repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    if o.pool_threads > MAX_POOL_THREADS {
+        return Err(format!(
+            "--pool-threads: {} is more than {MAX_POOL_THREADS}",
+            o.pool_threads
+        ));
+    }
+    // The smallest buffer: every limit but the buffer size is checked here;
+    // the size is bounded by the budget below.
+    let probe = Config {
+        max_file_size: 1,
+        ..loader_config(o, 1, o.direct)
+    };
+    if let Err(e) = probe.validate() {
+        let flag = match e.field() {
+            "n_workers" => "--workers".to_string(),
+            f => format!("--{}", f.replace('_', "-")),
+        };
+        return Err(format!("{flag}: {e}"));
+    }
+    Budget::new(o.workers, o.queue_depth, o.memory_budget)
+}
+
 /// Runs the bench; returns the process exit code.
 pub fn run(o: Opts) -> Res<i32> {
-    if o.workers == 0 || o.queue_depth == 0 || o.dispatch_n == 0 || o.repeat == 0 {
-        return Err(
-            "--workers, --queue-depth, --dispatch-n and --repeat must be at least 1".into(),
-        );
-    }
+    let budget = validate(&o)?;
     let say = |s: &str| eprintln!("{s}");
     let root = match &o.dir {
         Some(d) => d.clone(),
@@ -757,6 +953,7 @@ pub fn run(o: Opts) -> Res<i32> {
             if datagen::is_complete(&dir, &spec) {
                 say(&format!("data set: reusing {}", dir.display()));
             } else {
+                datagen::check_space(&dir, spec.total_bytes())?;
                 say(&format!(
                     "data set: generating {} {} files (seed {}) in {} (once; set ASYNCLOADER_CACHE to move it)",
                     spec.files,
@@ -771,7 +968,7 @@ pub fn run(o: Opts) -> Res<i32> {
         }
     };
     let limit = if o.dir.is_some() { o.files } else { None };
-    let ds = DataSet::list(&root, o.ext.as_deref(), limit)?;
+    let ds = DataSet::list(&root, o.ext.as_deref(), limit, budget.cap)?;
     let pool_threads = if o.pool_threads == 0 {
         2 * sys::cores()
     } else {
@@ -807,6 +1004,11 @@ pub fn run(o: Opts) -> Res<i32> {
             "warm page cache"
         }
     ));
+    let left_out_line = left_out_line(&ds);
+    if let Some(l) = &left_out_line {
+        say(l);
+    }
+    say(&budget.explain());
     if !cold && o.warmup {
         let pb = progress::bar(o.progress, ds.files.len() as u64, "warm-up (not measured)");
         run_pool(&ds, pool_threads, &pb);
@@ -881,14 +1083,17 @@ pub fn run(o: Opts) -> Res<i32> {
             error: row_errors[mi].take(),
         });
     }
+    // Ratios compare rows that loaded the same files: a row that lost files
+    // (or failed verification) neither gets nor gives one.
     let base = |m: Method| {
         rows.iter()
             .find(|r| r.method == m)
             .and_then(|r| r.fig.as_ref())
+            .filter(|f| f.verified)
             .map(|f| f.files_s)
     };
     let (seq_fs, pool_fs) = (base(Method::Seq), base(Method::Pool));
-    let ratio = |x: f64, b: Option<f64>| b.map(|b| x / b);
+    let ratio = |f: &Figures, b: Option<f64>| b.filter(|_| f.verified).map(|b| f.files_s / b);
 
     // The table.
     let mut out = String::new();
@@ -913,11 +1118,16 @@ pub fn run(o: Opts) -> Res<i32> {
             String::new()
         }
     );
+    if let Some(l) = &left_out_line {
+        let _ = writeln!(out, "{l}");
+    }
     let _ = writeln!(
         out,
-        "asyncloader: workers {}, queue_depth {}, dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        "asyncloader: workers {}, queue_depth {}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
         o.workers,
         o.queue_depth,
+        ds.max.max(1),
+        human(ds.cap),
         o.dispatch_n,
         o.idle_iters,
         if o.loader_threads == 0 {
@@ -950,8 +1160,8 @@ pub fn run(o: Opts) -> Res<i32> {
                     f.cpu_per_1k,
                     f.p50_us,
                     f.p99_us,
-                    fmt_ratio(ratio(f.files_s, seq_fs)),
-                    fmt_ratio(ratio(f.files_s, pool_fs)),
+                    fmt_ratio(ratio(f, seq_fs)),
+                    fmt_ratio(ratio(f, pool_fs)),
                     if f.verified { "ok" } else { "FAILED" }
                 );
             }
@@ -1030,8 +1240,8 @@ pub fn run(o: Opts) -> Res<i32> {
                         "cpu_s_per_1k_files": f.cpu_per_1k,
                         "p50_us": f.p50_us,
                         "p99_us": f.p99_us,
-                        "ratio_to_seq": ratio(f.files_s, seq_fs),
-                        "ratio_to_pool": ratio(f.files_s, pool_fs),
+                        "ratio_to_seq": ratio(f, seq_fs),
+                        "ratio_to_pool": ratio(f, pool_fs),
                         "verified": f.verified,
                         "problems": f.problems,
                         "loader": run.stats.as_ref().map(|s| json!({
@@ -1068,6 +1278,20 @@ pub fn run(o: Opts) -> Res<i32> {
                 "bytes": ds.total,
                 "max_file_size": ds.max,
                 "sampled": ds.sample.len(),
+                "left_out": {
+                    "files": ds.left_out.files,
+                    "bytes": ds.left_out.bytes,
+                    "largest": ds.left_out.largest,
+                    "over": ds.cap,
+                },
+            },
+            "memory": {
+                "available": budget.available,
+                "source": budget.source,
+                "budget": budget.total,
+                "budget_from": budget.how,
+                "entries": budget.entries,
+                "buffer_cap": budget.cap,
             },
             "cold": cold,
             "cold_requested": o.cold,

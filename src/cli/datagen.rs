@@ -16,14 +16,57 @@
 //! A marker file `.asyncloader-gen` written last records the arguments, so a
 //! cached data set is reused only when it is complete and matches.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use asyncloader::config::limits;
 
 use super::progress;
 
 /// Name of the marker file written after the last data file.
 pub const MARKER: &str = ".asyncloader-gen";
+
+/// Most files in a data set (and most files `bench --files` takes): the
+/// file sizes are drawn up front (8 bytes each), and ten million is eight
+/// times ImageNet's training set.
+pub const MAX_FILES: usize = 10_000_000;
+
+/// Bytes written per `write` while generating a file: a multiple of 8, so
+/// the generator's stream continues across chunks, and small enough that
+/// generating threads hold little memory whatever the file sizes.
+const CHUNK: usize = 1 << 20;
+
+/// `--files`: a count in `1..=MAX_FILES`.
+pub fn parse_files(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a file count"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    if n > MAX_FILES as u64 {
+        return Err(format!("{n} is more than {MAX_FILES}"));
+    }
+    Ok(n as usize)
+}
+
+/// `bytes` for people: "1 GiB", "46.8 MiB", "512 bytes".
+pub fn human(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (u, name) in UNITS {
+        if bytes >= u {
+            return if bytes.is_multiple_of(u) {
+                format!("{} {name}", bytes / u)
+            } else {
+                format!("{:.1} {name}", bytes as f64 / u as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
 
 /// A splitmix64 generator: tiny, fast, and good enough for test data.
 #[derive(Clone, Debug)]
@@ -77,7 +120,8 @@ pub const SMALL_MIN: u64 = 4 << 10;
 pub const SMALL_MAX: u64 = 16 << 10;
 pub const SMALL_DIRS: usize = 20;
 
-fn parse_size(s: &str) -> Result<u64, String> {
+/// `123`, `64K`, `16M`, `2G` (binary units) in bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mul) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
@@ -86,8 +130,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     num.parse::<u64>()
-        .map(|n| n * mul)
-        .map_err(|_| format!("bad size {s:?}"))
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 impl FromStr for Dist {
@@ -106,6 +151,16 @@ impl FromStr for Dist {
                 let (lo, hi) = (parse_size(lo)?, parse_size(hi)?);
                 if lo > hi {
                     return Err(format!("uniform: {lo} > {hi}"));
+                }
+                // Larger files could not be loaded, and each generating
+                // thread would have to write them.
+                if hi > limits::MAX_FILE_SIZE {
+                    return Err(format!(
+                        "uniform: HI = {hi} bytes is more than {} ({} bytes, \
+                         asyncloader::config::limits::MAX_FILE_SIZE), the largest file asyncloader loads",
+                        human(limits::MAX_FILE_SIZE),
+                        limits::MAX_FILE_SIZE
+                    ));
                 }
                 Ok(Dist::Uniform(lo, hi))
             }
@@ -165,6 +220,11 @@ impl Spec {
             .collect()
     }
 
+    /// Bytes of the whole data set.
+    pub fn total_bytes(&self) -> u64 {
+        self.sizes().iter().sum()
+    }
+
     /// The marker's first lines, which identify the data set.
     fn marker_key(&self) -> String {
         format!(
@@ -185,17 +245,55 @@ impl Spec {
     }
 }
 
-/// Fills `buf` with the bytes of file `i` of a data set seeded by `seed`.
+/// The generator of the bytes of file `i` of a data set seeded by `seed`.
+fn file_rng(seed: u64, i: usize) -> SplitMix64 {
+    SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xd134_2543_de82_ef95))
+}
+
+/// Fills `buf` with the bytes of file `i` of a data set seeded by `seed`
+/// (what [`write_file`] writes; the tests compare the two).
+#[cfg(test)]
 pub fn fill(buf: &mut [u8], seed: u64, i: usize) {
-    let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xd134_2543_de82_ef95));
+    fill_from(&mut file_rng(seed, i), buf);
+}
+
+/// Writes file `i` (`len` bytes, the same bytes as [`fill`]) in chunks of
+/// [`CHUNK`], reusing `buf`.
+fn write_file(
+    path: &Path,
+    len: u64,
+    seed: u64,
+    i: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    let mut rng = file_rng(seed, i);
+    let mut left = len;
+    while left > 0 {
+        // Every chunk but the last is a multiple of 8 bytes, so the stream
+        // continues exactly as `fill` draws it.
+        let n = left.min(CHUNK as u64) as usize;
+        buf.resize(n, 0);
+        fill_from(&mut rng, &mut buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn fill_from(rng: &mut SplitMix64, buf: &mut [u8]) {
     let mut chunks = buf.chunks_exact_mut(8);
     for c in &mut chunks {
         c.copy_from_slice(&rng.next_u64().to_le_bytes());
     }
-    let last = rng.next_u64().to_le_bytes();
+    // A draw only for a partial word: a chunk that ends on a word boundary
+    // leaves the stream where the next chunk continues it (the bytes of a
+    // whole file are the same either way).
     let rem = chunks.into_remainder();
-    let n = rem.len();
-    rem.copy_from_slice(&last[..n]);
+    if !rem.is_empty() {
+        let n = rem.len();
+        rem.copy_from_slice(&rng.next_u64().to_le_bytes()[..n]);
+    }
 }
 
 /// True when `dir` holds a complete data set made from `spec`.
@@ -211,6 +309,26 @@ pub fn is_complete(dir: &Path, spec: &Spec) -> bool {
 pub struct Summary {
     pub files: usize,
     pub bytes: u64,
+}
+
+/// Refuses a data set of `total` bytes that would not fit in the free space
+/// of the file system that will hold `dir` (its nearest existing ancestor).
+pub fn check_space(dir: &Path, total: u64) -> Result<(), String> {
+    let Some(existing) = dir.ancestors().find(|a| a.exists()) else {
+        return Ok(());
+    };
+    let Some(free) = super::sys::free_space(existing) else {
+        return Ok(());
+    };
+    if total > free {
+        return Err(format!(
+            "the data set is {total} bytes ({}) but the file system of {} has {free} bytes ({}) free",
+            human(total),
+            existing.display(),
+            human(free)
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the data set `spec` under `dir` (created if needed), on all cores.
@@ -249,9 +367,8 @@ pub fn generate(dir: &Path, spec: &Spec, show_progress: bool) -> std::io::Result
                         if i >= spec.files {
                             return Ok(());
                         }
-                        buf.resize(sizes[i] as usize, 0);
-                        fill(&mut buf, spec.seed, i);
-                        std::fs::write(dir.join(spec.dist.rel_path(i)), &buf)?;
+                        let path = dir.join(spec.dist.rel_path(i));
+                        write_file(&path, sizes[i], spec.seed, i, &mut buf)?;
                         pb.inc(1);
                     }
                 })
@@ -380,6 +497,14 @@ mod tests {
             Ok(Dist::Uniform(1024, 2 << 20))
         );
         assert!("uniform:5-1".parse::<Dist>().is_err());
+        assert_eq!(
+            "uniform:1G-1G".parse::<Dist>(),
+            Ok(Dist::Uniform(1 << 30, 1 << 30))
+        );
+        // Over the largest loadable file, or past u64: refused, no panic.
+        assert!("uniform:1-99999G".parse::<Dist>().is_err());
+        assert!("uniform:1-99999999999999999G".parse::<Dist>().is_err());
+        assert!("uniform:1-99999999999999999999".parse::<Dist>().is_err());
         assert!("zipf".parse::<Dist>().is_err());
         let d = Dist::Uniform(3, 9);
         assert_eq!(d.to_string().parse::<Dist>(), Ok(d));
@@ -395,5 +520,34 @@ mod tests {
         fill(&mut b, 1, 6);
         assert_ne!(a, b);
         assert!(a[8..].iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn files_written_in_chunks_hold_the_bytes_of_fill() {
+        let t = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        for len in [0, 5, CHUNK - 3, CHUNK, 2 * CHUNK + 13] {
+            let p = t.path().join(format!("f{len}"));
+            write_file(&p, len as u64, 9, 4, &mut buf).unwrap();
+            let mut want = vec![0u8; len];
+            fill(&mut want, 9, 4);
+            assert!(std::fs::read(&p).unwrap() == want, "length {len}");
+        }
+    }
+
+    #[test]
+    fn parses_file_counts_in_range() {
+        assert_eq!(parse_files("1"), Ok(1));
+        assert_eq!(parse_files(&MAX_FILES.to_string()), Ok(MAX_FILES));
+        for bad in [
+            "0",
+            "-1",
+            "x",
+            "18446744073709551615",
+            "18446744073709551616",
+        ] {
+            assert!(parse_files(bad).is_err(), "{bad}");
+        }
+        assert!(parse_files(&(MAX_FILES + 1).to_string()).is_err());
     }
 }

@@ -131,6 +131,87 @@ pub fn filesystem_of(path: &std::path::Path) -> String {
     best.map(|b| b.1).unwrap_or_else(|| "unknown".into())
 }
 
+/// Bytes an unprivileged user may still write on the file system holding
+/// `path` (`statvfs`: `f_bavail * f_frsize`), `None` when it cannot say.
+pub fn free_space(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; statvfs only writes into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid statvfs to write.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Memory this process can still use, in bytes, and where the figure comes
+/// from: `MemAvailable` of /proc/meminfo, lowered to the room left under
+/// this process's cgroup limit (v2 `memory.max - memory.current`, v1
+/// `memory.limit_in_bytes - memory.usage_in_bytes`) when there is one. A
+/// container often sees the whole machine's MemAvailable but is killed at
+/// its cgroup's limit.
+pub fn available_memory() -> (u64, String) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    let (mut avail, mut source) = match meminfo {
+        Some(b) => (b, "MemAvailable".to_string()),
+        None => {
+            // SAFETY: sysconf has no preconditions.
+            let pages = unsafe { libc::sysconf(libc::_SC_AVPHYS_PAGES) }.max(0) as u64;
+            // SAFETY: as above.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+            (pages * page, "free physical pages".to_string())
+        }
+    };
+    if let Some(room) = cgroup_room()
+        && room < avail
+    {
+        avail = room;
+        source = "the cgroup's memory limit".to_string();
+    }
+    (avail, source)
+}
+
+/// Room left under this process's cgroup memory limit, if it has one.
+fn cgroup_room() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |p: String| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let mut best: Option<u64> = None;
+    for line in groups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (id, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        // The cgroup's own directory, and the mount's root (what a cgroup
+        // namespace shows).
+        let (dir, max, cur) = if id == "0" && ctrl.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        for base in [format!("{dir}{path}"), dir.to_string()] {
+            // "max" (v2) does not parse: no limit.
+            if let (Some(m), Some(c)) =
+                (read(format!("{base}/{max}")), read(format!("{base}/{cur}")))
+            {
+                let room = m.saturating_sub(c);
+                best = Some(best.map_or(room, |b| b.min(room)));
+                break;
+            }
+        }
+    }
+    best
+}
+
 /// A fast 64-bit hash of a byte string (FNV-style over 8-byte words), used
 /// to compare sampled files with what `std::fs::read` returns.
 pub fn hash_bytes(data: &[u8]) -> u64 {
@@ -166,6 +247,14 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99);
         assert_eq!(percentile(&v, 1.0), 100);
         assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn available_memory_and_free_space_are_plausible() {
+        let (m, source) = available_memory();
+        assert!(m > 16 << 20, "{m} bytes from {source}");
+        assert!(free_space(std::path::Path::new("/")).is_some());
+        assert!(free_space(std::path::Path::new("/no/such/dir")).is_none());
     }
 
     #[test]
