@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::threads::ThreadsBackend;
 use crate::backend::uring::UringBackend;
-use crate::backend::{Backend, Done, Job};
+use crate::backend::{Backend, Done, Job, KeepAlive};
 use crate::config::BackendKind;
 use crate::error::{Error, Result};
 use crate::region::{Region, ThreadStats, entry_state, now_ns, state};
@@ -67,29 +67,34 @@ pub(crate) fn wanted_backend(cfg_kind: u32) -> BackendKind {
     }
 }
 
-fn make_backend(region: &Region, tid: u32) -> Result<Box<dyn Backend>> {
+fn make_backend(region: &Arc<Region>, tid: u32) -> Result<Box<dyn Backend>> {
     let cfg = region.cfg();
     let (window, direct, max) = (cfg.ring_window, cfg.direct != 0, cfg.max_file_size);
     let kind = wanted_backend(cfg.backend);
+    // Jobs point into the region: the backend keeps it mapped for as long
+    // as an abandoned read may still write into it.
+    let keep: KeepAlive = region.clone();
     let chosen: Box<dyn Backend> = match kind {
-        BackendKind::Auto | BackendKind::IoUring => match UringBackend::new(window, direct, max) {
-            Ok(b) => Box::new(b),
-            Err(e) if kind == BackendKind::Auto => {
-                if tid == 0 {
-                    eprintln!(
-                        "asyncloader: io_uring unavailable ({e}); using the thread-pool backend"
-                    );
+        BackendKind::Auto | BackendKind::IoUring => {
+            match UringBackend::new(window, direct, max, keep.clone()) {
+                Ok(b) => Box::new(b),
+                Err(e) if kind == BackendKind::Auto => {
+                    if tid == 0 {
+                        eprintln!(
+                            "asyncloader: io_uring unavailable ({e}); using the thread-pool backend"
+                        );
+                    }
+                    Box::new(threads_backend(window, direct, max, keep)?)
                 }
-                Box::new(threads_backend(window, direct, max)?)
+                Err(e) => {
+                    return Err(Error::os(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                        "io_uring setup",
+                    ));
+                }
             }
-            Err(e) => {
-                return Err(Error::os(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    "io_uring setup",
-                ));
-            }
-        },
-        BackendKind::Threads => Box::new(threads_backend(window, direct, max)?),
+        }
+        BackendKind::Threads => Box::new(threads_backend(window, direct, max, keep)?),
     };
     let in_use = if chosen.is_uring() {
         BackendKind::IoUring
@@ -103,8 +108,8 @@ fn make_backend(region: &Region, tid: u32) -> Result<Box<dyn Backend>> {
     Ok(chosen)
 }
 
-fn threads_backend(window: u32, direct: bool, max: u64) -> Result<ThreadsBackend> {
-    ThreadsBackend::new(window, direct, max).map_err(|e| {
+fn threads_backend(window: u32, direct: bool, max: u64, keep: KeepAlive) -> Result<ThreadsBackend> {
+    ThreadsBackend::new(window, direct, max, keep).map_err(|e| {
         Error::os(
             e.raw_os_error().unwrap_or(libc::EAGAIN),
             "starting the thread-pool backend",
@@ -169,7 +174,7 @@ fn requests_ready(region: &Region) -> bool {
 
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
-pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
+pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
     let mut backend = make_backend(region, ctx.tid)?;
     let cfg = *region.cfg();
     let h = region.header();
@@ -224,12 +229,13 @@ pub(crate) fn run_thread(region: &Region, ctx: ThreadCtx) -> Result<()> {
                     // SAFETY: we moved `g` from QUEUED to LOADING, so the
                     // entry is ours until we complete it.
                     let path = unsafe { region.queued_path(g) };
-                    backend.push(Job {
-                        g,
-                        path,
-                        buf: region.buffer(g),
-                        buf_len: region.buf_size(),
-                    });
+                    // SAFETY: the entry is ours until we complete it (above):
+                    // its path and buffer (`buf_size` bytes in the region)
+                    // are touched by nobody else until the backend reports
+                    // its Done, and the backend holds a clone of the region
+                    // (the keep-alive) for as long as it may write later.
+                    let job = unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) };
+                    backend.push(job);
                     got += 1;
                     any = true;
                 }

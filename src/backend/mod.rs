@@ -2,8 +2,16 @@
 //!
 //! The loader loop (`crate::engine`) owns the rings and the batching policy
 //! (`dispatch_n`, `idle_iters`); a backend only sees jobs and reports
-//! completions. io_uring is the backend; a thread-pool fallback can stand
+//! completions. io_uring is the backend; a thread-pool fallback stands
 //! beside it behind the same trait without touching the rings.
+//!
+//! Both backends share the rules of [`plan`] (what may be read, and how)
+//! and [`after_read`] (when a file is complete), and the lifetime rule of
+//! their memory: a job's path and buffer are the backend's from
+//! [`Backend::push`] until its [`Done`] (see [`Job::new`]). A backend that is
+//! dropped with reads it could not stop (a blocked `pread`, a read in an
+//! io-wq thread) keeps a keep-alive guard of that memory, given at
+//! construction, for as long as the reads may still write.
 
 pub mod threads;
 pub mod uring;
@@ -13,26 +21,68 @@ use std::time::Duration;
 
 use crate::config::BUF_ALIGN;
 
-/// One file to load.
+/// One file to load: an entry index, a path and a destination buffer.
+///
+/// Built only by [`Job::new`], whose contract makes [`Backend::push`] safe:
+/// a backend writes through `buf` and reads `path` while the job is in
+/// flight, so those must be valid for as long as it may.
 pub struct Job {
     /// Global entry index; handed back in [`Done`].
-    pub g: u32,
-    /// NUL-terminated path. Valid until the job's `Done` is reported.
-    pub path: *const libc::c_char,
-    /// Destination buffer, `buf_len` bytes, 4 KiB aligned. Valid and
-    /// exclusively the backend's until the job's `Done` is reported.
-    pub buf: *mut u8,
+    g: u32,
+    /// NUL-terminated path.
+    path: *const libc::c_char,
+    /// Destination buffer, `buf_len` bytes.
+    buf: *mut u8,
     /// Size of `buf`: `max_file_size + 1` rounded up to 4 KiB.
-    pub buf_len: u64,
+    buf_len: u64,
 }
 
 impl Job {
+    /// A job loading `path` into `buf[..buf_len]`, reported as `g`.
+    ///
+    /// `buf` should be 4 KiB aligned (direct reads of a misaligned buffer
+    /// fail, they do not misbehave) and `buf_len` at least
+    /// `max_file_size + 1`: a file that fills the buffer is `EFBIG`.
+    ///
+    /// # Safety
+    ///
+    /// From this call until the backend reports the job's [`Done`] — or, if
+    /// the backend is dropped first, for as long as the keep-alive guard
+    /// given to the backend's constructor lives (a blocked read may still
+    /// complete into the buffer then):
+    /// - `path` points to a NUL-terminated string that stays valid and
+    ///   unchanged;
+    /// - `buf` is valid for writes of `buf_len` bytes, and nothing else
+    ///   reads or writes that memory (it is exclusively the backend's);
+    /// - `buf_len` fits in `isize`.
+    pub unsafe fn new(g: u32, path: *const libc::c_char, buf: *mut u8, buf_len: u64) -> Job {
+        Job {
+            g,
+            path,
+            buf,
+            buf_len,
+        }
+    }
+
+    /// The entry index the job reports.
+    pub fn g(&self) -> u32 {
+        self.g
+    }
+
     /// The path, for diagnostics.
     pub fn path(&self) -> &CStr {
-        // SAFETY: `path` is NUL-terminated and valid while the job lives.
+        // SAFETY: `Job::new`'s contract: `path` is NUL-terminated and valid
+        // while the job is in flight, and a Job exists only then.
         unsafe { CStr::from_ptr(self.path) }
     }
 }
+
+/// Keeps alive the memory jobs point into (for the loader: the shared
+/// region, which holds the paths and buffers). A backend holds a clone for
+/// as long as a read it abandoned at shutdown may still write into a
+/// buffer, so that memory is never unmapped or handed to anyone else under
+/// a late write. See [`Job::new`].
+pub type KeepAlive = std::sync::Arc<dyn Send + Sync>;
 
 /// A finished job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +121,10 @@ pub trait Backend {
     fn reap(&mut self, out: &mut Vec<Done>, wait: Option<Duration>) -> std::io::Result<()>;
     /// Jobs pushed and not yet reported done.
     fn in_flight(&self) -> usize;
-    /// Asks in-flight work to stop early (shutdown that takes too long).
+    /// Asks in-flight work to stop early (shutdown that takes too long):
+    /// jobs not started yet and jobs interrupted by it complete with
+    /// `ECANCELED` (or the errno the interrupted call returned), nothing is
+    /// retried or continued afterwards.
     fn cancel_all(&mut self);
     /// Counters since the last call (then reset).
     fn take_counters(&mut self) -> BackendCounters;
@@ -151,10 +204,19 @@ pub enum Next {
     TooBig,
 }
 
-/// Decides whether a file is complete. A read that filled its request may
-/// have more behind it (a file that grew, or a first direct read); a read
-/// that stopped short before the stat size was interrupted; both continue
-/// at the offset reached. Anything past `max_file_size` is `TooBig`.
+/// Decides whether a file is complete after a read of `n` bytes at
+/// `offset` that asked for `req_len`.
+///
+/// A short read is end of file only when a further read returns 0: procfs,
+/// sysfs, FUSE and network file systems return less than asked (procfs at
+/// most a page per read) long before the end. So the file is complete when
+/// a read returns 0, or — the common case, which must not pay one more
+/// read — when a short read reaches a nonzero stat size. A read that filled
+/// its request (a file that grew, or a direct read sized to the file), a
+/// short read before the stat size, and any read of a file whose stat size
+/// is 0 continue at the offset reached. Anything past `max_file_size` is
+/// `TooBig`; since `buf_len > max_file_size`, a continuation always has
+/// room to read one byte more than the limit.
 pub fn after_read(
     offset: u64,
     n: u64,
@@ -164,18 +226,18 @@ pub fn after_read(
     buf_len: u64,
 ) -> Next {
     let total = offset + n;
-    if total > max_file_size {
+    if total > max_file_size || total >= buf_len {
         return Next::TooBig;
     }
     let filled = n == req_len;
-    let short_of_stat = n > 0 && n < req_len && total < stat_size;
-    if (filled || short_of_stat) && total < buf_len {
-        return Next::Continue {
-            offset: total,
-            len: buf_len - total,
-        };
+    let eof = n == 0 || (!filled && stat_size > 0 && total >= stat_size);
+    if eof {
+        return Next::Done(total);
     }
-    Next::Done(total)
+    Next::Continue {
+        offset: total,
+        len: buf_len - total,
+    }
 }
 
 #[cfg(test)]
@@ -228,10 +290,21 @@ mod tests {
 
     #[test]
     fn reads_complete_continue_or_overflow() {
-        // EOF before the request is filled.
+        // EOF before the request is filled, at the stat size: no extra read.
         assert_eq!(after_read(0, 10, 4096, 10, 100, 4096), Next::Done(10));
-        // procfs: stat size 0, content found.
-        assert_eq!(after_read(0, 700, 4096, 0, 4000, 4096), Next::Done(700));
+        // A file that grew a little since its statx: still one read.
+        assert_eq!(after_read(0, 12, 4096, 10, 100, 4096), Next::Done(12));
+        // procfs: stat size 0, content found; only a read of 0 ends it.
+        assert_eq!(
+            after_read(0, 700, 4096, 0, 4000, 4096),
+            Next::Continue {
+                offset: 700,
+                len: 3396
+            }
+        );
+        assert_eq!(after_read(700, 0, 3396, 0, 4000, 4096), Next::Done(700));
+        // procfs over the limit, page by page.
+        assert_eq!(after_read(3000, 1001, 1096, 0, 4000, 4096), Next::TooBig);
         // Filled a direct request sized to the file: there may be more.
         assert_eq!(
             after_read(0, 512, 512, 100, 4000, 4096),
@@ -248,7 +321,11 @@ mod tests {
                 len: 3996
             }
         );
+        // The file shrank: a read of 0 before the stat size ends it.
+        assert_eq!(after_read(100, 0, 3996, 300, 4000, 4096), Next::Done(100));
         assert_eq!(after_read(0, 4001, 4096, 10, 4000, 4096), Next::TooBig);
         assert_eq!(after_read(4000, 0, 96, 4000, 4000, 4096), Next::Done(4000));
+        // An empty file: one read of 0.
+        assert_eq!(after_read(0, 0, 4096, 0, 4000, 4096), Next::Done(0));
     }
 }

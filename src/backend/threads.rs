@@ -1,72 +1,127 @@
 //! The fallback backend: a small pool of threads doing
-//! `statx` → `open` → `pread` → `close`, for kernels or containers where
+//! `statx` → `open` → `pread`... → `close`, for kernels or containers where
 //! io_uring cannot be set up (`ENOSYS`, `EPERM` from seccomp,
 //! `io_uring_disabled`).
 //!
 //! It applies the same rules as the io_uring backend (`super::plan`,
 //! `super::after_read`): the same errnos for bad files, the same direct-I/O
-//! sizing and fallback, the same growth and short-read handling. Opens use
-//! `O_NONBLOCK`, so a FIFO swapped in after the statx cannot block a pool
-//! thread (regular files ignore the flag), and an `fstat` on the open file
-//! re-checks that it is still a regular file.
+//! sizing and fallback, the same growth, short-read and read-until-0
+//! handling. Opens use `O_NONBLOCK`, so a FIFO swapped in after the statx
+//! cannot block a pool thread, and an `fstat` on the open file re-checks
+//! that it is still a regular file. A regular file that answers `EAGAIN`
+//! anyway (`/proc/kmsg` with nothing pending) is switched to blocking reads
+//! rather than polled.
+//!
+//! Shutdown is bounded: a `pread` cannot be interrupted, so the pool
+//! abandons what it cannot finish. [`Backend::cancel_all`] completes the
+//! jobs not started yet with `ECANCELED` and makes running jobs stop at
+//! their next read; dropping the backend abandons queued jobs unstarted,
+//! joins the threads for at most [`JOIN_DEADLINE`], detaches those still
+//! stuck in a read and says so in one log line. A detached thread may
+//! still write into its job's buffer when its read returns: each pool
+//! thread holds a clone of the backend's keep-alive guard (the loader's
+//! shared region) until it returns, so that memory stays mapped — and, the
+//! entry never being completed, owned by nobody else — under that write.
 
 use std::ffi::CStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Backend, BackendCounters, Done, Job, Next, after_read, plan};
+use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, after_read, plan};
+
+/// How long dropping the backend waits for its threads before it detaches
+/// the ones still stuck (the loader loop has already waited for in-flight
+/// jobs before it drops the backend).
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A job moved to a pool thread.
 struct SendJob(Job);
 
-// SAFETY: a Job's pointers (path, buffer) are valid until its Done is
-// reported and belong exclusively to the backend meanwhile; the pool thread
-// that receives it is the only one that touches them.
+// SAFETY: by `Job::new`'s contract a Job's path and buffer are valid and
+// the backend's alone until its Done is reported, or while the keep-alive
+// guard lives if the backend is dropped first (the pool thread holding the
+// job keeps a clone of it); the pool thread that receives the job is the
+// only one that touches them.
 unsafe impl Send for SendJob {}
 
 /// Pool of `threads` I/O threads fed through a channel.
 pub struct ThreadsBackend {
     jobs: Option<Sender<SendJob>>,
+    /// The pool's end of the job channel too: cancelling and dropping take
+    /// back the jobs no thread has started.
+    queued: Receiver<SendJob>,
     done: Receiver<(Done, BackendCounters)>,
     pending: Vec<Job>,
+    /// Jobs completed without a thread (cancelled before they started).
+    ready: Vec<Done>,
     in_flight: usize,
     window: usize,
     threads: Vec<JoinHandle<()>>,
+    cancel: Arc<AtomicBool>,
     counters: BackendCounters,
 }
 
 impl ThreadsBackend {
     /// A pool of `min(window, 8)` threads with `window` jobs in flight.
-    pub fn new(window: u32, direct: bool, max_file_size: u64) -> std::io::Result<Self> {
+    /// Every thread holds a clone of `keep_alive` until it returns (see the
+    /// module doc).
+    pub fn new(
+        window: u32,
+        direct: bool,
+        max_file_size: u64,
+        keep_alive: KeepAlive,
+    ) -> std::io::Result<Self> {
         let window = window.max(1) as usize;
         let (jtx, jrx) = crossbeam_channel::unbounded::<SendJob>();
         let (dtx, drx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for i in 0..window.min(8) {
             let (jrx, dtx) = (jrx.clone(), dtx.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("al-io-{i}"))
-                    .spawn(move || {
-                        for SendJob(job) in jrx {
-                            let mut c = BackendCounters::default();
-                            let result = load(&job, direct, max_file_size, &mut c);
-                            if dtx.send((Done { g: job.g, result }, c)).is_err() {
-                                break;
-                            }
+            let (cancel, keep_alive) = (cancel.clone(), keep_alive.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("al-io-{i}"))
+                .spawn(move || {
+                    // Held until this thread returns, even detached.
+                    let _keep_alive = keep_alive;
+                    for SendJob(job) in jrx {
+                        let mut c = BackendCounters::default();
+                        let result = if cancel.load(Ordering::Acquire) {
+                            Err(libc::ECANCELED)
+                        } else {
+                            load(&job, direct, max_file_size, &cancel, &mut c)
+                        };
+                        if dtx.send((Done { g: job.g, result }, c)).is_err() {
+                            break;
                         }
-                    })?,
-            );
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The threads already started end when `jtx` drops.
+                    drop(jtx);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(ThreadsBackend {
             jobs: Some(jtx),
+            queued: jrx,
             done: drx,
             pending: Vec::new(),
+            ready: Vec::new(),
             in_flight: 0,
             window,
             threads,
+            cancel,
             counters: BackendCounters::default(),
         })
     }
@@ -96,6 +151,19 @@ impl Drop for Fd {
     }
 }
 
+/// Switches `fd` to blocking reads (a regular file that answered `EAGAIN`
+/// under `O_NONBLOCK`).
+fn set_blocking(fd: &Fd, c: &mut BackendCounters) -> Result<(), i32> {
+    c.syscalls += 2;
+    // SAFETY: fcntl on our own descriptor, no pointers.
+    let fl = unsafe { libc::fcntl(fd.0, libc::F_GETFL) };
+    // SAFETY: as above.
+    if fl < 0 || unsafe { libc::fcntl(fd.0, libc::F_SETFL, fl & !libc::O_NONBLOCK) } < 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
 fn open(path: &CStr, direct: bool, c: &mut BackendCounters) -> Result<Fd, i32> {
     let mut flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
     if direct {
@@ -120,8 +188,15 @@ fn open(path: &CStr, direct: bool, c: &mut BackendCounters) -> Result<Fd, i32> {
     Ok(fd)
 }
 
-/// Loads one job; the rules match the io_uring backend's.
-fn load(job: &Job, direct: bool, max: u64, c: &mut BackendCounters) -> Result<u64, i32> {
+/// Loads one job; the rules match the io_uring backend's. Stops with
+/// `ECANCELED` before any read once `cancel` is set.
+fn load(
+    job: &Job,
+    direct: bool,
+    max: u64,
+    cancel: &AtomicBool,
+    c: &mut BackendCounters,
+) -> Result<u64, i32> {
     let path = job.path();
     let mut stx: libc::statx = {
         // SAFETY: statx is plain old data.
@@ -150,7 +225,11 @@ fn load(job: &Job, direct: bool, max: u64, c: &mut BackendCounters) -> Result<u6
         r => r?,
     };
     let (mut offset, mut req) = (0u64, p.req_len);
+    let mut blocking = false;
     loop {
+        if cancel.load(Ordering::Acquire) {
+            return Err(libc::ECANCELED);
+        }
         c.syscalls += 1;
         debug_assert!(offset + req <= job.buf_len);
         // SAFETY: offset + req <= buf_len, so the destination lies in the
@@ -165,11 +244,17 @@ fn load(job: &Job, direct: bool, max: u64, c: &mut BackendCounters) -> Result<u6
         };
         if n < 0 {
             match errno() {
-                libc::EINTR | libc::EAGAIN => continue,
+                libc::EINTR => continue,
+                libc::EAGAIN if !blocking => {
+                    set_blocking(&fd, c)?;
+                    blocking = true;
+                    continue;
+                }
                 libc::EINVAL if use_direct => {
                     c.buffered_fallbacks += 1;
                     use_direct = false;
                     fd = open(path, false, c)?;
+                    blocking = false;
                     (offset, req) = (0, job.buf_len);
                     continue;
                 }
@@ -187,6 +272,7 @@ fn load(job: &Job, direct: bool, max: u64, c: &mut BackendCounters) -> Result<u6
                     // Continue buffered: the offset need not be aligned.
                     use_direct = false;
                     fd = open(path, false, c)?;
+                    blocking = false;
                 }
                 (offset, req) = (o, len);
             }
@@ -222,6 +308,8 @@ impl Backend for ThreadsBackend {
 
     fn reap(&mut self, out: &mut Vec<Done>, wait: Option<Duration>) -> std::io::Result<()> {
         let before = out.len();
+        self.in_flight -= self.ready.len();
+        out.append(&mut self.ready);
         while let Ok(d) = self.done.try_recv() {
             self.take(d, out);
         }
@@ -243,8 +331,21 @@ impl Backend for ThreadsBackend {
     }
 
     fn cancel_all(&mut self) {
-        // A blocking pread cannot be cancelled; shutdown waits for it, then
-        // gives up after its deadline.
+        // A blocking pread cannot be interrupted: running jobs stop at their
+        // next read; jobs no thread has started complete now.
+        self.cancel.store(true, Ordering::Release);
+        for job in self.pending.drain(..) {
+            self.ready.push(Done {
+                g: job.g,
+                result: Err(libc::ECANCELED),
+            });
+        }
+        while let Ok(SendJob(job)) = self.queued.try_recv() {
+            self.ready.push(Done {
+                g: job.g,
+                result: Err(libc::ECANCELED),
+            });
+        }
     }
 
     fn take_counters(&mut self) -> BackendCounters {
@@ -254,10 +355,34 @@ impl Backend for ThreadsBackend {
 
 impl Drop for ThreadsBackend {
     fn drop(&mut self) {
-        // Closing the job channel ends the pool threads after their job.
+        // Jobs no thread has started are abandoned, never started.
+        self.cancel.store(true, Ordering::Release);
+        // Closing the job channel ends each pool thread after its job.
         self.jobs = None;
+        let mut unstarted = self.pending.len();
+        self.pending.clear();
+        while self.queued.try_recv().is_ok() {
+            unstarted += 1;
+        }
+        let deadline = Instant::now() + JOIN_DEADLINE;
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut stuck = 0;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                // Detached: it keeps its keep-alive guard until its read
+                // returns, then sees the cancellation and exits.
+                stuck += 1;
+            }
+        }
+        if unstarted > 0 || stuck > 0 {
+            eprintln!(
+                "asyncloader: thread-pool backend stopped: {unstarted} queued jobs abandoned \
+                 unstarted, {stuck} threads stuck in a read detached"
+            );
         }
     }
 }

@@ -1,39 +1,68 @@
-//! The io_uring backend: statx, then open → read → close into a fixed slot.
+//! The io_uring backend: each file is one linked chain into a fixed
+//! descriptor slot, batched with the other files of the pass. Two chains:
 //!
-//! Per file, two steps, each batched with every other file of the same pass:
+//! **The optimistic chain** (the common warm case: a buffered load, while it
+//! mostly works — see [`FastPolicy`]): `OPENAT(O_NONBLOCK)` → `FADVISE` →
+//! `READ(buf_len, RWF_NOWAIT)` → 1-byte `READ` probe → `CLOSE`, no statx
+//! first. It completes the file only when the result is unambiguous: some
+//! bytes within the limit, then end of file (the probe read returned 0).
+//! Anything else — not cached, a FIFO or a device, empty, too big, more
+//! behind the first read (procfs) — goes to the statx path.
 //!
-//! 1. `STATX(path)`: learns the type and size without opening anything, so a
-//!    FIFO, a device or a directory is refused before an `open` could block
-//!    or read forever, a file larger than `max_file_size` fails with `EFBIG`
-//!    without reading it, and an `O_DIRECT` read can be sized to the file
-//!    (rounded up to `STATX_DIOALIGN`) instead of to the whole buffer, which
-//!    the kernel would zero-fill (measured 3–16x slower).
+//! **The statx path** (cold data, `O_DIRECT`, everything the optimistic
+//! chain did not settle), two steps:
+//!
+//! 1. `STATX(path)` (a direct call while metadata is cached, through
+//!    io_uring when it is cold — see [`StatxPolicy`]): learns the type and
+//!    size without opening anything, so a FIFO, a device or a directory is
+//!    refused before an `open` could block or read forever, a file larger
+//!    than `max_file_size` fails with `EFBIG` without being read, and an
+//!    `O_DIRECT` read can be sized to the file (rounded up to
+//!    `STATX_DIOALIGN`) instead of to the whole buffer, which the kernel
+//!    would zero-fill (see docs/bench.md).
 //! 2. `OPENAT` into fixed slot `s` (`IO_LINK`) → `READ` from fixed slot `s`
 //!    (`IO_HARDLINK`) → `CLOSE` slot `s`. The close is hard-linked because a
 //!    short read — the normal case, as the read asks for one byte more than
 //!    the file may have — counts as a failure inside a link chain and would
-//!    cancel it. The loader owns slot numbers (one per in-flight file), since
-//!    `IORING_FILE_INDEX_ALLOC` cannot feed a linked read. A slot is reused
-//!    only after all three completions arrived, so a late close never closes
-//!    the next file. `O_CLOEXEC` is not passed: direct opens refuse it.
+//!    cancel it. A file whose stat size is 0 (procfs, sysfs: the size says
+//!    nothing) is opened without the `CLOSE`: it is read until a read
+//!    returns 0 (see `super::after_read`), each further `READ` on the file
+//!    kept open in its slot — reopening would make a `seq_file` regenerate
+//!    everything before the offset, quadratic in the file — and then closed.
 //!
 //! The read asks for more than the file can hold if it is within the limit
 //! (`max_file_size + 1`, or the statx size + 1 rounded up for direct I/O), so
-//! a file that grew past the limit is caught by the read itself, and a file
-//! whose stat size lies (procfs says 0) is read for what it really holds.
-//! A read that fills its request (a file that grew) or stops short before the
-//! stat size (an interrupted read) continues buffered at the offset reached.
+//! a file that grew past the limit is caught by the read itself. A read that
+//! fills its request (a file that grew) or stops short before the stat size
+//! (an interrupted read) continues buffered at the offset reached.
+//!
+//! Slots: the loader owns slot numbers (one per in-flight file), since
+//! `IORING_FILE_INDEX_ALLOC` cannot feed a linked read. A slot is reused only
+//! after every completion of its chain arrived, so a late close never closes
+//! the next file. No chain may leave a file installed: when an open
+//! succeeded but its `CLOSE` did not run (the optimistic chain's `FADVISE`
+//! fails with `ESPIPE` on a FIFO, cancelling the rest of the chain) or was
+//! not part of the chain, an explicit `CLOSE` of the slot runs before the
+//! file is reported done or goes on to another step. `O_CLOEXEC` is not
+//! passed: direct opens refuse it.
 //!
 //! `O_DIRECT` is attempted only when statx reports a direct-I/O alignment
 //! that our 4 KiB-aligned buffers satisfy; a file system that reports none,
 //! or that refuses the open or read with `EINVAL`, gets a buffered read and
 //! the `buffered_fallbacks` counter says so.
+//!
+//! Shutdown: [`Backend::cancel_all`] cancels everything in flight (a read
+//! blocked in an io-wq thread is interrupted) and nothing is retried or
+//! continued after it. If the backend is dropped with operations still in
+//! the kernel, the kernel may complete them after the ring is gone: the
+//! statx and probe buffers are leaked and the keep-alive guard of the jobs'
+//! memory is never released, so no late write lands in freed memory.
 
 use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{Backend, BackendCounters, Done, Job, Next, after_read, plan};
+use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, after_read, plan};
 use crate::region::now_ns;
 
 const K_STATX: u64 = 0;
@@ -55,8 +84,9 @@ const CUR_POS: u64 = u64::MAX;
 ///
 /// io_uring always hands `IORING_OP_STATX` to an io-wq worker thread
 /// (the opcode is forced async), which costs a wake-up and two context
-/// switches per file: measured here on cached small files, the loader used
-/// ~15% more CPU per file than with a plain `statx` call. A plain call, on
+/// switches per file: measured on cached small files, the loader uses
+/// markedly more CPU per file than with a plain `statx` call (see
+/// docs/bench.md). A plain call, on
 /// the other hand, blocks the loader thread while a cold inode is read from
 /// disk, where io-wq reads many in parallel. So the loader measures its own
 /// `statx` calls: while they are fast (the metadata is cached) it calls
@@ -122,8 +152,8 @@ impl StatxPolicy {
 
 /// Whether to try the optimistic chain ([`UringBackend::queue_fast`]).
 ///
-/// It saves the statx (a second path walk, ~15% of the CPU per cached small
-/// file) but wastes an open and a read when the data is not cached. The
+/// It saves the statx (a second path walk, a sizeable share of the CPU per
+/// cached small file: see docs/bench.md) but wastes an open and a read when the data is not cached. The
 /// loader keeps a moving average of how often it worked, uses it while it
 /// mostly works, and otherwise retries it every [`PROBE_EVERY`] files.
 /// Never with `direct` (a direct read needs the size first).
@@ -167,24 +197,56 @@ impl FastPolicy {
     }
 }
 
+/// The step a slot's operation is in (what its pending CQEs belong to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A statx submitted to io_uring.
+    Statx,
+    /// The optimistic chain: OPEN → FADVISE → READ → PROBE → CLOSE.
+    Fast,
+    /// OPEN → READ, then CLOSE when `with_close`.
+    Chain,
+    /// A READ on the file kept open in the slot.
+    Read,
+    /// A CLOSE of the slot, then `then`.
+    Close,
+}
+
+/// What a slot does next once its file is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Finish(Result<u64, i32>),
+    /// statx first (the optimistic chain did not settle the file).
+    SlowPath,
+    /// (Re)open and read at `offset`.
+    Chain,
+}
+
 #[derive(Clone, Copy)]
 struct Op {
     g: u32,
     path: *const libc::c_char,
     buf: *mut u8,
     buf_len: u64,
+    step: Step,
     /// CQEs still expected for the current step.
     pending: u8,
     open_res: i32,
     read_res: i32,
+    probe_res: i32,
+    close_res: i32,
     /// Offset and length of the current read.
     offset: u64,
     req_len: u64,
     stat_size: u64,
     direct: bool,
-    /// The current chain is the optimistic one (no statx first).
-    fast: bool,
-    probe_res: i32,
+    /// The current chain ends with a CLOSE.
+    with_close: bool,
+    /// The slot may hold this op's file: it must be closed before the slot
+    /// is freed or reopened.
+    installed: bool,
+    /// After the current CLOSE step.
+    then: Then,
     /// When the optimistic chain was queued (ns, CLOCK_MONOTONIC).
     t_fast: u64,
 }
@@ -195,15 +257,19 @@ impl Op {
         path: std::ptr::null(),
         buf: std::ptr::null_mut(),
         buf_len: 0,
+        step: Step::Statx,
         pending: 0,
         open_res: 0,
         read_res: 0,
+        probe_res: 0,
+        close_res: 0,
         offset: 0,
         req_len: 0,
         stat_size: 0,
         direct: false,
-        fast: false,
-        probe_res: 0,
+        with_close: true,
+        installed: false,
+        then: Then::SlowPath,
         t_fast: 0,
     };
 }
@@ -224,11 +290,22 @@ pub struct UringBackend {
     fast: FastPolicy,
     /// One byte per slot for the EOF probe read.
     probe_buf: Box<[u64]>,
+    /// `cancel_all` was called: nothing is retried or continued.
+    cancelled: bool,
+    /// Keeps the jobs' memory alive; leaked if the ring is dropped with
+    /// operations in the kernel.
+    keep_alive: KeepAlive,
 }
 
 impl UringBackend {
-    /// A ring for `window` files in flight.
-    pub fn new(window: u32, direct: bool, max_file_size: u64) -> std::io::Result<Self> {
+    /// A ring for `window` files in flight. `keep_alive` guards the memory
+    /// the jobs point into (see [`Job::new`]).
+    pub fn new(
+        window: u32,
+        direct: bool,
+        max_file_size: u64,
+        keep_alive: KeepAlive,
+    ) -> std::io::Result<Self> {
         let window = window.max(1);
         let sq = (window * 5).next_power_of_two().max(8);
         let ring = IoUring::builder()
@@ -253,6 +330,8 @@ impl UringBackend {
             ready: Vec::new(),
             fast: FastPolicy::new(direct),
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
+            cancelled: false,
+            keep_alive,
         })
     }
 
@@ -285,19 +364,28 @@ impl UringBackend {
             .mask(mask)
             .build()
             .user_data(ud(s, K_STATX));
-        self.ops[s as usize].pending = 1;
-        // SAFETY: the path lives in the job's entry and the statx buffer in
-        // `self.stx` (boxed, never reallocated); both outlive the CQE because
-        // the slot is not reused before it is reaped.
+        let op = &mut self.ops[s as usize];
+        op.step = Step::Statx;
+        op.pending = 1;
+        // SAFETY: the path belongs to the in-flight job (valid until its
+        // Done, `Job::new`) and the statx buffer to `self.stx` (boxed, never
+        // reallocated, leaked if the ring is dropped with it in flight);
+        // both outlive the CQE because the slot is not reused before it.
         unsafe { self.push_sqe(e) };
+        self.followups = true;
     }
 
+    /// OPEN → READ at `offset` for `req_len` (→ CLOSE when the file's stat
+    /// size is known, or the read is direct; else the file stays open for
+    /// the reads until 0).
     fn queue_chain(&mut self, s: u32) {
         let op = self.ops[s as usize];
+        debug_assert!(!op.installed, "opening over a file not closed");
         let mut flags = libc::O_RDONLY | libc::O_NOCTTY;
         if op.direct {
             flags |= libc::O_DIRECT;
         }
+        let with_close = op.direct || op.stat_size > 0;
         let slot = types::DestinationSlot::try_from_slot_target(s).expect("slot in table");
         let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), op.path)
             .flags(flags)
@@ -305,8 +393,40 @@ impl UringBackend {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(ud(s, K_OPEN));
+        let read = self.read_sqe(s);
+        let read = if with_close {
+            read.flags(squeue::Flags::IO_HARDLINK)
+        } else {
+            read
+        };
+        let op = &mut self.ops[s as usize];
+        op.step = Step::Chain;
+        op.with_close = with_close;
+        op.pending = if with_close { 3 } else { 2 };
+        op.open_res = 0;
+        op.read_res = 0;
+        op.close_res = 0;
+        // SAFETY: path and buffer belong to the in-flight job and stay valid
+        // until its Done is reported, which is after all CQEs of the chain.
+        unsafe {
+            self.push_sqe(open);
+            self.push_sqe(read);
+        }
+        if with_close {
+            let close = opcode::Close::new(types::Fixed(s))
+                .build()
+                .user_data(ud(s, K_CLOSE));
+            // SAFETY: a close names no memory.
+            unsafe { self.push_sqe(close) };
+        }
+        self.followups = true;
+    }
+
+    /// A READ from slot `s` at the op's offset for its length.
+    fn read_sqe(&self, s: u32) -> squeue::Entry {
+        let op = &self.ops[s as usize];
         debug_assert!(op.offset + op.req_len <= op.buf_len);
-        let read = opcode::Read::new(
+        opcode::Read::new(
             types::Fixed(s),
             // SAFETY: offset + req_len <= buf_len, so the range is inside
             // the job's buffer.
@@ -315,25 +435,56 @@ impl UringBackend {
         )
         .offset(op.offset)
         .build()
-        .flags(squeue::Flags::IO_HARDLINK)
-        .user_data(ud(s, K_READ));
-        let close = opcode::Close::new(types::Fixed(s))
-            .build()
-            .user_data(ud(s, K_CLOSE));
-        self.ops[s as usize].pending = 3;
-        self.ops[s as usize].open_res = 0;
-        self.ops[s as usize].read_res = 0;
-        // SAFETY: path and buffer belong to the in-flight job and stay valid
-        // until its Done is reported, which is after all three CQEs.
-        unsafe {
-            self.push_sqe(open);
-            self.push_sqe(read);
-            self.push_sqe(close);
-        }
+        .user_data(ud(s, K_READ))
+    }
+
+    /// A further READ of the file kept open in slot `s`.
+    fn queue_read(&mut self, s: u32) {
+        let read = self.read_sqe(s);
+        let op = &mut self.ops[s as usize];
+        op.step = Step::Read;
+        op.pending = 1;
+        op.read_res = 0;
+        // SAFETY: the buffer belongs to the in-flight job and stays valid
+        // until its Done is reported, which is after this CQE.
+        unsafe { self.push_sqe(read) };
         self.followups = true;
     }
 
+    /// Closes slot `s`, then does `then`.
+    fn queue_close(&mut self, s: u32, then: Then) {
+        let close = opcode::Close::new(types::Fixed(s))
+            .build()
+            .user_data(ud(s, K_CLOSE));
+        let op = &mut self.ops[s as usize];
+        op.step = Step::Close;
+        op.pending = 1;
+        op.close_res = 0;
+        op.then = then;
+        // SAFETY: a close names no memory.
+        unsafe { self.push_sqe(close) };
+        self.followups = true;
+    }
+
+    /// Goes on with `then`, closing the slot first if it may hold a file.
+    /// After `cancel_all`, anything but finishing finishes with ECANCELED.
+    fn proceed(&mut self, s: u32, then: Then, out: &mut Vec<Done>) {
+        let then = match then {
+            Then::SlowPath | Then::Chain if self.cancelled => Then::Finish(Err(libc::ECANCELED)),
+            t => t,
+        };
+        if self.ops[s as usize].installed {
+            return self.queue_close(s, then);
+        }
+        match then {
+            Then::Finish(r) => self.finish(s, r, out),
+            Then::SlowPath => self.slow_path(s, out),
+            Then::Chain => self.queue_chain(s),
+        }
+    }
+
     fn finish(&mut self, s: u32, result: Result<u64, i32>, out: &mut Vec<Done>) {
+        debug_assert!(!self.ops[s as usize].installed);
         let g = self.ops[s as usize].g;
         self.ops[s as usize] = Op::EMPTY;
         self.free_slots.push(s);
@@ -362,35 +513,42 @@ impl UringBackend {
         op.offset = 0;
         op.direct = p.direct;
         op.req_len = p.req_len;
-        self.queue_chain(s);
+        self.proceed(s, Then::Chain, out);
     }
 
-    fn on_chain_done(&mut self, s: u32, out: &mut Vec<Done>) {
+    /// The statx path's chain or a further read completed.
+    fn on_read_done(&mut self, s: u32, out: &mut Vec<Done>) {
         let op = self.ops[s as usize];
-        let retry_buffered = |me: &mut Self| {
+        if op.step == Step::Chain {
+            // Without its CLOSE (not in the chain, or cancelled), an opened
+            // file stays in the slot.
+            self.ops[s as usize].installed =
+                op.open_res >= 0 && (!op.with_close || op.close_res < 0);
+        }
+        let retry_buffered = |me: &mut Self, out: &mut Vec<Done>| {
             me.counters.buffered_fallbacks += 1;
             let op = &mut me.ops[s as usize];
             op.direct = false;
             op.offset = 0;
             op.req_len = op.buf_len;
-            me.queue_chain(s);
+            me.proceed(s, Then::Chain, out);
         };
-        if op.open_res < 0 {
+        if op.step == Step::Chain && op.open_res < 0 {
             let e = -op.open_res;
             if op.direct && (e == libc::EINVAL || e == libc::EOPNOTSUPP) {
-                return retry_buffered(self);
+                return retry_buffered(self, out);
             }
-            return self.finish(s, Err(e), out);
+            return self.proceed(s, Then::Finish(Err(e)), out);
         }
         if op.read_res < 0 {
             let e = -op.read_res;
             if op.direct && (e == libc::EINVAL || e == libc::EOPNOTSUPP) {
-                return retry_buffered(self);
+                return retry_buffered(self, out);
             }
-            if e == libc::EAGAIN || e == libc::EINTR {
-                return self.queue_chain(s);
+            if (e == libc::EAGAIN || e == libc::EINTR) && !self.cancelled {
+                return self.read_on(s, out);
             }
-            return self.finish(s, Err(e), out);
+            return self.proceed(s, Then::Finish(Err(e)), out);
         }
         if op.direct && op.read_res > 0 {
             self.counters.direct_reads += 1;
@@ -404,27 +562,48 @@ impl UringBackend {
             self.max_file_size,
             op.buf_len,
         ) {
-            Next::Done(total) => self.finish(s, Ok(total), out),
-            Next::TooBig => self.finish(s, Err(libc::EFBIG), out),
+            Next::Done(total) => self.proceed(s, Then::Finish(Ok(total)), out),
+            Next::TooBig => self.proceed(s, Then::Finish(Err(libc::EFBIG)), out),
             Next::Continue { offset, len } => {
                 let op = &mut self.ops[s as usize];
                 op.direct = false;
                 op.offset = offset;
                 op.req_len = len;
-                self.queue_chain(s);
+                self.read_on(s, out);
             }
         }
+    }
+
+    /// Reads at the op's offset: on the file kept open in the slot, or by
+    /// a new chain. After `cancel_all`, finishes with ECANCELED instead.
+    fn read_on(&mut self, s: u32, out: &mut Vec<Done>) {
+        if self.cancelled {
+            return self.proceed(s, Then::Finish(Err(libc::ECANCELED)), out);
+        }
+        if self.ops[s as usize].installed && !self.ops[s as usize].direct {
+            self.queue_read(s);
+        } else {
+            self.proceed(s, Then::Chain, out);
+        }
+    }
+
+    fn on_close_done(&mut self, s: u32, out: &mut Vec<Done>) {
+        let op = &mut self.ops[s as usize];
+        op.installed = false;
+        let then = op.then;
+        self.proceed(s, then, out);
     }
 
     /// The careful path: statx first (directly, or through io_uring when
     /// metadata is cold), then the chain sized by what statx said.
     fn slow_path(&mut self, s: u32, out: &mut Vec<Done>) {
-        let op = &mut self.ops[s as usize];
-        op.fast = false;
+        if self.cancelled {
+            return self.finish(s, Err(libc::ECANCELED), out);
+        }
         if !self.statx.want_sync() {
             return self.queue_statx(s);
         }
-        let path = op.path;
+        let path = self.ops[s as usize].path;
         let mut mask = libc::STATX_TYPE | libc::STATX_SIZE;
         if self.direct {
             mask |= libc::STATX_DIOALIGN;
@@ -481,7 +660,9 @@ impl UringBackend {
         // wrote and left would otherwise read like a small file. (Kernel
         // 6.18 also refuses RWF_NOWAIT on a named FIFO with EOPNOTSUPP, which
         // sends it to the careful path anyway; the fadvise keeps that true
-        // where FIFOs accept RWF_NOWAIT. It costs ~3% of the warm CPU.)
+        // where FIFOs accept RWF_NOWAIT. Its cost in warm CPU: see
+        // docs/bench.md.) Its failure also cancels the CLOSE: the completion
+        // then closes the slot explicitly (`on_fast_done`).
         let fadvise = opcode::Fadvise::new(types::Fixed(s), 0, libc::POSIX_FADV_NORMAL)
             .build()
             .flags(squeue::Flags::IO_LINK)
@@ -503,15 +684,17 @@ impl UringBackend {
             .build()
             .user_data(ud(s, K_CLOSE));
         let op = &mut self.ops[s as usize];
-        op.fast = true;
+        op.step = Step::Fast;
         op.t_fast = now_ns();
         op.pending = 5;
         op.open_res = 0;
         op.read_res = 0;
         op.probe_res = 0;
+        op.close_res = 0;
         // SAFETY: the path and the buffer belong to the in-flight job, the
-        // probe byte to this slot (boxed, never reallocated); all stay valid
-        // until the four CQEs are reaped.
+        // probe byte to this slot (boxed, never reallocated, leaked if the
+        // ring is dropped with it in flight); all stay valid until the five
+        // CQEs of the five SQEs are reaped.
         unsafe {
             self.push_sqe(open);
             self.push_sqe(fadvise);
@@ -524,23 +707,30 @@ impl UringBackend {
 
     fn on_fast_done(&mut self, s: u32, out: &mut Vec<Done>) {
         let op = self.ops[s as usize];
+        // The CLOSE did not run (a failed FADVISE cancelled the rest of the
+        // chain) or failed: the opened file may still be in the slot.
+        self.ops[s as usize].installed = op.open_res >= 0 && op.close_res < 0;
         // A chain that took long ran in io-wq: the open missed the dentry
         // cache and was punted, and there the kernel drops RWF_NOWAIT and
         // reads blocking (correct, but a thread hop per file: cold small
-        // files cost ~70% more CPU than the statx path). Count it as a miss
-        // so cold data goes the statx way.
+        // files cost much more CPU than on the statx path, see
+        // docs/bench.md). Count it as a miss so cold data goes the statx way.
         let quick = now_ns().saturating_sub(op.t_fast) < FAST_CHAIN_NS;
-        if op.open_res >= 0 && op.read_res == -libc::EISDIR {
+        let then = if op.open_res >= 0 && op.read_res == -libc::EISDIR {
             self.fast.record(quick);
-            return self.finish(s, Err(libc::EISDIR), out);
-        }
-        let n = op.read_res;
-        if op.open_res >= 0 && n > 0 && n as u64 <= self.max_file_size && op.probe_res == 0 {
+            Then::Finish(Err(libc::EISDIR))
+        } else if op.open_res >= 0
+            && op.read_res > 0
+            && op.read_res as u64 <= self.max_file_size
+            && op.probe_res == 0
+        {
             self.fast.record(quick);
-            return self.finish(s, Ok(n as u64), out);
-        }
-        self.fast.record(false);
-        self.slow_path(s, out);
+            Then::Finish(Ok(op.read_res as u64))
+        } else {
+            self.fast.record(false);
+            Then::SlowPath
+        };
+        self.proceed(s, then, out);
     }
 
     fn drain_cq(&mut self, out: &mut Vec<Done>) {
@@ -556,7 +746,14 @@ impl UringBackend {
                 continue;
             }
             match kind {
-                K_STATX => self.on_statx(s, res, out),
+                K_STATX => {
+                    let op = &mut self.ops[s as usize];
+                    if op.step != Step::Statx || op.pending == 0 {
+                        continue;
+                    }
+                    op.pending = 0;
+                    self.on_statx(s, res, out);
+                }
                 _ => {
                     let op = &mut self.ops[s as usize];
                     if op.pending == 0 {
@@ -566,14 +763,16 @@ impl UringBackend {
                         K_OPEN => op.open_res = res,
                         K_READ => op.read_res = res,
                         K_PROBE => op.probe_res = res,
+                        K_CLOSE => op.close_res = res,
                         _ => {}
                     }
                     op.pending -= 1;
                     if op.pending == 0 {
-                        if op.fast {
-                            self.on_fast_done(s, out);
-                        } else {
-                            self.on_chain_done(s, out);
+                        match op.step {
+                            Step::Fast => self.on_fast_done(s, out),
+                            Step::Chain | Step::Read => self.on_read_done(s, out),
+                            Step::Close => self.on_close_done(s, out),
+                            Step::Statx => {}
                         }
                     }
                 }
@@ -588,6 +787,7 @@ impl Backend for UringBackend {
     }
 
     fn push(&mut self, job: Job) {
+        // An empty pool is the caller's bug; panicking is sound.
         let s = self.free_slots.pop().expect("room() checked by the caller");
         self.ops[s as usize] = Op {
             g: job.g,
@@ -663,6 +863,7 @@ impl Backend for UringBackend {
     }
 
     fn cancel_all(&mut self) {
+        self.cancelled = true;
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(u64::MAX);
@@ -677,5 +878,25 @@ impl Backend for UringBackend {
 
     fn is_uring(&self) -> bool {
         true
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        let in_kernel = self.ops.iter().filter(|o| o.pending > 0).count();
+        if in_kernel == 0 {
+            return;
+        }
+        // Closing the ring cancels these operations, but one that is running
+        // in an io-wq thread (a read blocked where a signal cannot reach)
+        // completes when it completes, writing into the statx or probe
+        // buffer, or the job's buffer. Never free any of it.
+        Box::leak(std::mem::take(&mut self.stx));
+        Box::leak(std::mem::take(&mut self.probe_buf));
+        std::mem::forget(self.keep_alive.clone());
+        eprintln!(
+            "asyncloader: io_uring backend stopped with {in_kernel} files still in the kernel; \
+             their memory stays mapped until the process exits"
+        );
     }
 }
