@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_cstr, try_out, try_ref};
-use super::worker::al_worker;
+use super::worker::{al_worker, new_handle};
 use crate::config::{BackendKind, Config};
 use crate::loader::Loader;
 
@@ -426,7 +426,7 @@ pub unsafe extern "C" fn al_loader_worker(
         l.loader.health()?;
         let w = l.loader.worker(id)?;
         // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, al_worker::boxed(w)) };
+        unsafe { put(out, new_handle(w)) };
         Ok(())
     })
 }

@@ -23,6 +23,7 @@
 use std::ffi::{CString, c_char, c_int};
 use std::sync::OnceLock;
 
+pub(crate) mod handles;
 pub(crate) mod panic;
 pub(crate) mod ptr;
 
