@@ -275,6 +275,19 @@ mod tests {
         (Table::new_raw(p, first, qd), drops)
     }
 
+    /// A slot pointer sent to another thread (keeps its provenance, unlike
+    /// an integer round trip, so Miri checks the accesses in full).
+    #[derive(Clone, Copy)]
+    struct Sent(*const Slot<Probe>);
+    // SAFETY: slots are made of atomics and a table that is Sync; the tests
+    // keep the table alive while threads use the pointer.
+    unsafe impl Send for Sent {}
+    impl Sent {
+        fn get(self) -> *const Slot<Probe> {
+            self.0
+        }
+    }
+
     fn log(p: &Probe, g: u32, generation: u32) -> Result<(), Errno> {
         p.given.lock().unwrap().push((g, generation));
         Ok(())
@@ -432,14 +445,11 @@ mod tests {
         unsafe {
             let tb = Table::get(t).unwrap();
             for round in 0..4u32 {
-                let e = tb.deliver(round, round, 0).unwrap() as usize;
+                let e = Sent(tb.deliver(round, round, 0).unwrap());
                 let wins: usize = std::thread::scope(|s| {
                     let hs: Vec<_> = (0..3)
                         .map(|_| {
-                            s.spawn(move || {
-                                let e = e as *const Slot<Probe>;
-                                usize::from(Slot::release(e, 0, log).is_ok())
-                            })
+                            s.spawn(move || usize::from(Slot::release(e.get(), 0, log).is_ok()))
                         })
                         .collect();
                     hs.into_iter().map(|h| h.join().unwrap()).sum()
@@ -459,13 +469,11 @@ mod tests {
         // addresses, keep the table alive until the last release.
         unsafe {
             let tb = Table::get(t).unwrap();
-            let es: Vec<usize> = (0..2)
-                .map(|g| tb.deliver(g, 0, 0).unwrap() as usize)
-                .collect();
+            let es: Vec<Sent> = (0..2).map(|g| Sent(tb.deliver(g, 0, 0).unwrap())).collect();
             Table::free(t);
             std::thread::scope(|s| {
                 for e in es {
-                    s.spawn(move || Slot::release(e as *const Slot<Probe>, 0, log).unwrap());
+                    s.spawn(move || Slot::release(e.get(), 0, log).unwrap());
                 }
             });
         }
