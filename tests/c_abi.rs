@@ -151,6 +151,8 @@ fn header_compiles_as_c11_and_cpp17() {
                 #include <string.h>\n\
                 int main(void) {\n\
                     al_config c;\n\
+                    memset(&c, 0, sizeof c);\n\
+                    c.struct_size = sizeof c;\n\
                     al_config_default(&c);\n\
                     return al_abi_version() == AL_ABI_VERSION &&\n\
                            strcmp(al_version(), AL_VERSION_STRING) == 0 &&\n\

@@ -90,7 +90,8 @@ fn run_seed(seed: u64) {
     // that outlives the call; the library checks the rest.
     unsafe {
         let mut cfg = std::mem::zeroed::<al_config>();
-        al_config_default(&mut cfg);
+        cfg.struct_size = std::mem::size_of::<al_config>() as u32;
+        assert_eq!(al_config_default(&mut cfg), 0);
         cfg.queue_depth = qd;
         cfg.max_file_size = MAX;
         cfg.n_workers = 2;

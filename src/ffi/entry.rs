@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 
 use super::handles::{Held, Slot};
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, try_out};
+use super::ptr::try_out;
+use super::sized::{self, give, span};
 use super::worker::WorkerTable;
 use crate::process::fork_epoch;
 use crate::region::{PATH_CAP, entry_state};
@@ -49,11 +50,18 @@ pub struct al_entry {
 type EntrySlot = Slot<Worker>;
 
 /// Everything about an entry in one call (`al_entry_get_info`), for bindings
-/// where each call costs (Python ctypes). Pointers are valid until the
-/// entry is released. Plain data.
+/// where each call costs (Python ctypes). Set `struct_size =
+/// sizeof(al_entry_info)` before the call (see `al_config` for how the
+/// struct grows). Pointers are valid until the entry is released. Plain
+/// data.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct al_entry_info {
+    /// `sizeof(al_entry_info)` as the caller compiled it; never written by
+    /// the library.
+    pub struct_size: u32,
+    /// 0 or the positive errno of the failed load.
+    pub error: i32,
     /// The requested path, NUL-terminated (see `al_entry_path`).
     pub path: *const c_char,
     /// Bytes in `path`, without the NUL.
@@ -62,16 +70,45 @@ pub struct al_entry_info {
     pub data: *const u8,
     /// Bytes at `data`; 0 for a failed load.
     pub size: usize,
-    /// 0 or the positive errno of the failed load.
-    pub error: i32,
-    /// Always 0.
-    pub reserved: u32,
     /// Nanoseconds from the request to the completion.
     pub latency_ns: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<al_entry_info>() == 48);
 const _: () = assert!(std::mem::align_of::<al_entry_info>() == 8);
+
+const INFO_SIZE: usize = std::mem::size_of::<al_entry_info>();
+
+impl al_entry_info {
+    /// Writes the fields a caller's `al_entry_info` of `struct_size` bytes
+    /// has.
+    ///
+    /// # Safety
+    ///
+    /// `p` is non-NULL, aligned, valid for writing `struct_size` bytes (at
+    /// least 4), the first 4 readable.
+    unsafe fn write(&self, p: *mut al_entry_info) -> Result<(), Errno> {
+        let spans = [
+            span!(al_entry_info, struct_size),
+            span!(al_entry_info, error),
+            span!(al_entry_info, path),
+            span!(al_entry_info, path_len),
+            span!(al_entry_info, data),
+            span!(al_entry_info, size),
+            span!(al_entry_info, latency_ns),
+        ];
+        // SAFETY: at least the 4 bytes of struct_size are readable (caller).
+        let size = unsafe { sized::struct_size(p.cast_const().cast()) };
+        let n = sized::covered("al_entry_info", size, INFO_SIZE, &spans)?;
+        give!(p, n, al_entry_info, error, self.error);
+        give!(p, n, al_entry_info, path, self.path);
+        give!(p, n, al_entry_info, path_len, self.path_len);
+        give!(p, n, al_entry_info, data, self.data);
+        give!(p, n, al_entry_info, size, self.size);
+        give!(p, n, al_entry_info, latency_ns, self.latency_ns);
+        Ok(())
+    }
+}
 
 /// Turns an engine `Entry` into a handle in `w`'s table; on failure (an
 /// entry of another worker: only a tampered region) gives it back.
@@ -259,12 +296,14 @@ pub unsafe extern "C" fn al_entry_latency_ns(e: *const al_entry) -> u64 {
 }
 
 /// Writes path, data, sizes, error and latency of `e` to `*out` in one call
-/// (written only on success). Returns 0 or `-EINVAL` (NULL, released).
+/// (written only on success; the fields inside `out->struct_size`).
+/// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
+/// cutting a field), `-E2BIG` (`struct_size` above 4096).
 ///
 /// # Safety
 ///
-/// As `al_entry_path`; `out` is NULL or valid for writing an
-/// `al_entry_info`.
+/// As `al_entry_path`; `out` is NULL or valid for writing
+/// `out->struct_size` bytes (at least 4), its `struct_size` set.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entry_info) -> c_int {
     ffi_boundary!(int {
@@ -273,17 +312,17 @@ pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entr
         let l = unsafe { live(e) }?;
         let (path, path_len) = l.path();
         let info = al_entry_info {
+            struct_size: INFO_SIZE as u32,
             path,
             path_len,
             data: l.data(),
             size: l.size(),
             error: l.error(),
-            reserved: 0,
             latency_ns: l.latency_ns(),
         };
-        // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, info) };
-        Ok(())
+        // SAFETY: non-NULL, struct_size set and that many bytes writable
+        // (caller).
+        unsafe { info.write(out) }
     })
 }
 
@@ -331,7 +370,9 @@ pub unsafe extern "C" fn al_entry_release_many(entries: *const *mut al_entry, n:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi::loader::{al_config_default, al_loader, al_loader_free, al_loader_new};
+    use crate::ffi::loader::{
+        al_config, al_config_default, al_loader, al_loader_free, al_loader_new,
+    };
     use crate::ffi::loader::{al_loader_start, al_loader_worker};
     use crate::ffi::worker::{al_worker, al_worker_free, al_worker_request, al_worker_wait_get};
 
@@ -339,15 +380,16 @@ mod tests {
     /// entry; the `window`-th aliases it (the documented limit).
     #[test]
     fn stale_handles_stay_dead_for_a_window_of_generations() {
-        let mut cfg = std::mem::MaybeUninit::uninit();
+        let mut cfg = std::mem::MaybeUninit::<al_config>::zeroed();
         let mut l: *mut al_loader = std::ptr::null_mut();
         let mut w: *mut al_worker = std::ptr::null_mut();
         let mut e: *mut al_entry = std::ptr::null_mut();
         // SAFETY: every pointer passed is valid for what each call does
         // with it (see the header); handles are used only while live.
         unsafe {
-            al_config_default(cfg.as_mut_ptr());
             let mut cfg = cfg.assume_init();
+            cfg.struct_size = std::mem::size_of::<al_config>() as u32;
+            assert_eq!(al_config_default(&mut cfg), 0);
             cfg.queue_depth = 1;
             cfg.loader_threads = 1;
             assert_eq!(al_loader_new(&cfg, &mut l), 0);
