@@ -380,7 +380,7 @@ mod tests {
     /// entry; the `window`-th aliases it (the documented limit).
     #[test]
     fn stale_handles_stay_dead_for_a_window_of_generations() {
-        let mut cfg = std::mem::MaybeUninit::<al_config>::zeroed();
+        let cfg = std::mem::MaybeUninit::<al_config>::zeroed();
         let mut l: *mut al_loader = std::ptr::null_mut();
         let mut w: *mut al_worker = std::ptr::null_mut();
         let mut e: *mut al_entry = std::ptr::null_mut();

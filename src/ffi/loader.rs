@@ -146,6 +146,9 @@ impl al_config {
         } else {
             d.direct
         };
+        // Fields of `Config` that `al_config` does not carry (yet) take
+        // their defaults.
+        #[allow(clippy::needless_update)]
         Ok(Config {
             queue_depth: take!(p, n, al_config, queue_depth).unwrap_or(d.queue_depth),
             max_file_size: take!(p, n, al_config, max_file_size).unwrap_or(d.max_file_size),
