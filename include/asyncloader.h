@@ -31,8 +31,13 @@
  * or struct in this header. Compare with `al_abi_version()` at run time.
  * (`AL_VERSION_MAJOR`/`_MINOR`/`_PATCH`/`_STRING`, the library version,
  * are written into the header by `build.rs` from Cargo.toml.)
+ *
+ * Version 2: `al_config`, `al_stats` and `al_entry_info` start with
+ * `struct_size` (set it to `sizeof` the struct before any call that reads
+ * or writes one); `al_config_default` and `al_entry_release` return `int`;
+ * `al_last_error_message`.
  */
-#define AL_ABI_VERSION 1
+#define AL_ABI_VERSION 2
 
 /**
  * Stats/config backend value: pick io_uring, fall back to threads (config);
@@ -89,6 +94,12 @@
  * release does nothing, as long as the `al_worker` it came from has not
  * been freed with all its entries released (then the handle is dangling).
  *
+ * Fork: a process forked while holding an entry inherits a copy of the
+ * handle, but the entry stays the parent's. In the child, accessors read
+ * the parent's entry while the parent holds it (NULL/0/`-EINVAL` once the
+ * parent released it), and `al_entry_release` returns `-EPERM` and does
+ * not give the entry back.
+ *
  * Thread-safety: accessors may run in several threads at once; release
  * once, after the other threads are done with the data.
  */
@@ -122,18 +133,37 @@ typedef struct al_loader al_loader;
  * its `al_loader` handle to stay alive (it maps the shared memory itself),
  * and entries it delivered stay valid after `al_worker_free` until each is
  * released. A process forked while holding it gets its own copy, usable in
- * the child; entries are per copy.
+ * the child; entries are per copy, and entries inherited across `fork`
+ * stay the parent's (see `al_entry_release`).
  */
 typedef struct al_worker al_worker;
 
 /**
- * How a loader is sized and how it batches. Fill it with
- * `al_config_default` first, then change fields: fields may be added at
- * the end in a later ABI version (see `AL_ABI_VERSION`).
+ * How a loader is sized and how it batches.
+ *
+ * Set `struct_size = sizeof(al_config)` first, then fill it with
+ * `al_config_default`, then change fields:
+ *
+ * ```c
+ * al_config cfg = { .struct_size = sizeof cfg };
+ * al_config_default(&cfg);
+ * ```
+ *
+ * The struct may grow at the end in a later ABI version; `struct_size`
+ * tells the library which fields the caller has. A program built against
+ * an older header (smaller struct) gets defaults for the fields it lacks
+ * and nothing is written past its struct; a program built against a newer
+ * header runs on this library as long as the fields this library does not
+ * know are 0 (else `-E2BIG`). See docs/c-api.md.
  *
  * Plain data: no ownership, any thread.
  */
 typedef struct al_config {
+    /**
+     * `sizeof(al_config)` as the caller compiled it; read by every call
+     * taking an `al_config *`, never written by the library.
+     */
+    uint32_t struct_size;
     /**
      * Requests a worker may have outstanding (queued, in flight, or
      * delivered and not released); each owns a `max_file_size` buffer.
@@ -175,9 +205,19 @@ typedef struct al_config {
 
 /**
  * Counters of a loader (`al_loader_stats`), summed over its threads and
- * workers. Plain data.
+ * workers. Set `struct_size = sizeof(al_stats)` before the call (see
+ * `al_config` for how the struct grows). Plain data.
  */
 typedef struct al_stats {
+    /**
+     * `sizeof(al_stats)` as the caller compiled it; never written by the
+     * library.
+     */
+    uint32_t struct_size;
+    /**
+     * `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
+     */
+    uint32_t state;
     /**
      * Requests accepted from workers.
      */
@@ -216,10 +256,6 @@ typedef struct al_stats {
      */
     uint32_t backend;
     /**
-     * `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
-     */
-    uint32_t state;
-    /**
      * Loader threads configured.
      */
     uint32_t loader_threads;
@@ -231,18 +267,25 @@ typedef struct al_stats {
      * Pid of the process running the loader (0 before it starts).
      */
     int32_t loader_pid;
-    /**
-     * Always 0.
-     */
-    uint32_t reserved;
 } al_stats;
 
 /**
  * Everything about an entry in one call (`al_entry_get_info`), for bindings
- * where each call costs (Python ctypes). Pointers are valid until the
- * entry is released. Plain data.
+ * where each call costs (Python ctypes). Set `struct_size =
+ * sizeof(al_entry_info)` before the call (see `al_config` for how the
+ * struct grows). Pointers are valid until the entry is released. Plain
+ * data.
  */
 typedef struct al_entry_info {
+    /**
+     * `sizeof(al_entry_info)` as the caller compiled it; never written by
+     * the library.
+     */
+    uint32_t struct_size;
+    /**
+     * 0 or the positive errno of the failed load.
+     */
+    int32_t error;
     /**
      * The requested path, NUL-terminated (see `al_entry_path`).
      */
@@ -259,14 +302,6 @@ typedef struct al_entry_info {
      * Bytes at `data`; 0 for a failed load.
      */
     size_t size;
-    /**
-     * 0 or the positive errno of the failed load.
-     */
-    int32_t error;
-    /**
-     * Always 0.
-     */
-    uint32_t reserved;
     /**
      * Nanoseconds from the request to the completion.
      */
@@ -293,6 +328,25 @@ uint32_t al_abi_version(void);
 const char *al_version(void);
 
 /**
+ * Copies the message of the calling thread's last failed call (one that
+ * returned a negative errno) to `buf`, NUL-terminated and cut to `len - 1`
+ * bytes, and returns the message's full length in bytes (without the
+ * NUL), as `snprintf` does: a result `>= len` means it was cut. With
+ * `len == 0` nothing is written (`buf` may be NULL): ask for the length
+ * first. The message says more than `al_strerror`: a config error names
+ * the field and why (`"invalid config: queue_depth: 0 is not in
+ * 1..=65536: Invalid argument"`), a struct-size error says which struct.
+ * Empty (returns 0) before any failure in this thread; successful calls
+ * leave it alone. Returns `-EINVAL` for NULL `buf` with `len > 0`.
+ * Thread-safe (the message is per thread).
+ *
+ * # Safety
+ *
+ * `buf` is NULL or valid for writing `len` bytes.
+ */
+int al_last_error_message(char *buf, size_t len);
+
+/**
  * A description of `code`, an errno or negated errno (both work, so
  * `al_strerror(rc)` is fine for any result). The string is static: valid
  * forever, never to be freed. Thread-safe. Never NULL.
@@ -303,27 +357,34 @@ const char *al_strerror(int code);
  * Fills `*out` with the default configuration: queue_depth 64,
  * max_file_size 4 MiB, n_workers 1, dispatch_n 8, idle_iters 16, direct
  * false, loader_threads 0 (one per core), ring_window 0 (default),
- * backend `AL_BACKEND_AUTO`. Does nothing when `out` is NULL.
+ * backend `AL_BACKEND_AUTO`. Set `out->struct_size` first: only the
+ * fields inside it are written. Returns 0, `-EINVAL` (NULL, a
+ * `struct_size` below 4 or cutting a field), `-E2BIG` (`struct_size`
+ * above 4096).
  *
  * # Safety
  *
- * `out` is NULL or valid for writing an `al_config`.
+ * `out` is NULL or valid for writing `out->struct_size` bytes (at least
+ * 4), its `struct_size` set.
  */
-void al_config_default(struct al_config *out);
+int al_config_default(struct al_config *out);
 
 /**
  * Creates a loader for `*cfg` and stores it in `*out` (written only on
  * success). No loader runs yet: call `al_loader_start`, `al_loader_spawn`
  * or `al_loader_become`; requests made before wait in the queues.
  *
- * Returns 0, `-EINVAL` (NULL argument, a field out of range), or the
- * errno of a failed `memfd_create`/`mmap` (`-ENOMEM`, `-EMFILE`, ...).
- * The caller owns `*out` and frees it with `al_loader_free`.
+ * Returns 0, `-EINVAL` (NULL argument, a field out of range: then
+ * `al_last_error_message` names the field and says why; a bad
+ * `struct_size`), `-E2BIG` (a field of a newer header that this library
+ * does not know is set), or the errno of a failed `memfd_create`/`mmap`
+ * (`-ENOMEM`, `-EMFILE`, ...). The caller owns `*out` and frees it with
+ * `al_loader_free`.
  *
  * # Safety
  *
- * `cfg` is NULL or points to a readable `al_config`; `out` is NULL or
- * valid for writing a pointer.
+ * `cfg` is NULL or points to `cfg->struct_size` readable bytes (at least
+ * 4); `out` is NULL or valid for writing a pointer.
  */
 int al_loader_new(const struct al_config *cfg, struct al_loader **out);
 
@@ -458,25 +519,28 @@ int al_loader_worker(struct al_loader *l, uint32_t id, struct al_worker **out);
 
 /**
  * Writes the loader's configuration (as resolved: `loader_threads` and
- * `ring_window` are never 0) to `*out`; useful after `al_loader_attach`.
- * Returns 0 or `-EINVAL` for NULL.
+ * `ring_window` are never 0) to `*out`, the fields inside
+ * `out->struct_size`; useful after `al_loader_attach`. Returns 0, or
+ * `-EINVAL`/`-E2BIG` as `al_config_default`.
  *
  * # Safety
  *
- * `l` is NULL or a live loader; `out` is NULL or valid for writing an
- * `al_config`.
+ * `l` is NULL or a live loader; `out` is NULL or as for
+ * `al_config_default`.
  */
 int al_loader_config(const struct al_loader *l, struct al_config *out);
 
 /**
- * Writes the loader's counters to `*out`. Any participant may call it, at
- * any time; counters are read without stopping the loader, so they may be
- * a few operations apart. Returns 0 or `-EINVAL` for NULL.
+ * Writes the loader's counters to `*out`, the fields inside
+ * `out->struct_size` (set it to `sizeof(al_stats)`). Any participant may
+ * call it, at any time; counters are read without stopping the loader, so
+ * they may be a few operations apart. Returns 0, or `-EINVAL`/`-E2BIG` as
+ * `al_config_default`.
  *
  * # Safety
  *
- * `l` is NULL or a live loader; `out` is NULL or valid for writing an
- * `al_stats`.
+ * `l` is NULL or a live loader; `out` is NULL or valid for writing
+ * `out->struct_size` bytes (at least 4), its `struct_size` set.
  */
 int al_loader_stats(const struct al_loader *l, struct al_stats *out);
 
@@ -668,30 +732,35 @@ uint64_t al_entry_latency_ns(const struct al_entry *e);
 
 /**
  * Writes path, data, sizes, error and latency of `e` to `*out` in one call
- * (written only on success). Returns 0 or `-EINVAL` (NULL, released).
+ * (written only on success; the fields inside `out->struct_size`).
+ * Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
+ * cutting a field), `-E2BIG` (`struct_size` above 4096).
  *
  * # Safety
  *
- * As `al_entry_path`; `out` is NULL or valid for writing an
- * `al_entry_info`.
+ * As `al_entry_path`; `out` is NULL or valid for writing
+ * `out->struct_size` bytes (at least 4), its `struct_size` set.
  */
 int al_entry_get_info(const struct al_entry *e, struct al_entry_info *out);
 
 /**
  * Gives the entry back to its worker: its buffer may be reused at once, so
- * pointers from `al_entry_path`/`al_entry_data` become invalid. NULL and
- * an already released entry are ignored (harmless).
+ * pointers from `al_entry_path`/`al_entry_data` become invalid. Returns 0;
+ * `-EINVAL` for NULL or an already released entry (harmless: nothing
+ * happens); `-EPERM` in a process forked after the entry was delivered:
+ * the entry is the parent's and stays with it (the parent's path and data
+ * do not change), the handle is only forgotten in this process.
  *
  * # Safety
  *
  * As `al_entry_path`; no other thread may be reading the entry's data.
  */
-void al_entry_release(struct al_entry *e);
+int al_entry_release(struct al_entry *e);
 
 /**
- * Releases `n` entries (as `al_entry_release` each; NULL elements and
- * released entries are skipped). Returns the number released now, 0 when
- * `entries` is NULL.
+ * Releases `n` entries (as `al_entry_release` each; NULL elements,
+ * released entries and entries inherited across `fork` are skipped).
+ * Returns the number released now, 0 when `entries` is NULL.
  *
  * # Safety
  *

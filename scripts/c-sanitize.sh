@@ -47,6 +47,7 @@ fi
 echo "c-sanitize: building"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/errors.c "${LINK[@]}" -o "$OUT/errors"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/attach.c "${LINK[@]}" -o "$OUT/attach"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/hardening.c "${LINK[@]}" -o "$OUT/hardening"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
 
@@ -70,6 +71,15 @@ T="timeout --kill-after=10 120"
 echo "c-sanitize: tests/c/errors.c"
 mkdir -p "$OUT/scratch"
 $T "$OUT/errors" "$OUT/scratch"
+
+echo "c-sanitize: tests/c/hardening.c"
+# One behaviour per run; the "old caller" structs sit in heap blocks of
+# exactly their size, so ASan reports any access past them. The fork tests
+# use a loader process (al_loader_spawn): no threads when they fork.
+for t in $("$OUT/hardening" list); do
+    mkdir -p "$OUT/scratch-$t"
+    $T "$OUT/hardening" "$t" "$OUT/scratch-$t"
+done
 
 echo "c-sanitize: examples/c/load_dir.c"
 $T "$OUT/load_dir" "$DATA" 3 2

@@ -94,7 +94,11 @@ fn finish(child: Child, what: &str) -> Output {
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {
+    // The library this run built, not whatever `cargo test` puts first on
+    // LD_LIBRARY_PATH (which overrides the rpath, and can be the uplifted
+    // copy in target/debug from an earlier `cargo build`).
     let child = cmd
+        .env("LD_LIBRARY_PATH", lib_dir())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,6 +155,8 @@ fn header_compiles_as_c11_and_cpp17() {
                 #include <string.h>\n\
                 int main(void) {\n\
                     al_config c;\n\
+                    memset(&c, 0, sizeof c);\n\
+                    c.struct_size = sizeof c;\n\
                     al_config_default(&c);\n\
                     return al_abi_version() == AL_ABI_VERSION &&\n\
                            strcmp(al_version(), AL_VERSION_STRING) == 0 &&\n\
@@ -298,3 +304,68 @@ fn attach_from_an_unrelated_process() {
         "{rest}"
     );
 }
+
+/// `tests/c/hardening.c`, compiled once per test binary; the temp dir
+/// holding it lives as long as the process (removed by the OS's tmp
+/// cleaning only if the process dies: the binary is small).
+fn hardening_exe() -> &'static Path {
+    static EXE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, exe) = EXE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = tmp.path().join("hardening");
+        compile("tests/c/hardening.c", &exe, false, &[]);
+        (tmp, exe)
+    });
+    exe
+}
+
+/// Runs one behaviour of `tests/c/hardening.c` in its own scratch dir.
+fn hardening(name: &str) {
+    if skip() {
+        return;
+    }
+    let exe = hardening_exe();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = run(
+        Command::new(exe).arg(name).arg(scratch.path()),
+        &format!("tests/c/hardening.c {name}"),
+    );
+    assert!(out.contains(&format!("{name}: passed")), "{out}");
+}
+
+macro_rules! hardening_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                hardening(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn hardening_c_lists_exactly_these_tests() {
+            if skip() {
+                return;
+            }
+            let out = run(Command::new(hardening_exe()).arg("list"), "hardening list");
+            let listed: Vec<&str> = out.lines().collect();
+            assert_eq!(listed, [$(stringify!($name)),*]);
+        }
+    };
+}
+
+hardening_tests!(
+    old_config_default_writes_only_its_fields,
+    old_config_gets_defaults_for_the_fields_it_lacks,
+    old_loader_config_writes_only_its_fields,
+    old_stats_caller_gets_only_its_fields,
+    old_entry_info_caller_gets_only_its_fields,
+    newer_config_with_unknown_fields_zero_is_accepted,
+    newer_config_with_an_unknown_field_set_is_e2big,
+    struct_size_that_is_too_small_or_cuts_a_field_is_einval,
+    struct_size_above_a_page_is_e2big,
+    config_error_message_names_the_field,
+    last_error_message_is_cut_like_snprintf,
+    fork_child_release_leaves_the_parent_entry_unchanged,
+    fork_child_release_many_skips_inherited_entries,
+);

@@ -85,12 +85,13 @@ fn run_seed(seed: u64) {
     let expect: HashMap<Vec<u8>, Expect> = corpus.iter().cloned().collect();
 
     let qd = 1 + rng.below(6) as u32;
-    // SAFETY (whole test): every pointer passed below is either NULL on
+    // SAFETY: (whole test) every pointer passed below is either NULL on
     // purpose, a handle returned by the library and not freed, or a local
     // that outlives the call; the library checks the rest.
     unsafe {
         let mut cfg = std::mem::zeroed::<al_config>();
-        al_config_default(&mut cfg);
+        cfg.struct_size = std::mem::size_of::<al_config>() as u32;
+        assert_eq!(al_config_default(&mut cfg), 0);
         cfg.queue_depth = qd;
         cfg.max_file_size = MAX;
         cfg.n_workers = 2;
@@ -188,7 +189,7 @@ fn run_seed(seed: u64) {
                 }
                 7 | 8 if !held.is_empty() => {
                     let e = held.swap_remove(rng.below(held.len()));
-                    al_entry_release(e);
+                    assert_eq!(al_entry_release(e), 0);
                     released.push(e);
                 }
                 9 if !released.is_empty() && rng.below(4) == 0 => {
@@ -198,7 +199,7 @@ fn run_seed(seed: u64) {
                     let _ = al_entry_error(e);
                     let _ = al_entry_size(e);
                     if !held.contains(&e) {
-                        al_entry_release(e);
+                        assert_eq!(al_entry_release(e), -libc::EINVAL);
                     }
                 }
                 _ => {
@@ -226,7 +227,7 @@ fn run_seed(seed: u64) {
             held.push(e);
         }
         for e in held.drain(..) {
-            al_entry_release(e);
+            assert_eq!(al_entry_release(e), 0);
         }
         assert_eq!(al_worker_outstanding(w), 0);
         assert_eq!(al_loader_shutdown(l), 0);

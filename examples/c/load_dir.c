@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
     hashes = calloc(n_paths + 1, sizeof *hashes);
     errors = calloc(n_paths + 1, sizeof *errors);
 
-    al_config cfg;
+    al_config cfg = {.struct_size = sizeof cfg}; /* the library reads only what we have */
     al_config_default(&cfg);
     cfg.n_workers = threads;
     cfg.queue_depth = 32;
@@ -194,7 +194,7 @@ int main(int argc, char **argv) {
     }
     double dt = now() - t0;
 
-    al_stats st;
+    al_stats st = {.struct_size = sizeof st};
     al_loader_stats(loader, &st);
     al_loader_shutdown(loader);
     al_loader_free(loader);

@@ -136,7 +136,8 @@ int main(int argc, char **argv) {
         largest = std::max<uint64_t>(largest, e.file_size());
     }
 
-    al_config cfg;
+    al_config cfg{};
+    cfg.struct_size = sizeof cfg; // the library reads only what we have
     al_config_default(&cfg);
     cfg.n_workers = procs;
     cfg.queue_depth = 32;
@@ -175,7 +176,8 @@ int main(int argc, char **argv) {
         status_bad |= !WIFEXITED(st) || WEXITSTATUS(st) != 0;
     }
 
-    al_stats st;
+    al_stats st{};
+    st.struct_size = sizeof st;
     al_loader_stats(l, &st);
     al_loader_shutdown(l);
     al_loader_free(l);

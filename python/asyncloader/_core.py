@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import math
+import numbers
+import operator
 import os
 import sys
 import threading
@@ -42,6 +45,27 @@ _MIN_DEFAULT_FILE_SIZE = 1 << 20
 #: handlers (Ctrl-C) run between them.
 WAIT_SLICE_S = 0.1
 _WAIT_SLICE_NS = int(WAIT_SLICE_S * 1e9)
+
+
+def _deadline(timeout: Any) -> Optional[float]:
+    """``time.monotonic()`` deadline for a ``timeout`` in seconds, ``None``
+    for no limit. ``None``, ``-1`` (C's "wait forever") and ``inf`` wait
+    without limit; other negative values and ``nan`` raise ``ValueError``,
+    non-numbers (``bool`` included) ``TypeError``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    t = float(timeout)
+    if t == -1:
+        return None
+    if math.isnan(t):
+        raise ValueError("timeout must not be nan")
+    if t < 0:
+        raise ValueError(f"timeout must be >= 0, None or -1 (no limit), not {timeout!r}")
+    if math.isinf(t):
+        return None
+    return time.monotonic() + t
 
 
 def _slice_ns(deadline: Optional[float]) -> int:
@@ -384,6 +408,8 @@ class Entry:
         """
         h = self._detach()
         if h is not None:
+            # -EPERM in a process forked after the delivery: the entry is
+            # the parent's, the library only forgets it here (documented).
             _ffi.lib().al_entry_release(h)
 
     def _release_deferred(self) -> None:
@@ -557,21 +583,22 @@ class Worker:
     def wait_get(self, timeout: Optional[float] = None) -> Entry:
         """Waits for a completed entry and returns it.
 
-        ``timeout`` in seconds (``None``: no limit) raises ``TimeoutError``
-        when it passes. The wait sleeps in the library (no spinning, GIL
+        ``timeout`` in seconds raises ``TimeoutError`` when it passes;
+        ``None`` or ``-1`` (as in C) waits without limit. Other negative
+        values and ``nan`` raise ``ValueError``. The wait sleeps in the library (no spinning, GIL
         released) in slices of 100 ms, so Ctrl-C raises
         ``KeyboardInterrupt`` promptly. Raises ``OSError`` with
         ``errno.ESHUTDOWN`` (a ``BrokenPipeError``) once the loader is shut
         down and nothing is left to deliver, ``errno.EOWNERDEAD`` when the
         loader died.
         """
+        deadline = _deadline(timeout)
         lib = _ffi.lib()
         out = EntryP()
         # Fast path: something is ready.
         rc = lib.al_worker_try_get(self._h, byref(out))
         if rc == 0:
             return Entry(self, out.value)
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         wait = lib.al_worker_wait_get
         while True:
             slice_ns = _slice_ns(deadline)
@@ -588,9 +615,12 @@ class Worker:
         """Waits (like :meth:`wait_get`) until at least one entry is ready,
         then returns up to ``max_n`` ready entries without waiting further.
 
-        ``timeout=0`` never blocks. Returns ``[]`` when the timeout passes
-        with nothing ready (it does not raise ``TimeoutError``).
+        ``timeout=0`` never blocks; ``None`` or ``-1`` waits without limit
+        (other negative values and ``nan`` raise ``ValueError``). Returns
+        ``[]`` when the timeout passes with nothing ready (it does not raise
+        ``TimeoutError``).
         """
+        deadline = _deadline(timeout)
         if max_n <= 0:
             return []
         lib = _ffi.lib()
@@ -600,7 +630,6 @@ class Worker:
         # buffer shared by threads using this Worker could be overwritten.
         buf = (EntryP * max_n)()
         got = c_size_t(0)
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         fn = lib.al_worker_get_many
         while True:
             slice_ns = _slice_ns(deadline)
@@ -830,35 +859,48 @@ class Loader:
         ring_window: Optional[int] = None,
         backend: str = "auto",
     ):
+        if idle_iters is not None:
+            idle_iters = _u32(idle_iters, "idle_iters")
+        if max_idle_iters is not None:
+            max_idle_iters = _u32(max_idle_iters, "max_idle_iters")
         if idle_iters is not None and max_idle_iters is not None and idle_iters != max_idle_iters:
             raise TypeError("give idle_iters or max_idle_iters, not both")
+        idle_name = "idle_iters"
         if idle_iters is None:
-            idle_iters = max_idle_iters
+            idle_iters, idle_name = max_idle_iters, "max_idle_iters"
         lib = _ffi.lib()
         cfg = _ffi.al_config()
-        lib.al_config_default(byref(cfg))
+        _check(lib.al_config_default(byref(cfg)), "al_config_default")
         cfg.queue_depth = _u32(queue_depth, "queue_depth")
         cfg.n_workers = _u32(n_workers, "n_workers")
         if max_file_size is None:
-            max_file_size = _default_max_file_size(queue_depth, n_workers)
-        if not 0 <= max_file_size < 1 << 64:
-            raise ValueError(f"max_file_size out of range: {max_file_size}")
-        cfg.max_file_size = max_file_size
+            max_file_size = _default_max_file_size(cfg.queue_depth, cfg.n_workers)
+        cfg.max_file_size = _uint(max_file_size, "max_file_size", 64)
         if dispatch_n is not None:
             cfg.dispatch_n = _u32(dispatch_n, "dispatch_n")
         if idle_iters is not None:
-            cfg.idle_iters = _u32(idle_iters, "idle_iters")
-        cfg.direct = bool(direct)
+            cfg.idle_iters = _u32(idle_iters, idle_name)
+        if not isinstance(direct, bool):
+            raise TypeError(f"direct must be a bool, not {type(direct).__name__}")
+        cfg.direct = direct
         if loader_threads is not None:
             cfg.loader_threads = _u32(loader_threads, "loader_threads")
         if ring_window is not None:
             cfg.ring_window = _u32(ring_window, "ring_window")
         codes = {v: k for k, v in _ffi.BACKENDS.items()}
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, not {type(backend).__name__}")
         if backend not in codes:
             raise ValueError(f"backend must be one of {sorted(codes)}, not {backend!r}")
         cfg.backend = codes[backend]
         h = LoaderP()
-        _check(lib.al_loader_new(byref(cfg), byref(h)), "Loader")
+        rc = lib.al_loader_new(byref(cfg), byref(h))
+        if rc in (-_errno.EINVAL, -_errno.E2BIG):
+            # The library says which field and why.
+            err = ValueError(lib.last_error_message() or lib.strerror(rc))
+            err.errno = -rc  # type: ignore[attr-defined]
+            raise err
+        _check(rc, "Loader")
         self._init(h, owner=True, cfg=cfg)
         with _known_lock:
             _known[self._name] = self
@@ -885,7 +927,7 @@ class Loader:
         """The configuration as the loader resolved it (``loader_threads``
         and ``ring_window`` never 0)."""
         cfg = self._config_from_name()
-        out = {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if not n.startswith("_")}
+        out = {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if n != "struct_size"}
         out["direct"] = bool(out["direct"])
         out["backend"] = _ffi.BACKENDS.get(cfg.backend, str(cfg.backend))
         return out
@@ -1044,11 +1086,23 @@ class Loader:
         return f"<asyncloader.Loader {self._name!r}>"
 
 
-def _u32(v: int, what: str) -> int:
-    v = int(v)
-    if not 0 <= v < 1 << 32:
+def _uint(v: Any, what: str, bits: int) -> int:
+    """An unsigned integer argument: ``TypeError`` for anything that is not
+    an integer (``8.5``, ``"8"``, and ``True``: a bool is not a count),
+    ``ValueError`` outside ``0 .. 2**bits - 1``."""
+    if isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}") from None
+    if not 0 <= v < 1 << bits:
         raise ValueError(f"{what} out of range: {v}")
     return v
+
+
+def _u32(v: Any, what: str) -> int:
+    return _uint(v, what, 32)
 
 
 def _stats(h: Any) -> Dict[str, Any]:
@@ -1060,7 +1114,7 @@ def _stats(h: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         name: getattr(st, name)
         for name, _t in _ffi.al_stats._fields_
-        if not name.endswith("reserved")
+        if name != "struct_size"
     }
     out["backend"] = _ffi.BACKENDS.get(st.backend, str(st.backend))
     out["state"] = _ffi.STATES.get(st.state, str(st.state))

@@ -28,7 +28,6 @@ from ctypes import (
     c_int,
     c_int64,
     c_size_t,
-    c_uint8,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -95,15 +94,25 @@ class al_entry(ctypes.Structure):
     _fields_: list = []
 
 
-class al_config(ctypes.Structure):
+class _Sized(ctypes.Structure):
+    """A struct of the C ABI that starts with ``struct_size``: set to this
+    mirror's size on creation, so the library reads and writes exactly the
+    fields declared here (ABI 2; see docs/c-api.md, "Structs that grow")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.struct_size = ctypes.sizeof(self)
+
+
+class al_config(_Sized):
     """Mirror of the C ``al_config``; filled by ``al_config_default``.
 
-    Field order and types are part of the C ABI contract. Trailing fields
-    the header may add are covered by ``_reserved`` padding so that
-    ``al_config_default`` never writes past this struct.
+    Field order and types are part of the C ABI contract; ``struct_size``
+    tells the library how many of them this mirror has.
     """
 
     _fields_ = [
+        ("struct_size", c_uint32),
         ("queue_depth", c_uint32),
         ("max_file_size", c_uint64),
         ("n_workers", c_uint32),
@@ -113,16 +122,15 @@ class al_config(ctypes.Structure):
         ("loader_threads", c_uint32),
         ("ring_window", c_uint32),
         ("backend", c_uint32),
-        # Room for fields a newer header may append (al_config_default
-        # fills them with defaults; we never touch them).
-        ("_reserved", c_uint8 * 64),
     ]
 
 
-class al_stats(ctypes.Structure):
-    """Mirror of the C ``al_stats`` (88 bytes), plus room to grow."""
+class al_stats(_Sized):
+    """Mirror of the C ``al_stats`` (88 bytes)."""
 
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("state", c_uint32),
         ("requests", c_uint64),
         ("completions", c_uint64),
         ("bytes", c_uint64),
@@ -132,28 +140,28 @@ class al_stats(ctypes.Structure):
         ("direct_reads", c_uint64),
         ("syscalls", c_uint64),
         ("backend", c_uint32),
-        ("state", c_uint32),
         ("loader_threads", c_uint32),
         ("loader_threads_alive", c_uint32),
         ("loader_pid", ctypes.c_int32),
-        ("reserved", c_uint32),
-        ("_reserved", c_uint8 * 64),
     ]
 
 
-class al_entry_info(ctypes.Structure):
+class al_entry_info(_Sized):
     """Mirror of the C ``al_entry_info``: everything about an entry."""
 
     _fields_ = [
+        ("struct_size", c_uint32),
+        ("error", ctypes.c_int32),
         ("path", c_void_p),
         ("path_len", c_size_t),
         ("data", c_void_p),
         ("size", c_size_t),
-        ("error", ctypes.c_int32),
-        ("reserved", c_uint32),
         ("latency_ns", c_uint64),
     ]
 
+
+#: The C ABI these mirrors follow (``AL_ABI_VERSION`` of the header).
+ABI_VERSION = 2
 
 BACKENDS = {0: "auto", 1: "io_uring", 2: "threads"}
 STATES = {0: "created", 1: "running", 2: "stopping", 3: "stopped", 4: "dead"}
@@ -191,7 +199,13 @@ class Lib:
         self.cdll = lib = ctypes.CDLL(path)
         d = lambda *a, **k: _declare(lib, *a, **k)  # noqa: E731
 
-        self.al_config_default = d("al_config_default", None, [POINTER(al_config)])
+        abi = d("al_abi_version", c_uint32, [], required=False)
+        if abi is None or abi() != ABI_VERSION:
+            raise LibraryNotFound(
+                f"{path} has C ABI {abi() if abi else 1}, this package needs {ABI_VERSION}: "
+                "rebuild the library from the same checkout (cargo build --release)"
+            )
+        self.al_config_default = d("al_config_default", c_int, [POINTER(al_config)])
         self.al_loader_new = d("al_loader_new", c_int, [POINTER(al_config), POINTER(LoaderP)])
         self.al_loader_start = d("al_loader_start", c_int, [LoaderP])
         self.al_loader_spawn = d("al_loader_spawn", c_int, [LoaderP])
@@ -216,8 +230,11 @@ class Lib:
         self.al_entry_data = d("al_entry_data", c_void_p, [EntryP])
         self.al_entry_size = d("al_entry_size", c_size_t, [EntryP])
         self.al_entry_error = d("al_entry_error", c_int, [EntryP])
-        self.al_entry_release = d("al_entry_release", None, [EntryP])
+        self.al_entry_release = d("al_entry_release", c_int, [EntryP])
         self.al_strerror = d("al_strerror", c_char_p, [c_int], required=False)
+        self.al_last_error_message = d(
+            "al_last_error_message", c_int, [c_void_p, c_size_t], required=False
+        )
 
         # Optional (second round of the ABI).
         self.al_worker_free = d("al_worker_free", None, [WorkerP], required=False)
@@ -246,6 +263,18 @@ class Lib:
         self.al_entry_latency_ns = d("al_entry_latency_ns", c_uint64, [EntryP], required=False)
         self.al_version = d("al_version", c_char_p, [], required=False)
         self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)
+
+    def last_error_message(self) -> str:
+        """The message of this thread's last failed call (``""`` if none)."""
+        f = self.al_last_error_message
+        if f is None:
+            return ""
+        n = f(None, 0)
+        if n <= 0:
+            return ""
+        buf = ctypes.create_string_buffer(n + 1)
+        f(buf, n + 1)
+        return buf.value.decode("utf-8", "replace")
 
     def strerror(self, code: int) -> str:
         s = self.al_strerror(code) if self.al_strerror else None

@@ -252,9 +252,10 @@ def test_max_idle_iters_alias_and_default_size(files):
 
 
 def test_invalid_config():
-    with pytest.raises(OSError) as ei:
+    with pytest.raises(ValueError) as ei:
         asyncloader.Loader(0, 1 << 20, 1, 1, 1)
     assert ei.value.errno == errno.EINVAL
+    assert "queue_depth" in str(ei.value)
     with pytest.raises(ValueError):
         asyncloader.Loader(8, 1 << 20, -1, 1, 1)
     with pytest.raises(ValueError):

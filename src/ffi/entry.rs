@@ -1,37 +1,25 @@
 //! `al_entry`: a delivered file, as a checked handle.
 //!
-//! Design. An `al_entry *` points to a slot in a handle table owned by the
-//! `al_worker` that delivered it, never to freshly allocated memory, so
-//! using a released entry again reads a live slot and is caught instead of
-//! being a use-after-free. The table has `window` slots per entry of the
-//! worker (`queue_depth * window` in all): an entry delivered with
-//! generation `gen` (the engine bumps an entry's generation on every
-//! release) lands in slot `local_index * window + gen % window`, and the
-//! slot's token records `gen` and whether the handle is live. So:
-//!
-//! - releasing twice, or reading after release, finds a dead token (or a
-//!   token of another generation) and gets `-EINVAL`/NULL/0;
-//! - a stale handle only aliases a newer delivery after the same entry was
-//!   delivered again `window` more times (16 times for `queue_depth` up to
-//!   4096): a handle kept that long past its release is not caught;
-//! - each live handle holds a reference on its table, so `al_worker_free`
-//!   with entries outstanding leaves them usable; the table goes with the
-//!   last of them.
-//!
-//! Release also re-checks the generation against the shared entry word with
-//! a compare-and-swap (`worker::release_raw`), so even an aliasing stale
-//! handle can never free an entry twice in the shared region.
+//! An `al_entry *` points to a slot of its worker's handle table
+//! (`handles::Slot`; src/ffi/handles.rs has the ownership and generation
+//! rules). This module adds what needs the shared region: accessors
+//! re-check the entry's state word (generation and DONE) there, and release
+//! re-checks it with a compare-and-swap (`worker::release_raw`), so even an
+//! aliasing stale handle can never free an entry twice in the shared
+//! region. Entries inherited across `fork` are never given back by the
+//! child (`crate::process::fork_epoch`).
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
+use super::handles::{Held, Slot};
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, try_out, try_ref};
-use super::worker::al_worker;
+use super::ptr::try_out;
+use super::sized::{self, give, span};
+use super::worker::WorkerTable;
+use crate::process::fork_epoch;
 use crate::region::{PATH_CAP, entry_state};
-use crate::worker::{Entry, release_raw};
-
-const LIVE: u64 = 1;
+use crate::worker::{Entry, Worker, release_raw};
 
 /// A loaded (or failed) file, delivered by `al_worker_try_get`,
 /// `al_worker_wait_get` or `al_worker_get_many`.
@@ -46,22 +34,34 @@ const LIVE: u64 = 1;
 /// release does nothing, as long as the `al_worker` it came from has not
 /// been freed with all its entries released (then the handle is dangling).
 ///
+/// Fork: a process forked while holding an entry inherits a copy of the
+/// handle, but the entry stays the parent's. In the child, accessors read
+/// the parent's entry while the parent holds it (NULL/0/`-EINVAL` once the
+/// parent released it), and `al_entry_release` returns `-EPERM` and does
+/// not give the entry back.
+///
 /// Thread-safety: accessors may run in several threads at once; release
 /// once, after the other threads are done with the data.
 pub struct al_entry {
-    owner: *const al_worker,
-    /// Global entry index this slot stands for.
-    g: u32,
-    /// `generation << 32 | LIVE` while delivered, `generation << 32` after.
-    token: AtomicU64,
+    // Opaque to C; an `al_entry *` is really a `handles::Slot<Worker>`.
+    _opaque: [u8; 0],
 }
 
+type EntrySlot = Slot<Worker>;
+
 /// Everything about an entry in one call (`al_entry_get_info`), for bindings
-/// where each call costs (Python ctypes). Pointers are valid until the
-/// entry is released. Plain data.
+/// where each call costs (Python ctypes). Set `struct_size =
+/// sizeof(al_entry_info)` before the call (see `al_config` for how the
+/// struct grows). Pointers are valid until the entry is released. Plain
+/// data.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct al_entry_info {
+    /// `sizeof(al_entry_info)` as the caller compiled it; never written by
+    /// the library.
+    pub struct_size: u32,
+    /// 0 or the positive errno of the failed load.
+    pub error: i32,
     /// The requested path, NUL-terminated (see `al_entry_path`).
     pub path: *const c_char,
     /// Bytes in `path`, without the NUL.
@@ -70,10 +70,6 @@ pub struct al_entry_info {
     pub data: *const u8,
     /// Bytes at `data`; 0 for a failed load.
     pub size: usize,
-    /// 0 or the positive errno of the failed load.
-    pub error: i32,
-    /// Always 0.
-    pub reserved: u32,
     /// Nanoseconds from the request to the completion.
     pub latency_ns: u64,
 }
@@ -81,40 +77,55 @@ pub struct al_entry_info {
 const _: () = assert!(std::mem::size_of::<al_entry_info>() == 48);
 const _: () = assert!(std::mem::align_of::<al_entry_info>() == 8);
 
-/// Generations per entry in a worker's handle table.
-pub(crate) fn window_for(queue_depth: u32) -> u32 {
-    if queue_depth <= 4096 { 16 } else { 2 }
+const INFO_SIZE: usize = std::mem::size_of::<al_entry_info>();
+
+impl al_entry_info {
+    /// Writes the fields a caller's `al_entry_info` of `struct_size` bytes
+    /// has.
+    ///
+    /// # Safety
+    ///
+    /// `p` is non-NULL, aligned, valid for writing `struct_size` bytes (at
+    /// least 4), the first 4 readable.
+    unsafe fn write(&self, p: *mut al_entry_info) -> Result<(), Errno> {
+        let spans = [
+            span!(al_entry_info, struct_size),
+            span!(al_entry_info, error),
+            span!(al_entry_info, path),
+            span!(al_entry_info, path_len),
+            span!(al_entry_info, data),
+            span!(al_entry_info, size),
+            span!(al_entry_info, latency_ns),
+        ];
+        // SAFETY: at least the 4 bytes of struct_size are readable (caller).
+        let size = unsafe { sized::struct_size(p.cast_const().cast()) };
+        let n = sized::covered("al_entry_info", size, INFO_SIZE, &spans)?;
+        give!(p, n, al_entry_info, error, self.error);
+        give!(p, n, al_entry_info, path, self.path);
+        give!(p, n, al_entry_info, path_len, self.path_len);
+        give!(p, n, al_entry_info, data, self.data);
+        give!(p, n, al_entry_info, size, self.size);
+        give!(p, n, al_entry_info, latency_ns, self.latency_ns);
+        Ok(())
+    }
 }
 
-/// The table of `queue_depth * window` slots for worker `w` of a loader.
-pub(crate) fn new_table(owner: *const al_worker, id: u32, qd: u32, window: u32) -> Box<[al_entry]> {
-    (0..qd as u64 * window as u64)
-        .map(|i| al_entry {
-            owner,
-            g: id * qd + (i / window as u64) as u32,
-            token: AtomicU64::new(0),
-        })
-        .collect()
-}
-
-/// Turns an engine `Entry` into a handle in `w`'s table.
-pub(crate) fn deliver(w: &al_worker, e: Entry) -> *mut al_entry {
+/// Turns an engine `Entry` into a handle in `w`'s table; on failure (an
+/// entry of another worker: only a tampered region) gives it back.
+pub(crate) fn deliver(w: &WorkerTable, e: Entry) -> Result<*mut al_entry, Errno> {
     let (g, generation) = e.into_raw_parts();
-    let first = w.id() * w.queue_depth();
-    debug_assert!(g >= first && g < first + w.queue_depth());
-    let idx = (g - first) as usize * w.window() as usize + (generation % w.window()) as usize;
-    let slot = &w.slots()[idx];
-    debug_assert_eq!(slot.g, g);
-    debug_assert_eq!(slot.token.load(Ordering::Relaxed) & LIVE, 0);
-    w.add_ref();
-    slot.token
-        .store(((generation as u64) << 32) | LIVE, Ordering::Release);
-    (slot as *const al_entry).cast_mut()
+    match w.deliver(g, generation, fork_epoch()) {
+        Ok(slot) => Ok(slot.cast_mut().cast()),
+        Err(err) => {
+            let _ = release_raw(w.payload().region(), g, generation);
+            Err(err)
+        }
+    }
 }
 
 /// A live (delivered, not released) entry.
 struct Live<'a> {
-    w: &'a al_worker,
+    w: &'a Worker,
     g: u32,
 }
 
@@ -126,51 +137,43 @@ struct Live<'a> {
 /// `al_entry`'s lifetime rules).
 unsafe fn live<'a>(e: *const al_entry) -> Result<Live<'a>, Errno> {
     // SAFETY: NULL or a slot of a live table (caller).
-    let slot = unsafe { try_ref(e) }?;
-    let t = slot.token.load(Ordering::Acquire);
-    if t & LIVE == 0 {
+    let Held {
+        table,
+        g,
+        generation,
+    } = unsafe { EntrySlot::held(e.cast()) }?;
+    let w = table.payload();
+    let expect = ((generation as u64) << 32) | entry_state::DONE as u64;
+    if w.region().entry(g).state.load(Ordering::Acquire) != expect {
         return Err(Errno::INVAL);
     }
-    // SAFETY: a live token holds a reference on the table, which owns the
-    // slot and points back to its al_worker; both outlive the token.
-    let w = unsafe { &*slot.owner };
-    let region = w.worker().region();
-    let expect = (t & !LIVE) | entry_state::DONE as u64;
-    if region.entry(slot.g).state.load(Ordering::Acquire) != expect {
-        return Err(Errno::INVAL);
-    }
-    Ok(Live { w, g: slot.g })
+    Ok(Live { w, g })
 }
 
 impl Live<'_> {
     fn path(&self) -> (*const c_char, usize) {
-        let r = self.w.worker().region();
+        let r = self.w.region();
         let len = (r.entry(self.g).path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
         (r.path_ptr(self.g).cast_const().cast(), len)
     }
     fn error(&self) -> i32 {
-        self.w
-            .worker()
-            .region()
-            .entry(self.g)
-            .status
-            .load(Ordering::Relaxed)
+        self.w.region().entry(self.g).status.load(Ordering::Relaxed)
     }
     fn data(&self) -> *const u8 {
-        self.w.worker().region().buffer(self.g).cast_const()
+        self.w.region().buffer(self.g).cast_const()
     }
     fn size(&self) -> usize {
         if self.error() != 0 {
             return 0;
         }
-        let r = self.w.worker().region();
+        let r = self.w.region();
         r.entry(self.g)
             .size
             .load(Ordering::Relaxed)
             .min(r.buf_size()) as usize
     }
     fn latency_ns(&self) -> u64 {
-        let m = self.w.worker().region().entry(self.g);
+        let m = self.w.region().entry(self.g);
         m.t_done
             .load(Ordering::Relaxed)
             .saturating_sub(m.t_request.load(Ordering::Relaxed))
@@ -178,30 +181,19 @@ impl Live<'_> {
 }
 
 /// Releases a handle: marks the slot dead, hands the entry back to the
-/// engine, drops the table reference. `Err` when not live.
+/// engine, drops the table reference. `EINVAL` when not live; `EPERM` in a
+/// process forked after the delivery (the entry is not handed back).
 ///
 /// # Safety
 ///
 /// As for [`live`].
 unsafe fn release(e: *const al_entry) -> Result<(), Errno> {
     // SAFETY: NULL or a slot of a live table (caller).
-    let slot = unsafe { try_ref(e) }?;
-    let t = slot.token.load(Ordering::Acquire);
-    if t & LIVE == 0 {
-        return Err(Errno::INVAL);
+    unsafe {
+        EntrySlot::release(e.cast(), fork_epoch(), |w, g, generation| {
+            Ok(release_raw(w.region(), g, generation)?)
+        })
     }
-    // Only one releaser wins; a concurrent second release sees Err.
-    slot.token
-        .compare_exchange(t, t & !LIVE, Ordering::AcqRel, Ordering::Acquire)
-        .map_err(|_| Errno::INVAL)?;
-    let owner = slot.owner;
-    // SAFETY: we held the live token, so the table (and worker) are alive
-    // until the unref below; the slot is not touched after it.
-    let w = unsafe { &*owner };
-    let r = release_raw(w.worker().region(), slot.g, (t >> 32) as u32);
-    // SAFETY: drops the reference taken in `deliver`; `w` is not used after.
-    unsafe { al_worker::unref(owner) };
-    r.map_err(Errno::from)
 }
 
 /// The requested path, NUL-terminated, exactly the bytes that were
@@ -304,12 +296,14 @@ pub unsafe extern "C" fn al_entry_latency_ns(e: *const al_entry) -> u64 {
 }
 
 /// Writes path, data, sizes, error and latency of `e` to `*out` in one call
-/// (written only on success). Returns 0 or `-EINVAL` (NULL, released).
+/// (written only on success; the fields inside `out->struct_size`).
+/// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
+/// cutting a field), `-E2BIG` (`struct_size` above 4096).
 ///
 /// # Safety
 ///
-/// As `al_entry_path`; `out` is NULL or valid for writing an
-/// `al_entry_info`.
+/// As `al_entry_path`; `out` is NULL or valid for writing
+/// `out->struct_size` bytes (at least 4), its `struct_size` set.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entry_info) -> c_int {
     ffi_boundary!(int {
@@ -318,38 +312,41 @@ pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entr
         let l = unsafe { live(e) }?;
         let (path, path_len) = l.path();
         let info = al_entry_info {
+            struct_size: INFO_SIZE as u32,
             path,
             path_len,
             data: l.data(),
             size: l.size(),
             error: l.error(),
-            reserved: 0,
             latency_ns: l.latency_ns(),
         };
-        // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, info) };
-        Ok(())
+        // SAFETY: non-NULL, struct_size set and that many bytes writable
+        // (caller).
+        unsafe { info.write(out) }
     })
 }
 
 /// Gives the entry back to its worker: its buffer may be reused at once, so
-/// pointers from `al_entry_path`/`al_entry_data` become invalid. NULL and
-/// an already released entry are ignored (harmless).
+/// pointers from `al_entry_path`/`al_entry_data` become invalid. Returns 0;
+/// `-EINVAL` for NULL or an already released entry (harmless: nothing
+/// happens); `-EPERM` in a process forked after the entry was delivered:
+/// the entry is the parent's and stays with it (the parent's path and data
+/// do not change), the handle is only forgotten in this process.
 ///
 /// # Safety
 ///
 /// As `al_entry_path`; no other thread may be reading the entry's data.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn al_entry_release(e: *mut al_entry) {
-    ffi_boundary!(() => {
+pub unsafe extern "C" fn al_entry_release(e: *mut al_entry) -> c_int {
+    ffi_boundary!(int {
         // SAFETY: the caller's promise.
-        let _ = unsafe { release(e) };
+        unsafe { release(e) }
     })
 }
 
-/// Releases `n` entries (as `al_entry_release` each; NULL elements and
-/// released entries are skipped). Returns the number released now, 0 when
-/// `entries` is NULL.
+/// Releases `n` entries (as `al_entry_release` each; NULL elements,
+/// released entries and entries inherited across `fork` are skipped).
+/// Returns the number released now, 0 when `entries` is NULL.
 ///
 /// # Safety
 ///
@@ -373,29 +370,32 @@ pub unsafe extern "C" fn al_entry_release_many(entries: *const *mut al_entry, n:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi::loader::{al_config_default, al_loader, al_loader_free, al_loader_new};
+    use crate::ffi::loader::{
+        al_config, al_config_default, al_loader, al_loader_free, al_loader_new,
+    };
     use crate::ffi::loader::{al_loader_start, al_loader_worker};
-    use crate::ffi::worker::{al_worker_free, al_worker_request, al_worker_wait_get};
+    use crate::ffi::worker::{al_worker, al_worker_free, al_worker_request, al_worker_wait_get};
 
     /// A stale handle stays dead through `window - 1` re-deliveries of its
     /// entry; the `window`-th aliases it (the documented limit).
     #[test]
     fn stale_handles_stay_dead_for_a_window_of_generations() {
-        let mut cfg = std::mem::MaybeUninit::uninit();
+        let cfg = std::mem::MaybeUninit::<al_config>::zeroed();
         let mut l: *mut al_loader = std::ptr::null_mut();
         let mut w: *mut al_worker = std::ptr::null_mut();
         let mut e: *mut al_entry = std::ptr::null_mut();
         // SAFETY: every pointer passed is valid for what each call does
         // with it (see the header); handles are used only while live.
         unsafe {
-            al_config_default(cfg.as_mut_ptr());
             let mut cfg = cfg.assume_init();
+            cfg.struct_size = std::mem::size_of::<al_config>() as u32;
+            assert_eq!(al_config_default(&mut cfg), 0);
             cfg.queue_depth = 1;
             cfg.loader_threads = 1;
             assert_eq!(al_loader_new(&cfg, &mut l), 0);
             assert_eq!(al_loader_start(l), 0);
             assert_eq!(al_loader_worker(l, 0, &mut w), 0);
-            let window = (*w).window();
+            let window = super::super::handles::window_for(1);
             let mut first = std::ptr::null_mut();
             for i in 0..=window {
                 assert_eq!(al_worker_request(w, c"/proc/self/stat".as_ptr()), 0);

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_cstr, try_out, try_ref};
-use super::worker::al_worker;
+use super::sized::{self, give, span, take};
+use super::worker::{al_worker, new_handle};
 use crate::config::{BackendKind, Config};
 use crate::loader::Loader;
 
@@ -29,14 +30,30 @@ pub const AL_STATE_STOPPED: u32 = 3;
 /// Loader state: the loader died without a shutdown.
 pub const AL_STATE_DEAD: u32 = 4;
 
-/// How a loader is sized and how it batches. Fill it with
-/// `al_config_default` first, then change fields: fields may be added at
-/// the end in a later ABI version (see `AL_ABI_VERSION`).
+/// How a loader is sized and how it batches.
+///
+/// Set `struct_size = sizeof(al_config)` first, then fill it with
+/// `al_config_default`, then change fields:
+///
+/// ```c
+/// al_config cfg = { .struct_size = sizeof cfg };
+/// al_config_default(&cfg);
+/// ```
+///
+/// The struct may grow at the end in a later ABI version; `struct_size`
+/// tells the library which fields the caller has. A program built against
+/// an older header (smaller struct) gets defaults for the fields it lacks
+/// and nothing is written past its struct; a program built against a newer
+/// header runs on this library as long as the fields this library does not
+/// know are 0 (else `-E2BIG`). See docs/c-api.md.
 ///
 /// Plain data: no ownership, any thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct al_config {
+    /// `sizeof(al_config)` as the caller compiled it; read by every call
+    /// taking an `al_config *`, never written by the library.
+    pub struct_size: u32,
     /// Requests a worker may have outstanding (queued, in flight, or
     /// delivered and not released); each owns a `max_file_size` buffer.
     pub queue_depth: u32,
@@ -61,9 +78,28 @@ pub struct al_config {
 const _: () = assert!(std::mem::size_of::<al_config>() == 48);
 const _: () = assert!(std::mem::align_of::<al_config>() == 8);
 
+/// Byte ranges of `al_config`'s fields.
+fn config_spans() -> [(usize, usize); 10] {
+    [
+        span!(al_config, struct_size),
+        span!(al_config, queue_depth),
+        span!(al_config, max_file_size),
+        span!(al_config, n_workers),
+        span!(al_config, dispatch_n),
+        span!(al_config, idle_iters),
+        span!(al_config, direct),
+        span!(al_config, loader_threads),
+        span!(al_config, ring_window),
+        span!(al_config, backend),
+    ]
+}
+
+const CONFIG_SIZE: usize = std::mem::size_of::<al_config>();
+
 impl al_config {
     fn from_config(c: &Config) -> al_config {
         al_config {
+            struct_size: CONFIG_SIZE as u32,
             queue_depth: c.queue_depth,
             max_file_size: c.max_file_size,
             n_workers: c.n_workers,
@@ -76,50 +112,92 @@ impl al_config {
         }
     }
 
-    /// Reads a C `al_config` without trusting its `bool` byte.
+    /// Reads a caller's `al_config` of `struct_size` bytes (see
+    /// `sized`): fields it lacks take their defaults; its `bool` is read as
+    /// a byte, so a C caller that stored 2 there cannot create an invalid
+    /// Rust `bool`.
     ///
     /// # Safety
     ///
-    /// `p` is non-NULL and points to a readable, aligned `al_config`.
+    /// `p` is non-NULL, aligned, and points to `struct_size` readable bytes
+    /// (at least 4).
     unsafe fn read(p: *const al_config) -> Result<Config, Errno> {
-        // SAFETY: `p` is valid for reads (caller). Every field but `direct`
-        // is an integer, valid for any bit pattern; `direct` is read as a
-        // byte, so a C caller that stored 2 there cannot create an invalid
-        // Rust `bool`.
-        let (c, direct) = unsafe {
-            let direct = std::ptr::addr_of!((*p).direct).cast::<u8>().read();
-            let c = al_config {
-                queue_depth: (*p).queue_depth,
-                max_file_size: (*p).max_file_size,
-                n_workers: (*p).n_workers,
-                dispatch_n: (*p).dispatch_n,
-                idle_iters: (*p).idle_iters,
-                direct: false,
-                loader_threads: (*p).loader_threads,
-                ring_window: (*p).ring_window,
-                backend: (*p).backend,
-            };
-            (c, direct != 0)
+        // SAFETY: at least the 4 bytes of struct_size are readable (caller).
+        let size = unsafe { sized::struct_size(p.cast()) };
+        let n = sized::covered("al_config", size, CONFIG_SIZE, &config_spans())?;
+        // SAFETY: `size` readable bytes (caller).
+        unsafe { sized::unknown_tail_is_zero("al_config", p.cast(), size, CONFIG_SIZE) }?;
+        let d = Config::default();
+        let backend = take!(p, n, al_config, backend).unwrap_or(d.backend as u32);
+        let backend = BackendKind::from_u32(backend).ok_or_else(|| {
+            Errno::msg(
+                libc::EINVAL,
+                format!(
+                    "invalid config: backend: {backend} is not AL_BACKEND_AUTO (0), \
+                     AL_BACKEND_IO_URING (1) or AL_BACKEND_THREADS (2)"
+                ),
+            )
+        })?;
+        let (off, end) = span!(al_config, direct);
+        let direct = if end <= n {
+            // SAFETY: inside the caller's `n` readable bytes; read as a byte
+            // (any value is a valid u8, unlike bool).
+            unsafe { p.cast::<u8>().add(off).read() != 0 }
+        } else {
+            d.direct
         };
+        // Fields of `Config` that `al_config` does not carry (yet) take
+        // their defaults.
+        #[allow(clippy::needless_update)]
         Ok(Config {
-            queue_depth: c.queue_depth,
-            max_file_size: c.max_file_size,
-            n_workers: c.n_workers,
-            dispatch_n: c.dispatch_n,
-            idle_iters: c.idle_iters,
+            queue_depth: take!(p, n, al_config, queue_depth).unwrap_or(d.queue_depth),
+            max_file_size: take!(p, n, al_config, max_file_size).unwrap_or(d.max_file_size),
+            n_workers: take!(p, n, al_config, n_workers).unwrap_or(d.n_workers),
+            dispatch_n: take!(p, n, al_config, dispatch_n).unwrap_or(d.dispatch_n),
+            idle_iters: take!(p, n, al_config, idle_iters).unwrap_or(d.idle_iters),
             direct,
-            loader_threads: c.loader_threads,
-            ring_window: c.ring_window,
-            backend: BackendKind::from_u32(c.backend).ok_or(Errno::INVAL)?,
+            loader_threads: take!(p, n, al_config, loader_threads).unwrap_or(d.loader_threads),
+            ring_window: take!(p, n, al_config, ring_window).unwrap_or(d.ring_window),
+            backend,
+            ..d.clone()
         })
+    }
+
+    /// Writes the fields of `self` that a caller's `al_config` of
+    /// `struct_size` bytes has; never `struct_size` itself.
+    ///
+    /// # Safety
+    ///
+    /// `p` is non-NULL, aligned, and points to `struct_size` writable
+    /// bytes (at least 4), the first 4 readable.
+    unsafe fn write(&self, p: *mut al_config) -> Result<(), Errno> {
+        // SAFETY: at least the 4 bytes of struct_size are readable (caller).
+        let size = unsafe { sized::struct_size(p.cast_const().cast()) };
+        let n = sized::covered("al_config", size, CONFIG_SIZE, &config_spans())?;
+        give!(p, n, al_config, queue_depth, self.queue_depth);
+        give!(p, n, al_config, max_file_size, self.max_file_size);
+        give!(p, n, al_config, n_workers, self.n_workers);
+        give!(p, n, al_config, dispatch_n, self.dispatch_n);
+        give!(p, n, al_config, idle_iters, self.idle_iters);
+        give!(p, n, al_config, direct, self.direct);
+        give!(p, n, al_config, loader_threads, self.loader_threads);
+        give!(p, n, al_config, ring_window, self.ring_window);
+        give!(p, n, al_config, backend, self.backend);
+        Ok(())
     }
 }
 
 /// Counters of a loader (`al_loader_stats`), summed over its threads and
-/// workers. Plain data.
+/// workers. Set `struct_size = sizeof(al_stats)` before the call (see
+/// `al_config` for how the struct grows). Plain data.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct al_stats {
+    /// `sizeof(al_stats)` as the caller compiled it; never written by the
+    /// library.
+    pub struct_size: u32,
+    /// `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
+    pub state: u32,
     /// Requests accepted from workers.
     pub requests: u64,
     /// Requests completed (loaded or failed).
@@ -139,20 +217,67 @@ pub struct al_stats {
     /// Backend in use: `AL_BACKEND_IO_URING`, `AL_BACKEND_THREADS`, or 0
     /// before a loader runs.
     pub backend: u32,
-    /// `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
-    pub state: u32,
     /// Loader threads configured.
     pub loader_threads: u32,
     /// Loader threads running now.
     pub loader_threads_alive: u32,
     /// Pid of the process running the loader (0 before it starts).
     pub loader_pid: i32,
-    /// Always 0.
-    pub reserved: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<al_stats>() == 88);
 const _: () = assert!(std::mem::align_of::<al_stats>() == 8);
+
+const STATS_SIZE: usize = std::mem::size_of::<al_stats>();
+
+impl al_stats {
+    /// Writes the fields a caller's `al_stats` of `struct_size` bytes has.
+    ///
+    /// # Safety
+    ///
+    /// As [`al_config::write`].
+    unsafe fn write(&self, p: *mut al_stats) -> Result<(), Errno> {
+        let spans = [
+            span!(al_stats, struct_size),
+            span!(al_stats, state),
+            span!(al_stats, requests),
+            span!(al_stats, completions),
+            span!(al_stats, bytes),
+            span!(al_stats, errors),
+            span!(al_stats, batches),
+            span!(al_stats, buffered_fallbacks),
+            span!(al_stats, direct_reads),
+            span!(al_stats, syscalls),
+            span!(al_stats, backend),
+            span!(al_stats, loader_threads),
+            span!(al_stats, loader_threads_alive),
+            span!(al_stats, loader_pid),
+        ];
+        // SAFETY: at least the 4 bytes of struct_size are readable (caller).
+        let size = unsafe { sized::struct_size(p.cast_const().cast()) };
+        let n = sized::covered("al_stats", size, STATS_SIZE, &spans)?;
+        give!(p, n, al_stats, state, self.state);
+        give!(p, n, al_stats, requests, self.requests);
+        give!(p, n, al_stats, completions, self.completions);
+        give!(p, n, al_stats, bytes, self.bytes);
+        give!(p, n, al_stats, errors, self.errors);
+        give!(p, n, al_stats, batches, self.batches);
+        give!(p, n, al_stats, buffered_fallbacks, self.buffered_fallbacks);
+        give!(p, n, al_stats, direct_reads, self.direct_reads);
+        give!(p, n, al_stats, syscalls, self.syscalls);
+        give!(p, n, al_stats, backend, self.backend);
+        give!(p, n, al_stats, loader_threads, self.loader_threads);
+        give!(
+            p,
+            n,
+            al_stats,
+            loader_threads_alive,
+            self.loader_threads_alive
+        );
+        give!(p, n, al_stats, loader_pid, self.loader_pid);
+        Ok(())
+    }
+}
 
 /// A loader: its shared-memory region and, in the process that runs it,
 /// the loader threads or loader child process.
@@ -182,18 +307,22 @@ impl al_loader {
 /// Fills `*out` with the default configuration: queue_depth 64,
 /// max_file_size 4 MiB, n_workers 1, dispatch_n 8, idle_iters 16, direct
 /// false, loader_threads 0 (one per core), ring_window 0 (default),
-/// backend `AL_BACKEND_AUTO`. Does nothing when `out` is NULL.
+/// backend `AL_BACKEND_AUTO`. Set `out->struct_size` first: only the
+/// fields inside it are written. Returns 0, `-EINVAL` (NULL, a
+/// `struct_size` below 4 or cutting a field), `-E2BIG` (`struct_size`
+/// above 4096).
 ///
 /// # Safety
 ///
-/// `out` is NULL or valid for writing an `al_config`.
+/// `out` is NULL or valid for writing `out->struct_size` bytes (at least
+/// 4), its `struct_size` set.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn al_config_default(out: *mut al_config) {
-    ffi_boundary!(() => {
-        if let Ok(out) = try_out(out) {
-            // SAFETY: non-NULL and writable (caller).
-            unsafe { put(out, al_config::from_config(&Config::default())) };
-        }
+pub unsafe extern "C" fn al_config_default(out: *mut al_config) -> c_int {
+    ffi_boundary!(int {
+        let out = try_out(out)?;
+        // SAFETY: non-NULL, struct_size set and that many bytes writable
+        // (caller).
+        unsafe { al_config::from_config(&Config::default()).write(out) }
     })
 }
 
@@ -201,14 +330,17 @@ pub unsafe extern "C" fn al_config_default(out: *mut al_config) {
 /// success). No loader runs yet: call `al_loader_start`, `al_loader_spawn`
 /// or `al_loader_become`; requests made before wait in the queues.
 ///
-/// Returns 0, `-EINVAL` (NULL argument, a field out of range), or the
-/// errno of a failed `memfd_create`/`mmap` (`-ENOMEM`, `-EMFILE`, ...).
-/// The caller owns `*out` and frees it with `al_loader_free`.
+/// Returns 0, `-EINVAL` (NULL argument, a field out of range: then
+/// `al_last_error_message` names the field and says why; a bad
+/// `struct_size`), `-E2BIG` (a field of a newer header that this library
+/// does not know is set), or the errno of a failed `memfd_create`/`mmap`
+/// (`-ENOMEM`, `-EMFILE`, ...). The caller owns `*out` and frees it with
+/// `al_loader_free`.
 ///
 /// # Safety
 ///
-/// `cfg` is NULL or points to a readable `al_config`; `out` is NULL or
-/// valid for writing a pointer.
+/// `cfg` is NULL or points to `cfg->struct_size` readable bytes (at least
+/// 4); `out` is NULL or valid for writing a pointer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_loader_new(cfg: *const al_config, out: *mut *mut al_loader) -> c_int {
     ffi_boundary!(int {
@@ -426,39 +558,42 @@ pub unsafe extern "C" fn al_loader_worker(
         l.loader.health()?;
         let w = l.loader.worker(id)?;
         // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, al_worker::boxed(w)) };
+        unsafe { put(out, new_handle(w)) };
         Ok(())
     })
 }
 
 /// Writes the loader's configuration (as resolved: `loader_threads` and
-/// `ring_window` are never 0) to `*out`; useful after `al_loader_attach`.
-/// Returns 0 or `-EINVAL` for NULL.
+/// `ring_window` are never 0) to `*out`, the fields inside
+/// `out->struct_size`; useful after `al_loader_attach`. Returns 0, or
+/// `-EINVAL`/`-E2BIG` as `al_config_default`.
 ///
 /// # Safety
 ///
-/// `l` is NULL or a live loader; `out` is NULL or valid for writing an
-/// `al_config`.
+/// `l` is NULL or a live loader; `out` is NULL or as for
+/// `al_config_default`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_loader_config(l: *const al_loader, out: *mut al_config) -> c_int {
     ffi_boundary!(int {
         let out = try_out(out)?;
         // SAFETY: NULL or live (caller).
         let l = unsafe { try_ref(l) }?;
-        // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, al_config::from_config(&l.loader.config())) };
-        Ok(())
+        // SAFETY: non-NULL, struct_size set and that many bytes writable
+        // (caller).
+        unsafe { al_config::from_config(&l.loader.config()).write(out) }
     })
 }
 
-/// Writes the loader's counters to `*out`. Any participant may call it, at
-/// any time; counters are read without stopping the loader, so they may be
-/// a few operations apart. Returns 0 or `-EINVAL` for NULL.
+/// Writes the loader's counters to `*out`, the fields inside
+/// `out->struct_size` (set it to `sizeof(al_stats)`). Any participant may
+/// call it, at any time; counters are read without stopping the loader, so
+/// they may be a few operations apart. Returns 0, or `-EINVAL`/`-E2BIG` as
+/// `al_config_default`.
 ///
 /// # Safety
 ///
-/// `l` is NULL or a live loader; `out` is NULL or valid for writing an
-/// `al_stats`.
+/// `l` is NULL or a live loader; `out` is NULL or valid for writing
+/// `out->struct_size` bytes (at least 4), its `struct_size` set.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats) -> c_int {
     ffi_boundary!(int {
@@ -468,6 +603,7 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
         let s = l.loader.stats();
         let h = l.loader.region().header();
         let stats = al_stats {
+            struct_size: STATS_SIZE as u32,
             requests: s.requests,
             completions: s.completions,
             bytes: s.bytes,
@@ -484,11 +620,10 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
             loader_threads: s.loader_threads,
             loader_threads_alive: s.loader_threads_alive,
             loader_pid: l.loader.loader_pid(),
-            reserved: 0,
         };
-        // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, stats) };
-        Ok(())
+        // SAFETY: non-NULL, struct_size set and that many bytes writable
+        // (caller).
+        unsafe { stats.write(out) }
     })
 }
 
@@ -511,11 +646,12 @@ mod tests {
 
     #[test]
     fn config_round_trips() {
-        let mut c = std::mem::MaybeUninit::<al_config>::uninit();
-        // SAFETY: `c` is writable.
-        unsafe { al_config_default(c.as_mut_ptr()) };
-        // SAFETY: written by al_config_default.
-        let c = unsafe { c.assume_init() };
+        let mut c = al_config::from_config(&Config {
+            queue_depth: 3,
+            ..Config::default()
+        });
+        // SAFETY: `c` is writable, struct_size set.
+        assert_eq!(unsafe { al_config_default(&mut c) }, 0);
         // SAFETY: `c` is a valid al_config.
         assert_eq!(unsafe { al_config::read(&c) }.unwrap(), Config::default());
         let bad = al_config { backend: 9, ..c };

@@ -23,8 +23,10 @@
 use std::ffi::{CString, c_char, c_int};
 use std::sync::OnceLock;
 
+pub(crate) mod handles;
 pub(crate) mod panic;
 pub(crate) mod ptr;
+pub(crate) mod sized;
 
 // In this order in the header: loader, worker, entry.
 pub mod loader;
@@ -43,7 +45,12 @@ use panic::ffi_boundary;
 /// or struct in this header. Compare with `al_abi_version()` at run time.
 /// (`AL_VERSION_MAJOR`/`_MINOR`/`_PATCH`/`_STRING`, the library version,
 /// are written into the header by `build.rs` from Cargo.toml.)
-pub const AL_ABI_VERSION: u32 = 1;
+///
+/// Version 2: `al_config`, `al_stats` and `al_entry_info` start with
+/// `struct_size` (set it to `sizeof` the struct before any call that reads
+/// or writes one); `al_config_default` and `al_entry_release` return `int`;
+/// `al_last_error_message`.
+pub const AL_ABI_VERSION: u32 = 2;
 
 /// The C ABI version of the loaded library (`AL_ABI_VERSION` of the header
 /// it was built with). A program should refuse to run when it differs from
@@ -73,6 +80,7 @@ fn own_message(e: c_int) -> Option<&'static str> {
         libc::ETIMEDOUT => "timed out waiting for an entry (ETIMEDOUT)",
         libc::EBUSY => "the loader is already running (EBUSY)",
         libc::EFBIG => "file larger than max_file_size (EFBIG)",
+        libc::E2BIG => sized::E2BIG_MESSAGE,
         libc::ENOTRECOVERABLE => {
             "internal error in asyncloader (a bug: please report it) (ENOTRECOVERABLE)"
         }
@@ -81,6 +89,50 @@ fn own_message(e: c_int) -> Option<&'static str> {
 }
 
 const STRERROR_MAX: usize = 4096;
+
+/// `al_strerror(code)` as a String.
+pub(crate) fn describe(code: c_int) -> String {
+    // SAFETY: al_strerror returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(al_strerror(code)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Copies the message of the calling thread's last failed call (one that
+/// returned a negative errno) to `buf`, NUL-terminated and cut to `len - 1`
+/// bytes, and returns the message's full length in bytes (without the
+/// NUL), as `snprintf` does: a result `>= len` means it was cut. With
+/// `len == 0` nothing is written (`buf` may be NULL): ask for the length
+/// first. The message says more than `al_strerror`: a config error names
+/// the field and why (`"invalid config: queue_depth: 0 is not in
+/// 1..=65536: Invalid argument"`), a struct-size error says which struct.
+/// Empty (returns 0) before any failure in this thread; successful calls
+/// leave it alone. Returns `-EINVAL` for NULL `buf` with `len > 0`.
+/// Thread-safe (the message is per thread).
+///
+/// # Safety
+///
+/// `buf` is NULL or valid for writing `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_last_error_message(buf: *mut c_char, len: usize) -> c_int {
+    ffi_boundary!(-panic::PANIC_ERRNO => {
+        if buf.is_null() && len > 0 {
+            return -libc::EINVAL;
+        }
+        panic::with_last_error(|m| {
+            if len > 0 {
+                let n = m.len().min(len - 1);
+                // SAFETY: `buf` is valid for `len > n` bytes (caller); the
+                // message is a separate Rust allocation.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(m.as_ptr(), buf.cast::<u8>(), n);
+                    buf.add(n).write(0);
+                }
+            }
+            m.len().min(c_int::MAX as usize) as c_int
+        })
+    })
+}
 
 /// A description of `code`, an errno or negated errno (both work, so
 /// `al_strerror(rc)` is fine for any result). The string is static: valid

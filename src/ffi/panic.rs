@@ -11,6 +11,7 @@
 //! - `ffi_boundary!(value => { body })`: the body returns the export's own
 //!   type; a panic returns `value` (NULL, 0, ...).
 
+use std::cell::{Cell, RefCell};
 use std::os::raw::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -26,12 +27,42 @@ pub(crate) struct Errno(pub(crate) c_int);
 impl Errno {
     /// `EINVAL`: a NULL pointer, an id out of range, a stale handle.
     pub const INVAL: Errno = Errno(libc::EINVAL);
+
+    /// `code`, with a message for `al_last_error_message`.
+    pub(crate) fn msg(code: c_int, msg: impl Into<String>) -> Errno {
+        set_last_error(msg.into());
+        Errno(code)
+    }
 }
 
 impl From<Error> for Errno {
     fn from(e: Error) -> Self {
-        Errno(e.errno())
+        // The engine's message says what failed (a config error names the
+        // field); drop Rust's " (os error N)" tail.
+        let mut m = e.to_string();
+        if let Some(i) = m.rfind(" (os error") {
+            m.truncate(i);
+        }
+        Errno::msg(e.errno(), m)
     }
+}
+
+thread_local! {
+    /// The message of the last failed `int` call of this thread.
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    /// Whether the running call set `LAST_ERROR` itself.
+    static FRESH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets this thread's last error message.
+pub(crate) fn set_last_error(msg: String) {
+    LAST_ERROR.with(|l| *l.borrow_mut() = msg);
+    FRESH.with(|f| f.set(true));
+}
+
+/// Runs `f` with this thread's last error message.
+pub(crate) fn with_last_error<R>(f: impl FnOnce(&str) -> R) -> R {
+    LAST_ERROR.with(|l| f(&l.borrow()))
 }
 
 /// `0` or `-errno`.
@@ -43,11 +74,22 @@ pub(crate) fn rc(r: Result<(), Errno>) -> c_int {
 }
 
 /// Runs an `int` export's body; see the module docs.
+///
+/// A failure sets this thread's last error message: the one the body gave
+/// (`Errno::msg`, an engine `Error`), else the errno's description.
 pub(crate) fn catch_int(f: impl FnOnce() -> Result<(), Errno>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    FRESH.with(|x| x.set(false));
+    let r = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => rc(r),
-        Err(_) => -PANIC_ERRNO,
+        Err(_) => {
+            set_last_error("internal error in asyncloader (a panic: please report it)".into());
+            -PANIC_ERRNO
+        }
+    };
+    if r < 0 && !FRESH.with(Cell::get) {
+        set_last_error(super::describe(r));
     }
+    r
 }
 
 /// Runs a value-returning export's body; `on_panic` if it panics.

@@ -1,12 +1,13 @@
 //! `al_worker`: requesting files and getting entries.
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::entry::{al_entry, deliver, new_table, window_for};
+use super::entry::{al_entry, deliver};
+use super::handles::Table;
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, try_bytes, try_cstr, try_out, try_ref};
+use super::ptr::{put, try_bytes, try_cstr, try_out};
 use crate::error::Result;
 use crate::region::state;
 use crate::worker::{Entry, Worker};
@@ -22,81 +23,32 @@ use crate::worker::{Entry, Worker};
 /// its `al_loader` handle to stay alive (it maps the shared memory itself),
 /// and entries it delivered stay valid after `al_worker_free` until each is
 /// released. A process forked while holding it gets its own copy, usable in
-/// the child; entries are per copy.
+/// the child; entries are per copy, and entries inherited across `fork`
+/// stay the parent's (see `al_entry_release`).
 pub struct al_worker {
-    worker: Worker,
-    qd: u32,
-    window: u32,
-    slots: Box<[al_entry]>,
-    /// 1 for the handle until `al_worker_free`, plus 1 per live entry.
-    refs: AtomicUsize,
-    freed: AtomicBool,
+    // Opaque to C; an `al_worker *` is really the `Arc::into_raw` pointer
+    // of a `handles::Table<Worker>` (see src/ffi/handles.rs).
+    _opaque: [u8; 0],
 }
 
-impl al_worker {
-    pub(crate) fn boxed(worker: Worker) -> *mut al_worker {
-        let qd = worker.region().cfg().queue_depth;
-        let window = window_for(qd);
-        let mut b = Box::new(al_worker {
-            worker,
-            qd,
-            window,
-            slots: Box::new([]),
-            refs: AtomicUsize::new(1),
-            freed: AtomicBool::new(false),
-        });
-        let owner: *const al_worker = &*b;
-        b.slots = new_table(owner, b.worker.id(), qd, window);
-        Box::into_raw(b)
-    }
+/// The table behind `al_worker *`.
+pub(crate) type WorkerTable = Table<Worker>;
 
-    pub(crate) fn worker(&self) -> &Worker {
-        &self.worker
-    }
-    pub(crate) fn id(&self) -> u32 {
-        self.worker.id()
-    }
-    pub(crate) fn queue_depth(&self) -> u32 {
-        self.qd
-    }
-    pub(crate) fn window(&self) -> u32 {
-        self.window
-    }
-    pub(crate) fn slots(&self) -> &[al_entry] {
-        &self.slots
-    }
-    pub(crate) fn add_ref(&self) {
-        self.refs.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Drops one reference; frees the handle with the last.
-    ///
-    /// # Safety
-    ///
-    /// `w` came from [`al_worker::boxed`], the caller owns one reference,
-    /// and does not use `w` (or its slots) afterwards.
-    pub(crate) unsafe fn unref(w: *const al_worker) {
-        // SAFETY: the caller's reference keeps `w` alive up to here.
-        if unsafe { &*w }.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // SAFETY: that was the last reference: nobody else can reach
-            // `w`; it came from Box::into_raw in `boxed`.
-            drop(unsafe { Box::from_raw(w.cast_mut()) });
-        }
-    }
+/// A new worker handle for `worker`.
+pub(crate) fn new_handle(worker: Worker) -> *mut al_worker {
+    let qd = worker.region().cfg().queue_depth;
+    let first = worker.id() * qd;
+    Table::new_raw(worker, first, qd).cast_mut().cast()
 }
 
 /// A worker handle that is not NULL and not freed.
 ///
 /// # Safety
 ///
-/// `w` is NULL or points to a worker handle that still exists.
-unsafe fn handle<'a>(w: *const al_worker) -> Result<&'a al_worker, Errno> {
-    // SAFETY: the caller's promise.
-    let w = unsafe { try_ref(w) }?;
-    if w.freed.load(Ordering::Acquire) {
-        return Err(Errno::INVAL);
-    }
-    Ok(w)
+/// `w` is NULL or a worker handle that still exists.
+unsafe fn handle<'a>(w: *const al_worker) -> Result<&'a WorkerTable, Errno> {
+    // SAFETY: the caller's promise; `al_worker *` is a table pointer.
+    unsafe { Table::get(w.cast::<WorkerTable>()) }
 }
 
 fn wait(w: &Worker, timeout_ns: i64) -> Result<Entry> {
@@ -134,13 +86,8 @@ fn try_get(w: &Worker) -> Result<Option<Entry>, Errno> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_worker_free(w: *mut al_worker) {
     ffi_boundary!(() => {
-        // SAFETY: NULL or existing (caller).
-        if let Ok(h) = unsafe { try_ref(w) }
-            && !h.freed.swap(true, Ordering::AcqRel)
-        {
-            // SAFETY: drops the handle's own reference, once (the swap).
-            unsafe { al_worker::unref(w) };
-        }
+        // SAFETY: NULL or existing, used by nobody else (caller).
+        unsafe { Table::free(w.cast_const().cast::<WorkerTable>()) };
     })
 }
 
@@ -153,7 +100,7 @@ pub unsafe extern "C" fn al_worker_free(w: *mut al_worker) {
 pub unsafe extern "C" fn al_worker_id(w: *const al_worker) -> u32 {
     ffi_boundary!(u32::MAX => {
         // SAFETY: the caller's promise.
-        unsafe { handle(w) }.map_or(u32::MAX, |w| w.id())
+        unsafe { handle(w) }.map_or(u32::MAX, |w| w.payload().id())
     })
 }
 
@@ -168,7 +115,7 @@ pub unsafe extern "C" fn al_worker_id(w: *const al_worker) -> u32 {
 pub unsafe extern "C" fn al_worker_outstanding(w: *const al_worker) -> u32 {
     ffi_boundary!(0 => {
         // SAFETY: the caller's promise.
-        unsafe { handle(w) }.map_or(0, |w| w.worker.outstanding())
+        unsafe { handle(w) }.map_or(0, |w| w.payload().outstanding())
     })
 }
 
@@ -191,7 +138,7 @@ pub unsafe extern "C" fn al_worker_request(w: *mut al_worker, path: *const c_cha
         let w = unsafe { handle(w) }?;
         // SAFETY: NULL or NUL-terminated (caller).
         let p = unsafe { try_cstr(path) }?;
-        Ok(w.worker.request_bytes(p.to_bytes())?)
+        Ok(w.payload().request_bytes(p.to_bytes())?)
     })
 }
 
@@ -216,7 +163,7 @@ pub unsafe extern "C" fn al_worker_request_bytes(
         }
         // SAFETY: non-NULL and `len` readable bytes (caller).
         let p = unsafe { try_bytes(path, len) }?;
-        Ok(w.worker.request_bytes(p)?)
+        Ok(w.payload().request_bytes(p)?)
     })
 }
 
@@ -259,7 +206,7 @@ pub unsafe extern "C" fn al_worker_request_many(
             for &p in ps {
                 // SAFETY: NULL or NUL-terminated (caller).
                 let p = unsafe { try_cstr(p) }?;
-                w.worker.request_bytes(p.to_bytes())?;
+                w.payload().request_bytes(p.to_bytes())?;
                 done += 1;
             }
             Ok(())
@@ -287,9 +234,10 @@ pub unsafe extern "C" fn al_worker_try_get(w: *mut al_worker, out: *mut *mut al_
         let out = try_out(out)?;
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        let e = try_get(&w.worker)?.ok_or(Errno(libc::EAGAIN))?;
+        let e = try_get(w.payload())?.ok_or(Errno(libc::EAGAIN))?;
+        let e = deliver(w, e)?;
         // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, deliver(w, e)) };
+        unsafe { put(out, e) };
         Ok(())
     })
 }
@@ -313,9 +261,10 @@ pub unsafe extern "C" fn al_worker_wait_get(
         let out = try_out(out)?;
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        let e = wait(&w.worker, timeout_ns)?;
+        let e = wait(w.payload(), timeout_ns)?;
+        let e = deliver(w, e)?;
         // SAFETY: non-NULL and writable (caller).
-        unsafe { put(out, deliver(w, e)) };
+        unsafe { put(out, e) };
         Ok(())
     })
 }
@@ -347,14 +296,17 @@ pub unsafe extern "C" fn al_worker_get_many(
             if max == 0 {
                 return Err(Errno::INVAL);
             }
-            let first = wait(&w.worker, timeout_ns)?;
+            let first = wait(w.payload(), timeout_ns)?;
+            let first = deliver(w, first)?;
             // SAFETY: `out` has room for `max >= 1` pointers (caller).
-            unsafe { put(out, deliver(w, first)) };
+            unsafe { put(out, first) };
             n = 1;
             while n < max {
-                let Some(e) = w.worker.try_get() else { break };
+                let Some(e) = w.payload().try_get() else { break };
+                // A refused delivery gave its entry back; keep what we have.
+                let Ok(e) = deliver(w, e) else { break };
                 // SAFETY: n < max, so out + n is inside the caller's array.
-                unsafe { put(out.add(n), deliver(w, e)) };
+                unsafe { put(out.add(n), e) };
                 n += 1;
             }
             Ok(())

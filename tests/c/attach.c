@@ -25,7 +25,7 @@ static int fail(const char *what, int rc) {
 }
 
 static int serve(void) {
-    al_config c;
+    al_config c = {.struct_size = sizeof c};
     al_config_default(&c);
     c.n_workers = 2;
     c.queue_depth = 8;
@@ -40,7 +40,7 @@ static int serve(void) {
     char buf[64];
     while (read(0, buf, sizeof buf) > 0) {
     }
-    al_stats s;
+    al_stats s = {.struct_size = sizeof s};
     al_loader_stats(l, &s);
     al_loader_shutdown(l);
     al_loader_free(l);
@@ -66,7 +66,7 @@ static int work(const char *name, int n, char **files) {
     al_loader *l = NULL;
     int rc = al_loader_attach(name, &l);
     if (rc < 0) return fail("al_loader_attach", rc);
-    al_config c;
+    al_config c = {.struct_size = sizeof c};
     if ((rc = al_loader_config(l, &c)) < 0) return fail("al_loader_config", rc);
     if (c.n_workers != 2 || c.queue_depth != 8) {
         fprintf(stderr, "attached config: %u workers, depth %u\n", c.n_workers, c.queue_depth);

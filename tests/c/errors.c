@@ -21,12 +21,16 @@
 
 /* The layouts the Rust side asserts too (src/ffi/loader.rs, entry.rs). */
 _Static_assert(sizeof(al_config) == 48 && _Alignof(al_config) == 8, "al_config layout");
+_Static_assert(offsetof(al_config, struct_size) == 0, "al_config.struct_size");
+_Static_assert(offsetof(al_config, queue_depth) == 4, "al_config.queue_depth");
 _Static_assert(offsetof(al_config, max_file_size) == 8, "al_config.max_file_size");
 _Static_assert(offsetof(al_config, direct) == 28, "al_config.direct");
 _Static_assert(offsetof(al_config, backend) == 40, "al_config.backend");
 _Static_assert(sizeof(al_stats) == 88 && _Alignof(al_stats) == 8, "al_stats layout");
-_Static_assert(offsetof(al_stats, backend) == 64, "al_stats.backend");
+_Static_assert(offsetof(al_stats, state) == 4, "al_stats.state");
+_Static_assert(offsetof(al_stats, backend) == 72, "al_stats.backend");
 _Static_assert(sizeof(al_entry_info) == 48 && _Alignof(al_entry_info) == 8, "al_entry_info");
+_Static_assert(offsetof(al_entry_info, error) == 4, "al_entry_info.error");
 
 static int failures;
 
@@ -99,8 +103,8 @@ static al_entry *get(al_worker *w) {
 }
 
 static al_config small_config(void) {
-    al_config c;
-    al_config_default(&c);
+    al_config c = {.struct_size = sizeof c};
+    CHECK_RC(al_config_default(&c), 0);
     c.queue_depth = 4;
     c.n_workers = 2;
     c.max_file_size = 1 << 20;
@@ -119,9 +123,9 @@ static void test_versions(void) {
 }
 
 static void test_null_arguments(void) {
-    al_config c;
-    al_config_default(NULL);
-    al_config_default(&c);
+    al_config c = {.struct_size = sizeof c};
+    CHECK_RC(al_config_default(NULL), -EINVAL);
+    CHECK_RC(al_config_default(&c), 0);
     CHECK(c.queue_depth == 64 && c.n_workers == 1 && c.loader_threads == 0 && !c.direct);
     CHECK(c.backend == AL_BACKEND_AUTO);
 
@@ -141,7 +145,7 @@ static void test_null_arguments(void) {
     CHECK_RC(al_loader_attach("asyncloader-999999999-3-ff", &l), -EOWNERDEAD);
     al_worker *w = NULL;
     CHECK_RC(al_loader_worker(NULL, 0, &w), -EINVAL);
-    al_stats s;
+    al_stats s = {.struct_size = sizeof s};
     CHECK_RC(al_loader_stats(NULL, &s), -EINVAL);
     CHECK_RC(al_loader_config(NULL, &c), -EINVAL);
 
@@ -167,9 +171,9 @@ static void test_null_arguments(void) {
     CHECK(al_entry_size(NULL) == 0);
     CHECK(al_entry_error(NULL) == -EINVAL);
     CHECK(al_entry_latency_ns(NULL) == 0);
-    al_entry_info info;
+    al_entry_info info = {.struct_size = sizeof info};
     CHECK_RC(al_entry_get_info(NULL, &info), -EINVAL);
-    al_entry_release(NULL);
+    CHECK_RC(al_entry_release(NULL), -EINVAL);
     CHECK(al_entry_release_many(NULL, 3) == 0);
     al_entry *none[2] = {NULL, NULL};
     CHECK(al_entry_release_many(none, 2) == 0);
@@ -206,7 +210,7 @@ static void test_worker_and_entries(const char *dir) {
     CHECK_RC(al_loader_new(&c, &l), 0);
     if (!l) return;
     CHECK(strncmp(al_loader_name(l), "asyncloader-", 12) == 0);
-    al_config got_cfg;
+    al_config got_cfg = {.struct_size = sizeof got_cfg};
     CHECK_RC(al_loader_config(l, &got_cfg), 0);
     CHECK(got_cfg.queue_depth == 4 && got_cfg.n_workers == 2 && got_cfg.loader_threads == 1);
 
@@ -245,7 +249,7 @@ static void test_worker_and_entries(const char *dir) {
     CHECK_RC(al_worker_request(w, odd), 0);
     CHECK_RC(al_worker_request(w, empty), -EAGAIN);
     CHECK(al_worker_outstanding(w) == 4);
-    al_stats s;
+    al_stats s = {.struct_size = sizeof s};
     CHECK_RC(al_loader_stats(l, &s), 0);
     CHECK(s.state == AL_STATE_CREATED && s.requests == 4 && s.backend == 0);
 
@@ -264,11 +268,11 @@ static void test_worker_and_entries(const char *dir) {
         CHECK(al_entry_data(e) != NULL && ((uintptr_t)al_entry_data(e) & 4095) == 0);
         if (strcmp(p, small) == 0) {
             CHECK(same_as_file(e, small));
-            al_entry_info info;
+            al_entry_info info = {.struct_size = sizeof info};
             CHECK_RC(al_entry_get_info(e, NULL), -EINVAL);
             CHECK_RC(al_entry_get_info(e, &info), 0);
             CHECK(info.path == p && info.path_len == strlen(small) && info.size == 1000);
-            CHECK(info.data == al_entry_data(e) && info.error == 0 && info.reserved == 0);
+            CHECK(info.data == al_entry_data(e) && info.error == 0);
             CHECK(info.latency_ns == al_entry_latency_ns(e));
         } else if (strcmp(p, missing) == 0) {
             CHECK(al_entry_error(e) == ENOENT && al_entry_size(e) == 0);
@@ -285,15 +289,15 @@ static void test_worker_and_entries(const char *dir) {
 
     /* Release, then use again: every accessor refuses, release is harmless. */
     al_entry *stale = es[0];
-    al_entry_release(stale);
+    CHECK_RC(al_entry_release(stale), 0);
     CHECK(al_worker_outstanding(w) == 3);
     CHECK(al_entry_path(stale) == NULL && al_entry_data(stale) == NULL);
     CHECK(al_entry_size(stale) == 0 && al_entry_path_len(stale) == 0);
     CHECK(al_entry_error(stale) == -EINVAL && al_entry_latency_ns(stale) == 0);
-    al_entry_info info;
+    al_entry_info info = {.struct_size = sizeof info};
     CHECK_RC(al_entry_get_info(stale, &info), -EINVAL);
-    al_entry_release(stale);
-    al_entry_release(stale);
+    CHECK_RC(al_entry_release(stale), -EINVAL);
+    CHECK_RC(al_entry_release(stale), -EINVAL);
     CHECK(al_entry_release_many(es, 4) == 3); /* es[0] is skipped */
     CHECK(al_entry_release_many(es, 4) == 0);
     CHECK(al_worker_outstanding(w) == 0);
@@ -373,7 +377,7 @@ static void test_worker_and_entries(const char *dir) {
     CHECK(s.state == AL_STATE_RUNNING && s.loader_threads == 1);
     CHECK(s.backend == AL_BACKEND_IO_URING || s.backend == AL_BACKEND_THREADS);
     CHECK(s.requests == 13 && s.completions == 13 && s.errors == 3);
-    CHECK(s.loader_pid == (int32_t)getpid() && s.reserved == 0);
+    CHECK(s.loader_pid == (int32_t)getpid() && s.struct_size == sizeof s);
 
     /* Shutdown: everything fails cleanly, nothing hangs. */
     CHECK_RC(al_loader_shutdown(l), 0);
@@ -427,7 +431,7 @@ static void test_spawn(const char *dir) {
     CHECK_RC(al_loader_new(&c, &l), 0);
     CHECK_RC(al_loader_spawn(l), 0);
     round_trip(l, p);
-    al_stats s;
+    al_stats s = {.struct_size = sizeof s};
     CHECK_RC(al_loader_stats(l, &s), 0);
     CHECK(s.loader_pid > 0 && s.loader_pid != (int32_t)getpid());
     CHECK_RC(al_loader_shutdown(l), 0);
