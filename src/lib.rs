@@ -45,6 +45,9 @@ pub mod ring;
 #[cfg(not(loom))]
 pub mod worker;
 
+#[cfg(all(test, not(loom)))]
+mod hostile_tests;
+
 #[cfg(not(loom))]
 pub use config::{BackendKind, Config, ConfigError};
 #[cfg(not(loom))]

@@ -379,8 +379,27 @@ impl Loader {
         }
         let r = &self.region;
         let rings = r.worker(id);
-        if rings.block.reclaiming.swap(1, Ordering::SeqCst) != 0 {
-            return Err(Error::new(ErrorKind::Busy, "already being reclaimed"));
+        // The flag holds the reclaimer's token (pid plus a check value). A
+        // live reclaimer's token means a reclaim is under way; anything else
+        // (a reclaimer that died, or garbage a broken worker wrote) is ours
+        // to take over.
+        let me = std::process::id();
+        let prev = rings
+            .block
+            .reclaiming
+            .swap(r.reclaim_token(me), Ordering::SeqCst);
+        let prev_pid = prev as u32;
+        if prev != 0
+            && prev == r.reclaim_token(prev_pid)
+            && crate::process::pid_alive(prev_pid as i32)
+        {
+            if prev_pid != me {
+                rings.block.reclaiming.store(prev, Ordering::SeqCst);
+            }
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("already being reclaimed (by process {prev_pid})"),
+            ));
         }
         let deadline = Instant::now() + RECLAIM_WAIT;
         let give_up = |what: &str| {

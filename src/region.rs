@@ -211,9 +211,12 @@ pub struct WorkerBlock {
     /// Requests accepted from this worker.
     pub requests: AtomicU64,
     /// Non-zero while `Loader::reclaim_worker` rebuilds this worker's rings:
-    /// loader threads then leave its request ring alone.
-    pub reclaiming: AtomicU32,
-    _pad: [u32; 13],
+    /// loader threads then leave its rings alone. The reclaimer writes
+    /// [`Region::reclaim_token`] of its pid, so that a leftover of a dead
+    /// reclaimer, or garbage a broken worker wrote, is told apart from a
+    /// reclaim under way.
+    pub reclaiming: AtomicU64,
+    _pad: [u32; 12],
 }
 
 /// Metadata of one entry. Its data buffer lives in the buffers area.
@@ -594,6 +597,15 @@ impl Region {
         }
     }
 
+    /// The `reclaiming` word process `pid` writes: its pid and a check
+    /// value derived from the pid and this region's nonce.
+    pub(crate) fn reclaim_token(&self, pid: u32) -> u64 {
+        let mut z = self.header().nonce ^ (pid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) << 32) | pid as u64
+    }
+
     /// Number of entries (n_workers * queue_depth).
     pub fn n_entries(&self) -> u32 {
         self.cfg.n_workers * self.cfg.queue_depth
@@ -676,6 +688,13 @@ impl Region {
             ));
         }
         Ok(())
+    }
+
+    /// The whole mapping as raw memory, for tests that play a broken or
+    /// hostile process writing over the region.
+    #[cfg(test)]
+    pub(crate) fn raw_mapping(&self) -> (*mut u8, usize) {
+        (self.base, self.len)
     }
 
     /// The descriptor of the memfd.
