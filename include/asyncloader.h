@@ -460,7 +460,9 @@ int al_loader_prefault(struct al_loader *l);
  *
  * # Safety
  *
- * As `al_loader_start`; `reclaimed` is NULL or valid for one write.
+ * As `al_loader_start`; `reclaimed` is NULL or valid for one write; no
+ * thread of this process holds an entry of worker `id` (its buffer is
+ * reused).
  */
 int al_loader_reclaim_worker(struct al_loader *l, uint32_t id, uint32_t *reclaimed);
 

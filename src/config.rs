@@ -210,6 +210,45 @@ impl Config {
     }
 }
 
+/// Environment variables that override the configuration, for tests and
+/// measurements (documented in the README):
+/// `ASYNCLOADER_BACKEND=io_uring|threads|auto`,
+/// `ASYNCLOADER_STATX=sync|async` (pin where the io_uring backend's statx
+/// runs) and `ASYNCLOADER_FAST=0` (no optimistic chain).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EnvOverrides {
+    pub backend: Option<BackendKind>,
+    /// `Some(true)`: statx always called directly; `Some(false)`: always
+    /// through io_uring.
+    pub statx_sync: Option<bool>,
+    pub fast_off: bool,
+}
+
+/// The overrides, read from the environment once per process. `Loader::spawn`
+/// reads them before it forks, so the loader process never touches the
+/// environment (whose lock another thread of the parent may have held at
+/// the fork).
+pub(crate) fn env_overrides() -> &'static EnvOverrides {
+    static ONCE: std::sync::OnceLock<EnvOverrides> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok();
+        EnvOverrides {
+            backend: match var("ASYNCLOADER_BACKEND").as_deref() {
+                Some("io_uring") | Some("uring") => Some(BackendKind::IoUring),
+                Some("threads") | Some("thread") | Some("pread") => Some(BackendKind::Threads),
+                Some("auto") => Some(BackendKind::Auto),
+                _ => None,
+            },
+            statx_sync: match var("ASYNCLOADER_STATX").as_deref() {
+                Some("sync") => Some(true),
+                Some("async") => Some(false),
+                _ => None,
+            },
+            fast_off: var("ASYNCLOADER_FAST").as_deref() == Some("0"),
+        }
+    })
+}
+
 /// Direct-I/O alignment that every buffer and buffer length honours.
 pub const BUF_ALIGN: u64 = 4096;
 

@@ -53,18 +53,11 @@ pub(crate) struct ThreadCtx {
     pub parent: Option<i32>,
 }
 
-/// Environment variable that overrides the configured backend:
-/// `io_uring`, `threads` or `auto`.
-pub const BACKEND_ENV: &str = "ASYNCLOADER_BACKEND";
-
-/// The backend kind asked for: the environment variable wins over the config.
+/// The backend kind asked for: `ASYNCLOADER_BACKEND` wins over the config.
 pub(crate) fn wanted_backend(cfg_kind: u32) -> BackendKind {
-    match std::env::var(BACKEND_ENV).as_deref() {
-        Ok("io_uring") | Ok("uring") => BackendKind::IoUring,
-        Ok("threads") | Ok("thread") | Ok("pread") => BackendKind::Threads,
-        Ok("auto") => BackendKind::Auto,
-        _ => BackendKind::from_u32(cfg_kind).unwrap_or_default(),
-    }
+    crate::config::env_overrides()
+        .backend
+        .unwrap_or_else(|| BackendKind::from_u32(cfg_kind).unwrap_or_default())
 }
 
 fn make_backend(region: &Arc<Region>, tid: u32) -> Result<Box<dyn Backend>> {
@@ -80,8 +73,8 @@ fn make_backend(region: &Arc<Region>, tid: u32) -> Result<Box<dyn Backend>> {
                 Ok(b) => Box::new(b),
                 Err(e) if kind == BackendKind::Auto => {
                     if tid == 0 {
-                        eprintln!(
-                            "asyncloader: io_uring unavailable ({e}); using the thread-pool backend"
+                        crate::process::log!(
+                            "io_uring unavailable ({e}); using the thread-pool backend"
                         );
                     }
                     Box::new(threads_backend(window, direct, max, keep)?)
@@ -300,9 +293,9 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
                 let woke = h.loader_parking.sleep_unless(IDLE_SLEEP, || {
                     h.state.load(Ordering::Acquire) != state::RUNNING || requests_ready(region)
                 });
-                // SAFETY (getppid): no preconditions.
                 if !woke
                     && let Some(parent) = ctx.parent
+                    // SAFETY: getppid has no preconditions.
                     && unsafe { libc::getppid() } != parent
                 {
                     // The program that spawned us is gone.
@@ -425,11 +418,11 @@ pub(crate) fn thread_main(region: Arc<Region>, ctx: ThreadCtx) {
     let errno = match r {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            eprintln!("asyncloader: loader thread {} stopped: {e}", ctx.tid);
+            crate::process::log!("loader thread {} stopped: {e}", ctx.tid);
             e.errno()
         }
         Err(_) => {
-            eprintln!("asyncloader: loader thread {} panicked", ctx.tid);
+            crate::process::log!("loader thread {} panicked", ctx.tid);
             libc::EIO
         }
     };

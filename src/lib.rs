@@ -24,7 +24,7 @@
 // Under `--cfg loom` only the rings are built, for the model checker
 // (scripts/loom.sh); everything else needs the real atomics.
 #[cfg(not(loom))]
-pub mod backend;
+pub(crate) mod backend;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
@@ -34,13 +34,15 @@ pub mod error;
 #[cfg(not(loom))]
 pub mod ffi;
 #[cfg(not(loom))]
-pub mod futex;
+pub(crate) mod futex;
 #[cfg(not(loom))]
 pub mod loader;
 #[cfg(not(loom))]
+#[doc(hidden)] // for the tests: process liveness
 pub mod process;
 #[cfg(not(loom))]
-pub mod region;
+pub(crate) mod region;
+#[doc(hidden)] // for benches/ring.rs; safe to use (atomics only), not an API
 pub mod ring;
 #[cfg(not(loom))]
 pub mod worker;

@@ -221,9 +221,18 @@ impl Loader {
     pub fn spawn(&self) -> Result<()> {
         let n = self.claim()?;
         let parent = std::process::id() as i32;
-        // SAFETY: fork is safe to call; in the child we only run the loader
-        // (io_uring setup, thread spawns, futexes) and then `_exit`, never
-        // returning into the caller's code or running its destructors.
+        // Read before the fork: the child must not take locks (below).
+        crate::config::env_overrides();
+        // SAFETY: the fork-in-a-threaded-process rule: the child has only
+        // this thread, and any lock another thread held at the fork stays
+        // locked in it forever. The child takes none that can be held: it
+        // never reads the environment (read above), allocates only through
+        // glibc's malloc (made fork-safe by glibc's own atfork handlers) and
+        // otherwise makes system calls (io_uring setup, thread spawns,
+        // futexes, getppid); it ends with `_exit`, never returning into the
+        // caller's code or running its destructors or atexit handlers.
+        // (Under an allocator without fork handlers, e.g. ASan's, call
+        // `spawn` before starting other threads: docs/c-api.md.)
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             self.unclaim();
@@ -358,9 +367,7 @@ impl Loader {
     /// `queue_depth` free entries. Returns how many entries were taken back.
     /// Also repairs a worker whose rings a broken process corrupted.
     ///
-    /// Only call this when nobody uses worker `id` any more: entries it
-    /// still holds become invalid (their data may be overwritten). The loader
-    /// and the other workers keep running meanwhile.
+    /// The loader and the other workers keep running meanwhile.
     ///
     /// How it excludes the loader threads (no timing assumption): it raises
     /// the worker's `reclaiming` flag, then waits until every loader thread
@@ -370,7 +377,16 @@ impl Loader {
     /// nor push to its completion ring (a file that completes meanwhile is
     /// marked DONE and left for us). Then it waits until no entry is LOADING
     /// and rebuilds the rings.
-    pub fn reclaim_worker(&self, id: u32) -> Result<u32> {
+    ///
+    /// # Safety
+    ///
+    /// Nobody in this process may hold an [`Entry`](crate::Entry) of worker
+    /// `id` (or use its data) when this is called: its slot is handed to new
+    /// requests, whose loads overwrite the buffer that entry's `data()`
+    /// borrows. (Entries held in a process that died are what this is for;
+    /// a held entry only becomes stale — its release is refused — but the
+    /// bytes it borrows may change.)
+    pub unsafe fn reclaim_worker(&self, id: u32) -> Result<u32> {
         if id >= self.region.cfg().n_workers {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,

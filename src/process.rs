@@ -33,11 +33,28 @@ pub fn fork_epoch() -> u64 {
         // pthread_atfork fails only with ENOMEM; without the handler a
         // forked child would look like its parent, so say so loudly once.
         if r != 0 {
-            eprintln!("asyncloader: pthread_atfork failed ({r}); entries inherited across fork are not detected");
+            log!("pthread_atfork failed ({r}); entries inherited across fork are not detected");
         }
     });
     FORK_EPOCH.load(Ordering::Relaxed)
 }
+
+/// Writes one line to standard error with a single `write(2)`, taking no
+/// lock: safe in a forked loader process, where `eprintln!` could block on
+/// the stderr lock that another thread of the parent held at the fork.
+pub(crate) fn log_line(msg: std::fmt::Arguments<'_>) {
+    let mut line = format!("asyncloader: {msg}");
+    line.push('\n');
+    // SAFETY: writes `line.len()` bytes from a live buffer to fd 2; a short
+    // or failed write of a diagnostic is ignored.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+/// `log!(...)`: [`log_line`] with `format!` arguments.
+macro_rules! log {
+    ($($t:tt)*) => { $crate::process::log_line(format_args!($($t)*)) };
+}
+pub(crate) use log;
 
 /// True while process `pid` exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {

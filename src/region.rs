@@ -132,7 +132,7 @@ impl RawConfig {
     }
 
     /// Back to a [`Config`] (loader_threads and ring_window resolved).
-    pub fn to_config(&self) -> Config {
+    pub fn to_config(self) -> Config {
         Config {
             queue_depth: self.queue_depth,
             max_file_size: self.max_file_size,
@@ -301,6 +301,9 @@ impl Layout {
 pub struct Region {
     base: *mut u8,
     len: usize,
+    /// Kept open for the region's life: it is what [`Region::attach`]
+    /// reopens through `/proc/<creator>/fd/<n>` (never read otherwise).
+    #[allow(dead_code)]
     fd: OwnedFd,
     name: String,
     layout: Layout,
@@ -523,6 +526,7 @@ impl Region {
     }
 
     /// The layout.
+    #[cfg(test)]
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -698,6 +702,7 @@ impl Region {
     }
 
     /// The descriptor of the memfd.
+    #[cfg(test)]
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }

@@ -64,11 +64,6 @@ impl Job {
         }
     }
 
-    /// The entry index the job reports.
-    pub fn g(&self) -> u32 {
-        self.g
-    }
-
     /// The path, for diagnostics.
     pub fn path(&self) -> &CStr {
         // SAFETY: `Job::new`'s contract: `path` is NUL-terminated and valid

@@ -379,8 +379,8 @@ impl Drop for ThreadsBackend {
             }
         }
         if unstarted > 0 || stuck > 0 {
-            eprintln!(
-                "asyncloader: thread-pool backend stopped: {unstarted} queued jobs abandoned \
+            crate::process::log!(
+                "thread-pool backend stopped: {unstarted} queued jobs abandoned \
                  unstarted, {stuck} threads stuck in a read detached"
             );
         }

@@ -116,10 +116,10 @@ const FAST_CHAIN_NS: u64 = 1_000_000;
 
 impl StatxPolicy {
     fn from_env() -> Self {
-        let mode = match std::env::var("ASYNCLOADER_STATX").as_deref() {
-            Ok("sync") => StatxMode::Sync,
-            Ok("async") => StatxMode::Async,
-            _ => StatxMode::Adaptive,
+        let mode = match crate::config::env_overrides().statx_sync {
+            Some(true) => StatxMode::Sync,
+            Some(false) => StatxMode::Async,
+            None => StatxMode::Adaptive,
         };
         StatxPolicy {
             mode,
@@ -153,8 +153,8 @@ impl StatxPolicy {
 /// Whether to try the optimistic chain ([`UringBackend::queue_fast`]).
 ///
 /// It saves the statx (a second path walk, a sizeable share of the CPU per
-/// cached small file: see docs/bench.md) but wastes an open and a read when the data is not cached. The
-/// loader keeps a moving average of how often it worked, uses it while it
+/// cached small file: see docs/bench.md) but wastes an open and a read when
+/// the data is not cached. The loader keeps a moving average of how often it worked, uses it while it
 /// mostly works, and otherwise retries it every [`PROBE_EVERY`] files.
 /// Never with `direct` (a direct read needs the size first).
 /// `ASYNCLOADER_FAST=0` turns it off (for measurements).
@@ -168,7 +168,7 @@ struct FastPolicy {
 
 impl FastPolicy {
     fn new(direct: bool) -> Self {
-        let off = std::env::var("ASYNCLOADER_FAST").as_deref() == Ok("0");
+        let off = crate::config::env_overrides().fast_off;
         FastPolicy {
             enabled: !direct && !off,
             miss: 0,
@@ -894,8 +894,8 @@ impl Drop for UringBackend {
         Box::leak(std::mem::take(&mut self.stx));
         Box::leak(std::mem::take(&mut self.probe_buf));
         std::mem::forget(self.keep_alive.clone());
-        eprintln!(
-            "asyncloader: io_uring backend stopped with {in_kernel} files still in the kernel; \
+        crate::process::log!(
+            "io_uring backend stopped with {in_kernel} files still in the kernel; \
              their memory stays mapped until the process exits"
         );
     }

@@ -453,7 +453,9 @@ pub unsafe extern "C" fn al_loader_prefault(l: *mut al_loader) -> c_int {
 ///
 /// # Safety
 ///
-/// As `al_loader_start`; `reclaimed` is NULL or valid for one write.
+/// As `al_loader_start`; `reclaimed` is NULL or valid for one write; no
+/// thread of this process holds an entry of worker `id` (its buffer is
+/// reused).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn al_loader_reclaim_worker(
     l: *mut al_loader,
@@ -463,7 +465,8 @@ pub unsafe extern "C" fn al_loader_reclaim_worker(
     ffi_boundary!(int {
         // SAFETY: NULL or live (caller).
         let l = unsafe { try_ref(l) }?;
-        let n = l.loader.reclaim_worker(id)?;
+        // SAFETY: the caller holds no entry of worker `id` (# Safety).
+        let n = unsafe { l.loader.reclaim_worker(id) }?;
         if !reclaimed.is_null() {
             // SAFETY: non-NULL and valid for one write (caller).
             unsafe { reclaimed.write(n) };
