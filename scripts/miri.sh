@@ -32,4 +32,4 @@ done
 echo "miri.sh: $(grep -c ': test$' <<<"$listed") tests, ${MIRI_SEEDS:-16} seeds: ${filters[*]}"
 
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-many-seeds=0..${MIRI_SEEDS:-16}" \
-    cargo +"$NIGHTLY" miri test --lib -- "${filters[@]}" 2>&1
+    cargo +"$NIGHTLY" miri test -q --lib -- "${filters[@]}" 2>&1
