@@ -22,7 +22,13 @@ filters=("$@")
 cargo +"$NIGHTLY" miri setup >/dev/null 2>&1 || cargo +"$NIGHTLY" miri setup
 
 # A filter that matches nothing would pass silently: refuse it.
-listed=$(cargo +"$NIGHTLY" miri test -q --lib -- --list "${filters[@]}" 2>/dev/null)
+if ! listed=$(cargo +"$NIGHTLY" miri test -q --lib -- --list "${filters[@]}" 2>/tmp/miri-list.$$); then
+    cat /tmp/miri-list.$$ >&2
+    rm -f /tmp/miri-list.$$
+    echo "miri.sh: could not list the tests" >&2
+    exit 1
+fi
+rm -f /tmp/miri-list.$$
 for f in "${filters[@]}"; do
     if ! grep -F -- "$f" <<<"$listed" | grep -q ': test$'; then
         echo "miri.sh: no test matches '$f'" >&2

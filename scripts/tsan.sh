@@ -70,7 +70,7 @@ echo "== tsan: build"
 cargo_tsan --lib --test engine --no-run 2>&1
 
 # A renamed test would silently drop out of the list: refuse that.
-listed=$(cargo_tsan -q --test engine -- --list 2>/dev/null)
+listed=$(cargo_tsan -q --test engine -- --list)
 for t in "${engine_tests[@]}"; do
     grep -qx "$t: test" <<<"$listed" || { echo "tsan.sh: no test $t in tests/engine.rs" >&2; exit 1; }
 done
