@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests (which also build and run
 # the C and C++ programs against the shared library), the C programs under
-# AddressSanitizer/UBSan, and the Python package's tests.
+# AddressSanitizer/UBSan, Miri and ThreadSanitizer on the nightly toolchain,
+# a short soak test, and the Python package's tests.
 # Usage: bash scripts/test-all.sh      (from any directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,20 @@ ASYNCLOADER_FAST=0 $T 600 cargo test --test engine 2>&1
 
 echo "== loom model of the rings"
 $T 900 bash scripts/loom.sh
+
+# Kernel-free unit tests under Miri (UB, data races; several scheduler
+# seeds), and the threads-mode engine under ThreadSanitizer. Both install
+# the nightly toolchain's components they need when missing.
+echo "== Miri (scripts/miri.sh)"
+$T 900 bash scripts/miri.sh ring:: futex:: backend::tests:: ffi::loader::tests::config ffi::panic::
+echo "== ThreadSanitizer (scripts/tsan.sh)"
+$T 1200 bash scripts/tsan.sh
+
+# Short soak: worker processes and the loader SIGKILLed at random while a
+# mixed tree loads (run it longer on demand: tests/soak.rs).
+echo "== soak (${ASYNCLOADER_SOAK_SECS:=45} s)"
+ASYNCLOADER_SOAK_SECS=$ASYNCLOADER_SOAK_SECS $T $((ASYNCLOADER_SOAK_SECS + 600)) \
+    cargo test --test soak -- --ignored --nocapture 2>&1
 
 if [ -f scripts/c-sanitize.sh ]; then
     echo "== C programs under sanitizers"
