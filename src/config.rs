@@ -224,13 +224,12 @@ pub(crate) struct EnvOverrides {
     pub fast_off: bool,
 }
 
-/// The overrides, read from the environment once per process. `Loader::spawn`
-/// reads them before it forks, so the loader process never touches the
-/// environment (whose lock another thread of the parent may have held at
-/// the fork).
-pub(crate) fn env_overrides() -> &'static EnvOverrides {
-    static ONCE: std::sync::OnceLock<EnvOverrides> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
+/// The overrides, read from the environment when a loader starts. The
+/// loader threads get them as a value: `Loader::spawn` reads them before it
+/// forks, so the loader process never touches the environment (whose lock
+/// another thread of the parent may have held at the fork).
+pub(crate) fn env_overrides() -> EnvOverrides {
+    {
         let var = |k: &str| std::env::var(k).ok();
         EnvOverrides {
             backend: match var("ASYNCLOADER_BACKEND").as_deref() {
@@ -246,7 +245,7 @@ pub(crate) fn env_overrides() -> &'static EnvOverrides {
             },
             fast_off: var("ASYNCLOADER_FAST").as_deref() == Some("0"),
         }
-    })
+    }
 }
 
 /// Direct-I/O alignment that every buffer and buffer length honours.

@@ -37,6 +37,8 @@ const IDLE_SPIN: u32 = 512;
 /// so a large `idle_iters` delays the batch without keeping a core busy.
 const PENDING_SPIN: u32 = 64;
 const PENDING_SLICE: Duration = Duration::from_micros(50);
+/// Sleep of an otherwise idle loader thread that holds deferred completions.
+const DEFERRED_SLICE: Duration = Duration::from_millis(1);
 /// Longest futex sleep of an idle loader thread.
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
 /// After a shutdown, how long in-flight files may take before they are
@@ -51,25 +53,25 @@ pub(crate) struct ThreadCtx {
     /// In a spawned loader process: the parent's pid. The loader stops when
     /// its parent is gone, so it never outlives the program that made it.
     pub parent: Option<i32>,
+    /// The environment overrides, read when the loader started (never in a
+    /// forked loader process: see `config::env_overrides`).
+    pub env: crate::config::EnvOverrides,
 }
 
-/// The backend kind asked for: `ASYNCLOADER_BACKEND` wins over the config.
-pub(crate) fn wanted_backend(cfg_kind: u32) -> BackendKind {
-    crate::config::env_overrides()
-        .backend
-        .unwrap_or_else(|| BackendKind::from_u32(cfg_kind).unwrap_or_default())
-}
-
-fn make_backend(region: &Arc<Region>, tid: u32) -> Result<Box<dyn Backend>> {
+fn make_backend(region: &Arc<Region>, ctx: &ThreadCtx) -> Result<Box<dyn Backend>> {
+    let (tid, env) = (ctx.tid, &ctx.env);
     let cfg = region.cfg();
     let (window, direct, max) = (cfg.ring_window, cfg.direct != 0, cfg.max_file_size);
-    let kind = wanted_backend(cfg.backend);
+    // ASYNCLOADER_BACKEND wins over the config.
+    let kind = env
+        .backend
+        .unwrap_or_else(|| BackendKind::from_u32(cfg.backend).unwrap_or_default());
     // Jobs point into the region: the backend keeps it mapped for as long
     // as an abandoned read may still write into it.
     let keep: KeepAlive = region.clone();
     let chosen: Box<dyn Backend> = match kind {
         BackendKind::Auto | BackendKind::IoUring => {
-            match UringBackend::new(window, direct, max, keep.clone()) {
+            match UringBackend::new(window, direct, max, keep.clone(), env) {
                 Ok(b) => Box::new(b),
                 Err(e) if kind == BackendKind::Auto => {
                     if tid == 0 {
@@ -139,22 +141,19 @@ fn usable(region: &Region, w: u32) -> bool {
     region.worker(w).block.reclaiming.load(Ordering::SeqCst) == 0
 }
 
-/// Moves entry `g` from `from` to `to` (same generation) if it is in `from`;
-/// false when someone else moved it, or a worker pushed an index it never
-/// requested: then the entry is not ours.
-fn take_entry(region: &Region, g: u32, from: u32, to: u32) -> bool {
+/// Moves entry `g` from `from` to `to` (same generation) if it is in `from`
+/// and returns the new state word; `None` when someone else moved it, or a
+/// worker pushed an index it never requested: then the entry is not ours.
+fn take_entry(region: &Region, g: u32, from: u32, to: u32) -> Option<u64> {
     let meta = region.entry(g);
     let word = meta.state.load(Ordering::Acquire);
-    word as u32 == from
+    let new = (word & !0xffff_ffff) | to as u64;
+    (word as u32 == from
         && meta
             .state
-            .compare_exchange(
-                word,
-                (word & !0xffff_ffff) | to as u64,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+            .compare_exchange(word, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok())
+    .then_some(new)
 }
 
 /// True when some usable worker has a request a pop would get now.
@@ -168,7 +167,7 @@ fn requests_ready(region: &Region) -> bool {
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
 pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
-    let mut backend = make_backend(region, ctx.tid)?;
+    let mut backend = make_backend(region, &ctx)?;
     let cfg = *region.cfg();
     let h = region.header();
     let stats = &h.thread_stats[ctx.tid as usize];
@@ -180,7 +179,7 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
     let mut done: Vec<Done> = Vec::with_capacity(cfg.ring_window as usize * 2);
     let mut stop_since: Option<Instant> = None;
     let mut cancelled = false;
-    let mut touched: Vec<u32> = Vec::new();
+    let mut out = Completions::default();
 
     loop {
         let stopping = h.state.load(Ordering::Acquire) != state::RUNNING;
@@ -214,7 +213,8 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
                     // worker can neither make us load into another worker's
                     // buffer nor load one buffer twice.
                     if g / qd != w
-                        || !take_entry(region, g, entry_state::QUEUED, entry_state::LOADING)
+                        || take_entry(region, g, entry_state::QUEUED, entry_state::LOADING)
+                            .is_none()
                     {
                         any = true;
                         continue;
@@ -271,8 +271,11 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
         if !done.is_empty() {
             // Counters first, so a worker that sees its entry sees them too.
             flush_counters(backend.as_mut(), stats);
-            complete(region, stats, &done, &mut touched);
+            out.complete(region, stats, &done);
             done.clear();
+        }
+        if !out.deferred.is_empty() {
+            out.retry(region, stats);
         }
 
         if pending_sleep {
@@ -286,7 +289,13 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
             if stopping {
                 break;
             }
-            if idle > cfg.idle_iters.saturating_add(IDLE_SPIN) {
+            if !out.deferred.is_empty() {
+                // A completion waits for room (see Completions): not a
+                // reason to spin, nor to sleep long.
+                h.loader_parking.sleep_unless(DEFERRED_SLICE, || {
+                    h.state.load(Ordering::Acquire) != state::RUNNING || requests_ready(region)
+                });
+            } else if idle > cfg.idle_iters.saturating_add(IDLE_SPIN) {
                 flush_counters(backend.as_mut(), stats);
                 // `requests_ready`, not "indices differ": a ring corrupted by
                 // a worker must not keep this thread from sleeping.
@@ -335,53 +344,92 @@ fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
     stats.syscalls.fetch_add(c.syscalls, Ordering::Relaxed);
 }
 
-/// Stores each result in its entry and hands the entry to its worker; then
-/// wakes each worker that got something once (not once per entry: a sleeping
-/// worker costs the loader one FUTEX_WAKE per batch).
-fn complete(region: &Region, stats: &ThreadStats, done: &[Done], touched: &mut Vec<u32>) {
-    let qd = region.cfg().queue_depth;
-    let t = now_ns();
-    touched.clear();
-    let _pass = RingPass::enter(&stats.ring_epoch);
-    for d in done {
-        let meta = region.entry(d.g);
-        // Stats before the push, so a worker holding the entry sees them.
-        stats.completions.fetch_add(1, Ordering::Relaxed);
-        match d.result {
-            Ok(len) => {
-                meta.size.store(len, Ordering::Relaxed);
-                meta.status.store(0, Ordering::Relaxed);
-                stats.bytes.fetch_add(len, Ordering::Relaxed);
+/// Hands completed entries to their workers.
+///
+/// A push into a completion ring can be refused although the ring has room
+/// for all the worker's entries: a worker thread preempted in the middle of
+/// a pop holds up the slot the next lap needs (`Ring::push_patiently`), and
+/// a worker process killed there holds it up for good. Such completions are
+/// kept in `deferred` and retried on later passes, never dropped and never
+/// waited for while other workers' files are ready.
+#[derive(Default)]
+struct Completions {
+    /// Workers that got an entry in this call (woken once each).
+    touched: Vec<u32>,
+    /// (entry, its DONE state word) still to push.
+    deferred: Vec<(u32, u64)>,
+}
+
+impl Completions {
+    /// Stores each result in its entry and hands the entry to its worker;
+    /// then wakes each worker that got something once (not once per entry:
+    /// a sleeping worker costs the loader one FUTEX_WAKE per batch).
+    fn complete(&mut self, region: &Region, stats: &ThreadStats, done: &[Done]) {
+        let t = now_ns();
+        self.touched.clear();
+        let _pass = RingPass::enter(&stats.ring_epoch);
+        for d in done {
+            let meta = region.entry(d.g);
+            // Stats before the push, so a worker holding the entry sees them.
+            stats.completions.fetch_add(1, Ordering::Relaxed);
+            match d.result {
+                Ok(len) => {
+                    meta.size.store(len, Ordering::Relaxed);
+                    meta.status.store(0, Ordering::Relaxed);
+                    stats.bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(errno) => {
+                    meta.size.store(0, Ordering::Relaxed);
+                    meta.status.store(errno, Ordering::Relaxed);
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            Err(errno) => {
-                meta.size.store(0, Ordering::Relaxed);
-                meta.status.store(errno, Ordering::Relaxed);
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+            meta.t_done.store(t, Ordering::Relaxed);
+            // Only an entry still LOADING is ours to complete (a worker may
+            // have scribbled over its state; then it gets nothing back).
+            if let Some(word) = take_entry(region, d.g, entry_state::LOADING, entry_state::DONE) {
+                self.hand_over(region, d.g, word);
             }
         }
-        meta.t_done.store(t, Ordering::Relaxed);
-        // Only an entry still LOADING is ours to complete (a worker may have
-        // scribbled over its state meanwhile; then it gets nothing back).
-        if !take_entry(region, d.g, entry_state::LOADING, entry_state::DONE) {
-            continue;
+        self.wake(region);
+    }
+
+    /// Pushes the deferred completions that now fit.
+    fn retry(&mut self, region: &Region, stats: &ThreadStats) {
+        self.touched.clear();
+        let _pass = RingPass::enter(&stats.ring_epoch);
+        for (g, word) in std::mem::take(&mut self.deferred) {
+            // Still the DONE entry we completed (not reclaimed and reused
+            // meanwhile: a reclaim moves the generation on).
+            if region.entry(g).state.load(Ordering::Acquire) == word {
+                self.hand_over(region, g, word);
+            }
         }
-        let w = d.g / qd;
+        self.wake(region);
+    }
+
+    /// Pushes DONE entry `g` to its worker's completion ring, or defers it.
+    /// Called inside a [`RingPass`].
+    fn hand_over(&mut self, region: &Region, g: u32, word: u64) {
+        let w = g / region.cfg().queue_depth;
         if !usable(region, w) {
             // Being reclaimed: the reclaimer takes DONE entries back itself.
-            continue;
+            return;
         }
-        // The release in push publishes the stores above with the entry. A
-        // worker's completion ring holds all its queue_depth entries, so a
-        // full one was corrupted by that worker: its entry is lost to it
-        // (until reclaim_worker), and nobody else is affected.
-        if region.worker(w).comp.push(d.g).is_ok() {
-            touched.push(w);
+        // The release in push publishes the entry's stores with it.
+        if region.worker(w).comp.push(g).is_ok() {
+            self.touched.push(w);
+        } else {
+            self.deferred.push((g, word));
         }
     }
-    touched.sort_unstable();
-    touched.dedup();
-    for &w in touched.iter() {
-        region.worker(w).block.parking.notify(i32::MAX);
+
+    fn wake(&mut self, region: &Region) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for &w in self.touched.iter() {
+            region.worker(w).block.parking.notify(i32::MAX);
+        }
     }
 }
 

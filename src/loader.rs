@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, Config, EnvOverrides, env_overrides};
 use crate::engine::{ThreadCtx, thread_main};
 use crate::error::{Error, ErrorKind, Result};
 use crate::region::{Region, entry_state, state};
@@ -177,6 +177,7 @@ impl Loader {
         region: &Arc<Region>,
         tids: std::ops::Range<u32>,
         parent: Option<i32>,
+        env: EnvOverrides,
     ) -> std::io::Result<Vec<JoinHandle<()>>> {
         let mut hs = Vec::new();
         for tid in tids {
@@ -184,7 +185,7 @@ impl Loader {
             hs.push(
                 std::thread::Builder::new()
                     .name(format!("al-loader-{tid}"))
-                    .spawn(move || thread_main(r, ThreadCtx { tid, parent }))?,
+                    .spawn(move || thread_main(r, ThreadCtx { tid, parent, env }))?,
             );
         }
         Ok(hs)
@@ -197,7 +198,7 @@ impl Loader {
             .header()
             .loader_pid
             .store(std::process::id() as i32, Ordering::Release);
-        match Self::spawn_threads(&self.region, 0..n, None) {
+        match Self::spawn_threads(&self.region, 0..n, None, env_overrides()) {
             Ok(hs) => {
                 self.local.lock().unwrap_or_else(|e| e.into_inner()).threads = hs;
                 Ok(())
@@ -222,7 +223,7 @@ impl Loader {
         let n = self.claim()?;
         let parent = std::process::id() as i32;
         // Read before the fork: the child must not take locks (below).
-        crate::config::env_overrides();
+        let env = env_overrides();
         // SAFETY: the fork-in-a-threaded-process rule: the child has only
         // this thread, and any lock another thread held at the fork stays
         // locked in it forever. The child takes none that can be held: it
@@ -248,13 +249,14 @@ impl Loader {
             if unsafe { libc::getppid() } != parent {
                 h.state.store(state::STOPPING, Ordering::Release);
             }
-            let code = match Self::spawn_threads(&self.region, 1..n, Some(parent)) {
+            let code = match Self::spawn_threads(&self.region, 1..n, Some(parent), env) {
                 Ok(hs) => {
                     thread_main(
                         self.region.clone(),
                         ThreadCtx {
                             tid: 0,
                             parent: Some(parent),
+                            env,
                         },
                     );
                     for t in hs {
@@ -287,7 +289,8 @@ impl Loader {
             .header()
             .loader_pid
             .store(std::process::id() as i32, Ordering::Release);
-        let hs = match Self::spawn_threads(&self.region, 1..n, None) {
+        let env = env_overrides();
+        let hs = match Self::spawn_threads(&self.region, 1..n, None, env) {
             Ok(hs) => hs,
             Err(e) => {
                 self.region
@@ -306,6 +309,7 @@ impl Loader {
             ThreadCtx {
                 tid: 0,
                 parent: None,
+                env,
             },
         );
         for t in hs {

@@ -187,6 +187,40 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Pushes a value the caller knows has room (the ring can hold every
+    /// value that can be outstanding), so that a refusal is transient or a
+    /// sign of corruption, and retries for up to `patience`.
+    ///
+    /// Why a ring with room can refuse: a consumer claims a position (its
+    /// head compare-and-swap) and only then marks the slot free for the next
+    /// lap. A consumer preempted between the two makes the producer of the
+    /// next lap find that slot still "full" even when the ring holds nothing.
+    /// The consumer finishes as soon as it runs again; one that died in
+    /// between (a killed process) never does, hence the bound. Gives the
+    /// value back when patience runs out.
+    #[cfg(not(loom))]
+    pub fn push_patiently(&self, value: u32, patience: std::time::Duration) -> Result<(), u32> {
+        let mut deadline = None;
+        let mut tries = 0u32;
+        loop {
+            match self.push(value) {
+                Ok(()) => return Ok(()),
+                Err(v) => {
+                    let now = std::time::Instant::now();
+                    if now >= *deadline.get_or_insert(now + patience) {
+                        return Err(v);
+                    }
+                    tries += 1;
+                    if tries < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes the oldest value, if any. A corrupt ring reads as empty
     /// (see [`push`](Self::push)).
     pub fn pop(&self) -> Option<u32> {
@@ -369,6 +403,39 @@ mod tests {
         assert_eq!(r.pop(), None);
         assert!(!r.has_ready());
         let _ = r.push(1);
+    }
+
+    /// A consumer that claimed a position but has not yet freed its slot
+    /// makes the next lap's push refuse although the ring is empty;
+    /// `push_patiently` waits for it to finish instead of failing.
+    #[test]
+    fn push_waits_for_a_consumer_between_claim_and_release() {
+        let o = Arc::new(Owned::new(2));
+        let r = o.ring();
+        r.push(1).unwrap();
+        // A consumer claims position 0 (head 0 -> 1) and stalls before
+        // writing the slot's next-lap stamp.
+        o.idx.head.store(1, Ordering::Relaxed);
+        r.push(2).unwrap();
+        assert_eq!(r.pop(), Some(2));
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.push(3), Err(3), "the stalled slot refuses the push");
+        assert_eq!(
+            r.push_patiently(3, std::time::Duration::from_millis(20)),
+            Err(3),
+            "still refused while the consumer stalls"
+        );
+        let o2 = o.clone();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // The stalled consumer resumes: slot 0 free for position 2.
+            o2.slots[0].store(pack(2, 0), Ordering::Release);
+        });
+        o.ring()
+            .push_patiently(3, std::time::Duration::from_secs(10))
+            .unwrap();
+        finisher.join().unwrap();
+        assert_eq!(o.ring().pop(), Some(3));
     }
 
     #[test]

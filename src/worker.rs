@@ -29,6 +29,9 @@ const SPIN_BEFORE_SLEEP: u32 = 20;
 /// Longest single futex sleep; between sleeps the worker checks that the
 /// loader is alive, so a dead loader is noticed within about this long.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
+/// How long a push into a ring that has room waits for a consumer caught
+/// between claiming a slot and freeing it (see `Ring::push_patiently`).
+pub(crate) const RING_PATIENCE: Duration = Duration::from_secs(1);
 /// How often `request` looks at the loader process itself.
 const HEALTH_EVERY_NS: u64 = 20_000_000;
 
@@ -225,9 +228,16 @@ impl Worker {
             (word & !0xffff_ffff) | entry_state::QUEUED as u64,
             Ordering::Relaxed,
         );
-        // The request ring holds all queue_depth entries, so a failed push
-        // means it was corrupted (by this process or another mapping it).
-        rings.req.push(g).map_err(|_| corrupt("request ring"))?;
+        // The request ring holds all queue_depth entries: a refusal is a
+        // loader thread preempted in the middle of a pop (it passes), or a
+        // loader process that died there, or a corrupt ring.
+        if rings.req.push_patiently(g, RING_PATIENCE).is_err() {
+            // Give the entry back; it was never published.
+            meta.state.store(word, Ordering::Relaxed);
+            let _ = rings.free.push_patiently(e, RING_PATIENCE);
+            loader_health(&self.region)?;
+            return Err(corrupt("request ring"));
+        }
         rings.block.requests.fetch_add(1, Ordering::Relaxed);
         self.region.header().loader_parking.notify(i32::MAX);
         Ok(())
@@ -467,12 +477,13 @@ pub(crate) fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()
         .compare_exchange(expect, next, Ordering::AcqRel, Ordering::Acquire)
         .map_err(|_| Error::new(ErrorKind::InvalidArgument, "entry already released"))?;
     let qd = region.cfg().queue_depth;
-    // The free ring holds all queue_depth entries: a full one was corrupted,
-    // and the slot is lost to this worker until reclaim_worker.
+    // The free ring holds all queue_depth entries: a refusal is another
+    // thread of this worker preempted in the middle of a pop (it passes), or
+    // a corrupt ring, whose slot is lost to this worker until reclaim_worker.
     region
         .worker(g / qd)
         .free
-        .push(g % qd)
+        .push_patiently(g % qd, RING_PATIENCE)
         .map_err(|_| corrupt("free ring"))
 }
 

@@ -63,6 +63,7 @@ use std::time::Duration;
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, after_read, plan};
+use crate::config::EnvOverrides;
 use crate::region::now_ns;
 
 const K_STATX: u64 = 0;
@@ -115,8 +116,8 @@ const PROBE_EVERY: u32 = 64;
 const FAST_CHAIN_NS: u64 = 1_000_000;
 
 impl StatxPolicy {
-    fn from_env() -> Self {
-        let mode = match crate::config::env_overrides().statx_sync {
+    fn new(env: &EnvOverrides) -> Self {
+        let mode = match env.statx_sync {
             Some(true) => StatxMode::Sync,
             Some(false) => StatxMode::Async,
             None => StatxMode::Adaptive,
@@ -167,8 +168,8 @@ struct FastPolicy {
 }
 
 impl FastPolicy {
-    fn new(direct: bool) -> Self {
-        let off = crate::config::env_overrides().fast_off;
+    fn new(direct: bool, env: &EnvOverrides) -> Self {
+        let off = env.fast_off;
         FastPolicy {
             enabled: !direct && !off,
             miss: 0,
@@ -299,12 +300,14 @@ pub struct UringBackend {
 
 impl UringBackend {
     /// A ring for `window` files in flight. `keep_alive` guards the memory
-    /// the jobs point into (see [`Job::new`]).
+    /// the jobs point into (see [`Job::new`]); `env` pins the adaptive
+    /// choices for measurements.
     pub fn new(
         window: u32,
         direct: bool,
         max_file_size: u64,
         keep_alive: KeepAlive,
+        env: &EnvOverrides,
     ) -> std::io::Result<Self> {
         let window = window.max(1);
         let sq = (window * 5).next_power_of_two().max(8);
@@ -326,9 +329,9 @@ impl UringBackend {
             max_file_size,
             followups: false,
             counters: BackendCounters::default(),
-            statx: StatxPolicy::from_env(),
+            statx: StatxPolicy::new(env),
             ready: Vec::new(),
-            fast: FastPolicy::new(direct),
+            fast: FastPolicy::new(direct, env),
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
             keep_alive,
