@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=src/kinds.rs");
     println!("cargo:rerun-if-env-changed=AL_UPDATE_HEADER");
 
     header(&manifest, &out);
@@ -53,6 +54,9 @@ fn header(manifest: &Path, out: &Path) {
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(manifest.join("src/ffi/mod.rs"))
+        // The loader-state and backend enums (al_state, al_backend); that
+        // file holds nothing else.
+        .with_src(manifest.join("src/kinds.rs"))
         .generate()
         .expect("cbindgen generates the header from src/ffi");
     bindings.write_to_file(out.join("asyncloader.h"));

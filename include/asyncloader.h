@@ -40,45 +40,82 @@
 #define AL_ABI_VERSION 2
 
 /**
- * Stats/config backend value: pick io_uring, fall back to threads (config);
- * no backend running yet (stats).
+ * Where a loader is in its life (Rust `Stats::state`, C `al_stats.state`).
+ * Named by `LoaderState::name` and `al_state_name`.
+ *
+ * ```text
+ * CREATED ──start/spawn/become──▶ RUNNING ──shutdown──▶ STOPPING ──loader exits──▶ STOPPED
+ *    │                               │
+ *    └────────shutdown───────────────┼──────────────────────────────────────────▶ STOPPED
+ *                                    └──loader process or threads died──▶ DEAD
+ * ```
  */
-#define AL_BACKEND_AUTO 0
+enum al_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Created; no loader runs yet. Requests queue up.
+     */
+    AL_STATE_CREATED = 0,
+    /**
+     * A loader runs (threads or a process).
+     */
+    AL_STATE_RUNNING = 1,
+    /**
+     * Shutdown requested: the loader finishes what is in flight and exits.
+     */
+    AL_STATE_STOPPING = 2,
+    /**
+     * The loader exited after a shutdown.
+     */
+    AL_STATE_STOPPED = 3,
+    /**
+     * The loader died (process killed, threads gone) without a shutdown.
+     */
+    AL_STATE_DEAD = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum al_state al_state;
+#else
+typedef uint32_t al_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
- * Backend value: io_uring.
+ * Which I/O backend the loader threads should use (Rust `Config::backend`,
+ * C `al_config.backend`) or do use (`Stats::backend`, `al_stats.backend`:
+ * `Auto` until a running loader chose one). Named by `BackendKind::name`
+ * and `al_backend_name`.
  */
-#define AL_BACKEND_IO_URING 1
-
-/**
- * Backend value: the `pread` thread-pool fallback.
- */
-#define AL_BACKEND_THREADS 2
-
-/**
- * Loader state (`al_stats.state`): created, no loader runs yet.
- */
-#define AL_STATE_CREATED 0
-
-/**
- * Loader state: a loader runs.
- */
-#define AL_STATE_RUNNING 1
-
-/**
- * Loader state: shutdown requested, files in flight finish.
- */
-#define AL_STATE_STOPPING 2
-
-/**
- * Loader state: the loader exited after a shutdown.
- */
-#define AL_STATE_STOPPED 3
-
-/**
- * Loader state: the loader died without a shutdown.
- */
-#define AL_STATE_DEAD 4
+enum al_backend
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * io_uring when the kernel allows it, otherwise the thread-pool
+     * fallback; in stats: no loader has chosen a backend yet.
+     */
+    AL_BACKEND_AUTO = 0,
+    /**
+     * io_uring only: starting fails when io_uring cannot be set up.
+     */
+    AL_BACKEND_IO_URING = 1,
+    /**
+     * The `pread` thread-pool fallback.
+     */
+    AL_BACKEND_THREADS = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum al_backend al_backend;
+#else
+typedef uint32_t al_backend;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
  * A loaded (or failed) file, delivered by `al_worker_try_get`,
@@ -198,7 +235,8 @@ typedef struct al_config {
      */
     uint32_t ring_window;
     /**
-     * `AL_BACKEND_AUTO`, `AL_BACKEND_IO_URING` or `AL_BACKEND_THREADS`.
+     * An `al_backend`: `AL_BACKEND_AUTO`, `AL_BACKEND_IO_URING` or
+     * `AL_BACKEND_THREADS` (`al_backend_name` names it).
      */
     uint32_t backend;
 } al_config;
@@ -215,7 +253,8 @@ typedef struct al_stats {
      */
     uint32_t struct_size;
     /**
-     * `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
+     * An `al_state`: `AL_STATE_CREATED` ... `AL_STATE_DEAD`
+     * (`al_state_name` names it).
      */
     uint32_t state;
     /**
@@ -251,8 +290,9 @@ typedef struct al_stats {
      */
     uint64_t syscalls;
     /**
-     * Backend in use: `AL_BACKEND_IO_URING`, `AL_BACKEND_THREADS`, or 0
-     * before a loader runs.
+     * Backend in use, an `al_backend`: `AL_BACKEND_IO_URING` or
+     * `AL_BACKEND_THREADS`; `AL_BACKEND_AUTO` (0) until a running loader
+     * chose one.
      */
     uint32_t backend;
     /**
@@ -354,13 +394,12 @@ int al_last_error_message(char *buf, size_t len);
 const char *al_strerror(int code);
 
 /**
- * Fills `*out` with the default configuration: queue_depth 64,
- * max_file_size 4 MiB, n_workers 1, dispatch_n 8, idle_iters 16, direct
- * false, loader_threads 0 (one per core), ring_window 0 (default),
- * backend `AL_BACKEND_AUTO`. Set `out->struct_size` first: only the
- * fields inside it are written. Returns 0, `-EINVAL` (NULL, a
- * `struct_size` below 4 or cutting a field), `-E2BIG` (`struct_size`
- * above 4096).
+ * Fills `*out` with the default configuration, the one source of every
+ * default for Rust (`Config::default()`), C and Python: the table "config
+ * field | meaning | default" in README.md lists them. Set
+ * `out->struct_size` first: only the fields inside it are written.
+ * Returns 0, `-EINVAL` (NULL, a `struct_size` below 4 or cutting a
+ * field), `-E2BIG` (`struct_size` above 4096).
  *
  * # Safety
  *
@@ -545,6 +584,22 @@ int al_loader_config(const struct al_loader *l, struct al_config *out);
  * `out->struct_size` bytes (at least 4), its `struct_size` set.
  */
 int al_loader_stats(const struct al_loader *l, struct al_stats *out);
+
+/**
+ * The name of loader state `state` (an `al_state`, as in
+ * `al_stats.state`): "created", "running", "stopping", "stopped", "dead";
+ * NULL for a value that is not a state. The string is static. Thread-safe.
+ * Bindings read the names from here instead of restating them.
+ */
+const char *al_state_name(uint32_t state);
+
+/**
+ * The name of backend `backend` (an `al_backend`, as in
+ * `al_config.backend` and `al_stats.backend`): "auto", "io_uring",
+ * "threads"; NULL for a value that is not a backend. The string is static.
+ * Thread-safe.
+ */
+const char *al_backend_name(uint32_t backend);
 
 /**
  * Frees the handle. Entries it delivered stay valid until released. NULL

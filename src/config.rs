@@ -2,38 +2,7 @@
 
 use std::fmt;
 
-/// Which I/O backend the loader threads use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[repr(u32)]
-pub enum BackendKind {
-    /// io_uring when the kernel allows it, otherwise the thread-pool fallback.
-    #[default]
-    Auto = 0,
-    /// io_uring only: starting fails when io_uring cannot be set up.
-    IoUring = 1,
-    /// The `pread` thread-pool fallback.
-    Threads = 2,
-}
-
-impl BackendKind {
-    pub(crate) fn from_u32(v: u32) -> Option<Self> {
-        match v {
-            0 => Some(BackendKind::Auto),
-            1 => Some(BackendKind::IoUring),
-            2 => Some(BackendKind::Threads),
-            _ => None,
-        }
-    }
-
-    /// Short name, as shown in stats and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Auto => "auto",
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Threads => "threads",
-        }
-    }
-}
+pub use crate::kinds::BackendKind;
 
 /// How a loader is sized and how it batches.
 ///
@@ -233,10 +202,10 @@ pub(crate) fn env_overrides() -> EnvOverrides {
         let var = |k: &str| std::env::var(k).ok();
         EnvOverrides {
             backend: match var("ASYNCLOADER_BACKEND").as_deref() {
-                Some("io_uring") | Some("uring") => Some(BackendKind::IoUring),
-                Some("threads") | Some("thread") | Some("pread") => Some(BackendKind::Threads),
-                Some("auto") => Some(BackendKind::Auto),
-                _ => None,
+                Some("uring") => Some(BackendKind::IoUring),
+                Some("thread") | Some("pread") => Some(BackendKind::Threads),
+                Some(name) => BackendKind::from_name(name),
+                None => None,
             },
             statx_sync: match var("ASYNCLOADER_STATX").as_deref() {
                 Some("sync") => Some(true),

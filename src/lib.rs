@@ -15,7 +15,8 @@
 //! # Ok::<(), asyncloader::Error>(())
 //! ```
 //!
-//! Modules, one per concern: [`config`], [`error`], `region` (the shared
+//! Modules, one per concern: [`config`], [`error`], `kinds` (the
+//! [`LoaderState`] and [`BackendKind`] enums, also the C header's), `region` (the shared
 //! memory layout), `ring` (the lock-free rings), `futex`, `engine` (the
 //! loader loop), `backend` (io_uring), [`loader`] and [`worker`] (the API),
 //! [`ffi`] (the C ABI of `include/asyncloader.h`).
@@ -36,6 +37,8 @@ pub mod ffi;
 #[cfg(not(loom))]
 pub(crate) mod futex;
 #[cfg(not(loom))]
+mod kinds;
+#[cfg(not(loom))]
 pub mod loader;
 #[cfg(not(loom))]
 #[doc(hidden)] // for the tests: process liveness
@@ -54,6 +57,8 @@ mod hostile_tests;
 pub use config::{BackendKind, Config, ConfigError};
 #[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};
+#[cfg(not(loom))]
+pub use kinds::LoaderState;
 #[cfg(not(loom))]
 pub use loader::{Loader, Stats};
 #[cfg(not(loom))]

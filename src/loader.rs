@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::config::{BackendKind, Config, EnvOverrides, env_overrides};
 use crate::engine::{ThreadCtx, thread_main};
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::kinds::LoaderState;
 use crate::region::{Region, entry_state, state};
 use crate::worker::{Worker, loader_health};
 
@@ -49,14 +50,15 @@ pub struct Stats {
     pub direct_reads: u64,
     /// System calls the backend made (submits and waits).
     pub syscalls: u64,
-    /// Backend in use: "io_uring", "threads", or "none" before the loader runs.
-    pub backend: &'static str,
+    /// Backend in use: `IoUring` or `Threads`; `Auto` until a running
+    /// loader chose one.
+    pub backend: BackendKind,
     /// Loader threads configured.
     pub loader_threads: u32,
     /// Loader threads running now.
     pub loader_threads_alive: u32,
-    /// "created", "running", "stopping", "stopped" or "dead".
-    pub state: &'static str,
+    /// Where the loader is in its life.
+    pub state: LoaderState,
 }
 
 #[derive(Default)]
@@ -83,16 +85,6 @@ impl std::fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("name", &self.name())
             .finish()
-    }
-}
-
-fn state_name(s: u32) -> &'static str {
-    match s {
-        state::CREATED => "created",
-        state::RUNNING => "running",
-        state::STOPPING => "stopping",
-        state::STOPPED => "stopped",
-        _ => "dead",
     }
 }
 
@@ -143,6 +135,13 @@ impl Loader {
         loader_health(&self.region)
     }
 
+    /// Where the loader is in its life, as the shared region says now (no
+    /// liveness check: a loader process killed while nobody looked still
+    /// reads `Running` until [`health`](Self::health) notices).
+    pub fn state(&self) -> LoaderState {
+        self.region.header().loader_state()
+    }
+
     fn claim(&self) -> Result<u32> {
         let h = self.region.header();
         h.state
@@ -159,7 +158,10 @@ impl Loader {
                     } else {
                         ErrorKind::Shutdown
                     },
-                    format!("the loader is {}", state_name(s)),
+                    format!(
+                        "the loader is {}",
+                        LoaderState::from_u32(s).unwrap_or(LoaderState::Dead)
+                    ),
                 )
             })?;
         let n = self.region.cfg().loader_threads;
@@ -493,14 +495,10 @@ impl Loader {
         let h = self.region.header();
         let cfg = self.region.cfg();
         let mut s = Stats {
-            backend: match BackendKind::from_u32(h.backend_in_use.load(Ordering::Relaxed)) {
-                Some(BackendKind::IoUring) => "io_uring",
-                Some(BackendKind::Threads) => "threads",
-                _ => "none",
-            },
+            backend: h.backend_in_use(),
             loader_threads: cfg.loader_threads,
             loader_threads_alive: h.loader_threads_alive.load(Ordering::Relaxed),
-            state: state_name(h.state.load(Ordering::Relaxed)),
+            state: h.loader_state(),
             ..Stats::default()
         };
         for t in &h.thread_stats[..cfg.loader_threads as usize] {
@@ -532,8 +530,8 @@ impl Loader {
         self.region.header().loader_pid.load(Ordering::Acquire)
     }
 
-    /// The region, for the C ABI.
-    #[allow(dead_code)] // used by the C ABI
+    /// The region, for the tests that scribble on it.
+    #[cfg(test)]
     pub(crate) fn region(&self) -> &Arc<Region> {
         &self.region
     }

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use crate::config::{BackendKind, Config, buffer_size, limits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::futex::Parking;
+use crate::kinds::LoaderState;
 use crate::ring::{Ring, RingIndices};
 
 /// `b"ASYNCLDR"` as a little-endian u64.
@@ -41,18 +42,20 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
 pub const PATH_CAP: usize = 4096;
 
-/// Loader states (the `state` word of the header).
+/// The header's `state` word as `u32` constants for atomic compares: the
+/// values of [`LoaderState`], which documents them.
 pub mod state {
-    /// Created; no loader runs yet. Requests queue up.
-    pub const CREATED: u32 = 0;
-    /// A loader runs (threads or a process).
-    pub const RUNNING: u32 = 1;
-    /// Shutdown requested: the loader finishes what is in flight and exits.
-    pub const STOPPING: u32 = 2;
-    /// The loader exited after a shutdown.
-    pub const STOPPED: u32 = 3;
-    /// The loader died (process killed, threads gone) without a shutdown.
-    pub const DEAD: u32 = 4;
+    use crate::kinds::LoaderState;
+    /// [`LoaderState::Created`].
+    pub const CREATED: u32 = LoaderState::Created as u32;
+    /// [`LoaderState::Running`].
+    pub const RUNNING: u32 = LoaderState::Running as u32;
+    /// [`LoaderState::Stopping`].
+    pub const STOPPING: u32 = LoaderState::Stopping as u32;
+    /// [`LoaderState::Stopped`].
+    pub const STOPPED: u32 = LoaderState::Stopped as u32;
+    /// [`LoaderState::Dead`].
+    pub const DEAD: u32 = LoaderState::Dead as u32;
 }
 
 /// Entry states (low 32 bits of `EntryMeta::state`; the high 32 bits are a
@@ -184,19 +187,37 @@ pub struct Header {
     pub entries_off: u64,
     pub entry_stride: u64,
     pub buffers_off: u64,
-    /// One of [`state`].
+    /// A [`LoaderState`] (see [`Header::loader_state`]).
     pub state: AtomicU32,
     /// Pid of the process running the loader; 0 before one starts.
     pub loader_pid: AtomicI32,
     /// Loader threads that have not exited yet.
     pub loader_threads_alive: AtomicU32,
-    /// [`BackendKind`] the running loader chose (0 until it chose).
+    /// [`BackendKind`] the running loader chose (`Auto` until it chose;
+    /// see [`Header::backend_in_use`]).
     pub backend_in_use: AtomicU32,
     /// errno of the failure that stopped a loader thread (0 if none).
     pub loader_error: AtomicI32,
     /// Loader threads sleep here when idle; workers notify after a request.
     pub loader_parking: Parking,
     pub thread_stats: [ThreadStats; limits::MAX_LOADER_THREADS as usize],
+}
+
+impl Header {
+    /// The state word, decoded. A value no participant writes (the region
+    /// was scribbled on) reads as `Dead`: nothing can be relied on then.
+    pub fn loader_state(&self) -> LoaderState {
+        LoaderState::from_u32(self.state.load(Ordering::Acquire)).unwrap_or(LoaderState::Dead)
+    }
+
+    /// The backend the running loader chose; `Auto` before it chose (or for
+    /// a value no participant writes).
+    pub fn backend_in_use(&self) -> BackendKind {
+        match BackendKind::from_u32(self.backend_in_use.load(Ordering::Relaxed)) {
+            Some(b @ (BackendKind::IoUring | BackendKind::Threads)) => b,
+            _ => BackendKind::Auto,
+        }
+    }
 }
 
 /// Per-worker control block; its three slot arrays follow it.

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::kinds::LoaderState;
 use crate::process::{fork_epoch, pid_alive};
 use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
 
@@ -57,9 +58,9 @@ impl std::fmt::Debug for Worker {
 /// header, so later calls fail fast).
 pub(crate) fn loader_health(region: &Region) -> Result<()> {
     let h = region.header();
-    match h.state.load(Ordering::Acquire) {
-        state::CREATED => Ok(()),
-        state::RUNNING => {
+    match h.loader_state() {
+        LoaderState::Created => Ok(()),
+        LoaderState::Running => {
             let pid = h.loader_pid.load(Ordering::Acquire);
             let dead = h.loader_threads_alive.load(Ordering::Acquire) == 0
                 || (pid > 0 && pid as u32 != std::process::id() && !pid_alive(pid));
@@ -79,17 +80,17 @@ pub(crate) fn loader_health(region: &Region) -> Result<()> {
                 Ok(())
             }
         }
-        state::STOPPING | state::STOPPED => {
+        LoaderState::Stopping | LoaderState::Stopped => {
             Err(Error::new(ErrorKind::Shutdown, "the loader was shut down"))
         }
-        _ => Err(Error::new(ErrorKind::LoaderDead, "the loader died")),
+        LoaderState::Dead => Err(Error::new(ErrorKind::LoaderDead, "the loader died")),
     }
 }
 
 /// The cheap part of [`loader_health`]: the state word alone, no system call.
 fn loader_state(region: &Region) -> Result<()> {
-    match region.header().state.load(Ordering::Acquire) {
-        state::CREATED | state::RUNNING => Ok(()),
+    match region.header().loader_state() {
+        LoaderState::Created | LoaderState::Running => Ok(()),
         _ => loader_health(region),
     }
 }
@@ -144,8 +145,8 @@ impl Worker {
         if path.contains(&0) {
             return Err(Error::new(ErrorKind::InvalidPath, "path holds a NUL byte"));
         }
-        let st = self.region.header().state.load(Ordering::Acquire);
-        if st != state::CREATED && st != state::RUNNING {
+        let st = self.region.header().loader_state();
+        if st != LoaderState::Created && st != LoaderState::Running {
             return Err(loader_health(&self.region).unwrap_err());
         }
         // A loader process killed while nobody waited leaves the state word
@@ -153,7 +154,7 @@ impl Worker {
         // HEALTH_EVERY_NS per process, so a request fails fast after that.
         let now = now_ns();
         let last = self.region.last_health_check.load(Ordering::Relaxed);
-        if st == state::RUNNING && now.saturating_sub(last) > HEALTH_EVERY_NS {
+        if st == LoaderState::Running && now.saturating_sub(last) > HEALTH_EVERY_NS {
             self.region.last_health_check.store(now, Ordering::Relaxed);
             loader_health(&self.region)?;
         }
@@ -327,10 +328,158 @@ impl Worker {
         }
     }
 
-    /// The region (for the C ABI and the binary).
-    #[allow(dead_code)] // used by the C ABI
-    pub(crate) fn region(&self) -> &Arc<Region> {
-        &self.region
+    /// `queue_depth`: the number of entries this worker owns.
+    pub fn queue_depth(&self) -> u32 {
+        self.qd
+    }
+
+    /// The global indices of this worker's entries (the first number of
+    /// [`Entry::raw_parts`]): `id * queue_depth .. (id + 1) * queue_depth`.
+    pub fn entry_indices(&self) -> std::ops::Range<u32> {
+        self.id * self.qd..(self.id + 1) * self.qd
+    }
+
+    /// Where the loader is in its life, as the shared region says now (the
+    /// state word only; [`Loader::health`](crate::Loader::health) also
+    /// checks that a running loader is alive).
+    pub fn loader_state(&self) -> LoaderState {
+        self.region.header().loader_state()
+    }
+
+    /// A view of the delivered entry with raw parts `(g, generation)` (see
+    /// [`Entry::into_raw_parts`]), for handles kept outside Rust (the C
+    /// ABI). `None` unless `g` is one of this worker's entries, delivered
+    /// (loaded or failed) and not released since with that generation.
+    ///
+    /// # Safety
+    ///
+    /// Nobody releases the entry (with [`Self::release_raw_parts`], or an
+    /// [`Entry`] holding it) while the view or anything borrowed from it is
+    /// in use: release hands its buffer to the next request.
+    pub unsafe fn entry_ref(&self, g: u32, generation: u32) -> Option<EntryRef<'_>> {
+        if !self.entry_indices().contains(&g) {
+            return None;
+        }
+        let expect = ((generation as u64) << 32) | entry_state::DONE as u64;
+        // Acquire: pairs with the loader's release of DONE, so the path and
+        // data it wrote are visible through the view.
+        (self.region.entry(g).state.load(Ordering::Acquire) == expect).then_some(EntryRef {
+            region: &self.region,
+            g,
+        })
+    }
+
+    /// Releases the entry with raw parts `(g, generation)` (see
+    /// [`Entry::into_raw_parts`]) as [`Entry::release`] does.
+    /// `InvalidArgument` when `g` is not one of this worker's entries or
+    /// the entry is not delivered with that generation (already released,
+    /// never delivered): then nothing happens. This is the release the C
+    /// ABI's handles use; the generation check makes a stale handle
+    /// harmless.
+    ///
+    /// # Safety
+    ///
+    /// No [`Entry`] or [`EntryRef`] of these raw parts is in use, now or
+    /// later (the buffer goes to the next request): the caller owns them,
+    /// as after `into_raw_parts`.
+    pub unsafe fn release_raw_parts(&self, g: u32, generation: u32) -> Result<()> {
+        if !self.entry_indices().contains(&g) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "not an entry of this worker",
+            ));
+        }
+        release_raw(&self.region, g, generation)
+    }
+}
+
+/// What an entry shows: path, bytes, errno, latency. Borrowed from an
+/// [`Entry`] (its accessors are these) or, for handles kept outside Rust,
+/// from [`Worker::entry_ref`]. Valid while the entry is delivered and not
+/// released, which both ways of getting one guarantee.
+#[derive(Clone, Copy)]
+pub struct EntryRef<'a> {
+    region: &'a Region,
+    g: u32,
+}
+
+impl std::fmt::Debug for EntryRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryRef")
+            .field("path", &self.path())
+            .field("len", &self.len())
+            .field("error", &self.error())
+            .finish()
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    /// The path that was requested, as bytes, exactly as given (a relative
+    /// path stays relative; the resolved copy the loader opened is not
+    /// part of it). A NUL byte follows the slice in memory.
+    pub fn path_bytes(&self) -> &'a [u8] {
+        let meta = self.region.entry(self.g);
+        let len = (meta.path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
+        // SAFETY: the entry is DONE and not released while this view lives
+        // (how an EntryRef is made): nobody writes its path until release;
+        // len < PATH_CAP keeps the slice inside the path array.
+        unsafe { std::slice::from_raw_parts(self.region.path_ptr(self.g), len) }
+    }
+
+    /// The path that was requested.
+    pub fn path(&self) -> &'a Path {
+        Path::new(OsStr::from_bytes(self.path_bytes()))
+    }
+
+    /// 0 on success, otherwise the positive errno of the failed load
+    /// (`ENOENT`, `EISDIR`, `EINVAL` for a file that is not regular,
+    /// `EFBIG` for a file larger than `max_file_size`, ...).
+    pub fn error(&self) -> i32 {
+        self.region.entry(self.g).status.load(Ordering::Relaxed)
+    }
+
+    /// True when the file loaded.
+    pub fn is_ok(&self) -> bool {
+        self.error() == 0
+    }
+
+    /// Number of bytes loaded (0 for a failed load).
+    pub fn len(&self) -> usize {
+        if !self.is_ok() {
+            return 0;
+        }
+        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size())
+            as usize
+    }
+
+    /// True when no byte was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file's bytes (empty for a failed load). The slice starts at the
+    /// entry's buffer (4096-byte aligned) also when it is empty.
+    pub fn data(&self) -> &'a [u8] {
+        // SAFETY: the buffer holds buf_size bytes and len() <= buf_size; the
+        // entry is DONE and not released while this view lives, so the
+        // loader no longer writes it and nobody reuses it.
+        unsafe { std::slice::from_raw_parts(self.region.buffer(self.g), self.len()) }
+    }
+
+    /// The bytes, or the load's error as an `io::Error`.
+    pub fn result(&self) -> std::io::Result<&'a [u8]> {
+        match self.error() {
+            0 => Ok(self.data()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Nanoseconds from the request to the completion.
+    pub fn latency_ns(&self) -> u64 {
+        let m = self.region.entry(self.g);
+        m.t_done
+            .load(Ordering::Relaxed)
+            .saturating_sub(m.t_request.load(Ordering::Relaxed))
     }
 }
 
@@ -362,68 +511,59 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    /// The path that was requested, as bytes.
+    /// The entry's view; every accessor below is its.
+    pub fn view(&self) -> EntryRef<'_> {
+        EntryRef {
+            region: &self.region,
+            g: self.g,
+        }
+    }
+
+    /// The path that was requested, as bytes (see [`EntryRef::path_bytes`]).
     pub fn path_bytes(&self) -> &[u8] {
-        let meta = self.region.entry(self.g);
-        let len = (meta.path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
-        // SAFETY: the entry is DONE and held by this handle: nobody writes
-        // its path until release; len < PATH_CAP keeps the slice in bounds.
-        unsafe { std::slice::from_raw_parts(self.region.path_ptr(self.g), len) }
+        self.view().path_bytes()
     }
 
     /// The path that was requested.
     pub fn path(&self) -> &Path {
-        Path::new(OsStr::from_bytes(self.path_bytes()))
+        self.view().path()
     }
 
     /// 0 on success, otherwise the positive errno of the failed load
     /// (`ENOENT`, `EISDIR`, `EINVAL` for a file that is not regular,
     /// `EFBIG` for a file larger than `max_file_size`, ...).
     pub fn error(&self) -> i32 {
-        self.region.entry(self.g).status.load(Ordering::Relaxed)
+        self.view().error()
     }
 
     /// True when the file loaded.
     pub fn is_ok(&self) -> bool {
-        self.error() == 0
+        self.view().is_ok()
     }
 
     /// Number of bytes loaded (0 for a failed load).
     pub fn len(&self) -> usize {
-        if !self.is_ok() {
-            return 0;
-        }
-        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size())
-            as usize
+        self.view().len()
     }
 
     /// True when no byte was loaded.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.view().is_empty()
     }
 
     /// The file's bytes (empty for a failed load).
     pub fn data(&self) -> &[u8] {
-        // SAFETY: the buffer holds buf_size bytes and len() <= buf_size; the
-        // entry is DONE and held by this handle, so the loader no longer
-        // writes it and nobody reuses it until release.
-        unsafe { std::slice::from_raw_parts(self.region.buffer(self.g), self.len()) }
+        self.view().data()
     }
 
     /// The bytes, or the load's error as an `io::Error`.
     pub fn result(&self) -> std::io::Result<&[u8]> {
-        match self.error() {
-            0 => Ok(self.data()),
-            e => Err(std::io::Error::from_raw_os_error(e)),
-        }
+        self.view().result()
     }
 
     /// Nanoseconds from the request to the completion.
     pub fn latency_ns(&self) -> u64 {
-        let m = self.region.entry(self.g);
-        m.t_done
-            .load(Ordering::Relaxed)
-            .saturating_sub(m.t_request.load(Ordering::Relaxed))
+        self.view().latency_ns()
     }
 
     /// Global entry index and generation, for handles kept outside Rust.
@@ -432,8 +572,11 @@ impl Entry {
     }
 
     /// Gives up this handle without releasing the entry, for handles kept
-    /// outside Rust (the C ABI); release it later with [`release_raw`].
-    pub(crate) fn into_raw_parts(mut self) -> (u32, u32) {
+    /// outside Rust (the C ABI): the entry stays delivered, its data valid,
+    /// until [`Worker::release_raw_parts`]; [`Worker::entry_ref`] reads it
+    /// meanwhile. (Never releasing it only leaks the slot, as
+    /// `mem::forget` would.)
+    pub fn into_raw_parts(mut self) -> (u32, u32) {
         self.released = true;
         (self.g, self.generation)
     }
@@ -466,7 +609,7 @@ impl Drop for Entry {
 
 /// Releases entry `g` of generation `generation`: `InvalidArgument` when it
 /// was already released (the generation moved on) or is not delivered.
-pub(crate) fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
+fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
     if g >= region.n_entries() {
         return Err(Error::new(ErrorKind::InvalidArgument, "no such entry"));
     }

@@ -1245,7 +1245,7 @@ pub fn run(o: Opts) -> Res<i32> {
                         "verified": f.verified,
                         "problems": f.problems,
                         "loader": run.stats.as_ref().map(|s| json!({
-                            "backend": s.backend,
+                            "backend": s.backend.name(),
                             "loader_threads": s.loader_threads,
                             "requests": s.requests,
                             "completions": s.completions,

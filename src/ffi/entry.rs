@@ -2,24 +2,25 @@
 //!
 //! An `al_entry *` points to a slot of its worker's handle table
 //! (`handles::Slot`; src/ffi/handles.rs has the ownership and generation
-//! rules). This module adds what needs the shared region: accessors
-//! re-check the entry's state word (generation and DONE) there, and release
-//! re-checks it with a compare-and-swap (`worker::release_raw`), so even an
-//! aliasing stale handle can never free an entry twice in the shared
-//! region. Entries inherited across `fork` are never given back by the
+//! rules). Everything else goes through the Rust API: accessors read the
+//! entry through `Worker::entry_ref`, which re-checks the entry's state
+//! word (generation and DONE) in the shared region, and release goes
+//! through `Worker::release_raw_parts`, which re-checks it with a
+//! compare-and-swap, so even an aliasing stale handle can never free an
+//! entry twice. Entries inherited across `fork` are never given back by the
 //! child (`crate::process::fork_epoch`).
+//!
+//! Handles are made in `ffi::worker` (`al_worker_*_get`), which uses this
+//! module; this module does not use `ffi::worker`.
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::Ordering;
 
 use super::handles::{Held, Slot};
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::try_out;
 use super::sized::{self, give, span};
-use super::worker::WorkerTable;
 use crate::process::fork_epoch;
-use crate::region::{PATH_CAP, entry_state};
-use crate::worker::{Entry, Worker, release_raw};
+use crate::worker::{EntryRef, Worker};
 
 /// A loaded (or failed) file, delivered by `al_worker_try_get`,
 /// `al_worker_wait_get` or `al_worker_get_many`.
@@ -110,74 +111,31 @@ impl al_entry_info {
     }
 }
 
-/// Turns an engine `Entry` into a handle in `w`'s table; on failure (an
-/// entry of another worker: only a tampered region) gives it back.
-pub(crate) fn deliver(w: &WorkerTable, e: Entry) -> Result<*mut al_entry, Errno> {
-    let (g, generation) = e.into_raw_parts();
-    match w.deliver(g, generation, fork_epoch()) {
-        Ok(slot) => Ok(slot.cast_mut().cast()),
-        Err(err) => {
-            let _ = release_raw(w.payload().region(), g, generation);
-            Err(err)
-        }
-    }
-}
-
-/// A live (delivered, not released) entry.
-struct Live<'a> {
-    w: &'a Worker,
-    g: u32,
-}
-
-/// Checks a handle.
+/// Checks a handle: the entry it stands for, if delivered and not released.
 ///
 /// # Safety
 ///
 /// `e` is NULL or an `al_entry *` whose worker table still exists (see
-/// `al_entry`'s lifetime rules).
-unsafe fn live<'a>(e: *const al_entry) -> Result<Live<'a>, Errno> {
+/// `al_entry`'s lifetime rules), and nobody releases it while the result is
+/// in use (the C caller's promise: no release while another thread reads
+/// the entry).
+unsafe fn live<'a>(e: *const al_entry) -> Result<EntryRef<'a>, Errno> {
     // SAFETY: NULL or a slot of a live table (caller).
     let Held {
         table,
         g,
         generation,
     } = unsafe { EntrySlot::held(e.cast()) }?;
-    let w = table.payload();
-    let expect = ((generation as u64) << 32) | entry_state::DONE as u64;
-    if w.region().entry(g).state.load(Ordering::Acquire) != expect {
-        return Err(Errno::INVAL);
-    }
-    Ok(Live { w, g })
+    // SAFETY: not released while the view is in use (caller); a stale or
+    // aliasing handle is refused by the generation check inside.
+    unsafe { table.payload().entry_ref(g, generation) }.ok_or(Errno::INVAL)
 }
 
-impl Live<'_> {
-    fn path(&self) -> (*const c_char, usize) {
-        let r = self.w.region();
-        let len = (r.entry(self.g).path_len.load(Ordering::Relaxed) as usize).min(PATH_CAP - 1);
-        (r.path_ptr(self.g).cast_const().cast(), len)
-    }
-    fn error(&self) -> i32 {
-        self.w.region().entry(self.g).status.load(Ordering::Relaxed)
-    }
-    fn data(&self) -> *const u8 {
-        self.w.region().buffer(self.g).cast_const()
-    }
-    fn size(&self) -> usize {
-        if self.error() != 0 {
-            return 0;
-        }
-        let r = self.w.region();
-        r.entry(self.g)
-            .size
-            .load(Ordering::Relaxed)
-            .min(r.buf_size()) as usize
-    }
-    fn latency_ns(&self) -> u64 {
-        let m = self.w.region().entry(self.g);
-        m.t_done
-            .load(Ordering::Relaxed)
-            .saturating_sub(m.t_request.load(Ordering::Relaxed))
-    }
+/// The path as C sees it: a pointer to the NUL-terminated bytes as
+/// requested, and their length.
+fn path_of(l: &EntryRef<'_>) -> (*const c_char, usize) {
+    let p = l.path_bytes();
+    (p.as_ptr().cast(), p.len())
 }
 
 /// Releases a handle: marks the slot dead, hands the entry back to the
@@ -186,14 +144,17 @@ impl Live<'_> {
 ///
 /// # Safety
 ///
-/// As for [`live`].
+/// `e` is NULL or an `al_entry *` whose worker table still exists, and no
+/// other thread reads the entry (the C caller's promise).
 unsafe fn release(e: *const al_entry) -> Result<(), Errno> {
+    let give_back = |w: &Worker, g: u32, generation: u32| -> Result<(), Errno> {
+        // SAFETY: the handle owned these raw parts (ffi::worker made it from
+        // `Entry::into_raw_parts`) and `Slot::release` lets only one call win
+        // them; nobody reads the entry any more (caller).
+        Ok(unsafe { w.release_raw_parts(g, generation) }?)
+    };
     // SAFETY: NULL or a slot of a live table (caller).
-    unsafe {
-        EntrySlot::release(e.cast(), fork_epoch(), |w, g, generation| {
-            Ok(release_raw(w.region(), g, generation)?)
-        })
-    }
+    unsafe { EntrySlot::release(e.cast(), fork_epoch(), give_back) }
 }
 
 /// The requested path, NUL-terminated, exactly the bytes that were
@@ -209,7 +170,7 @@ pub unsafe extern "C" fn al_entry_path(e: *const al_entry) -> *const c_char {
     ffi_boundary!(std::ptr::null() => {
         // SAFETY: the caller's promise.
         match unsafe { live(e) } {
-            Ok(l) => l.path().0,
+            Ok(l) => path_of(&l).0,
             Err(_) => std::ptr::null(),
         }
     })
@@ -225,7 +186,7 @@ pub unsafe extern "C" fn al_entry_path(e: *const al_entry) -> *const c_char {
 pub unsafe extern "C" fn al_entry_path_len(e: *const al_entry) -> usize {
     ffi_boundary!(0 => {
         // SAFETY: the caller's promise.
-        unsafe { live(e) }.map_or(0, |l| l.path().1)
+        unsafe { live(e) }.map_or(0, |l| path_of(&l).1)
     })
 }
 
@@ -242,7 +203,7 @@ pub unsafe extern "C" fn al_entry_data(e: *const al_entry) -> *const u8 {
     ffi_boundary!(std::ptr::null() => {
         // SAFETY: the caller's promise.
         match unsafe { live(e) } {
-            Ok(l) => l.data(),
+            Ok(l) => l.data().as_ptr(),
             Err(_) => std::ptr::null(),
         }
     })
@@ -258,7 +219,7 @@ pub unsafe extern "C" fn al_entry_data(e: *const al_entry) -> *const u8 {
 pub unsafe extern "C" fn al_entry_size(e: *const al_entry) -> usize {
     ffi_boundary!(0 => {
         // SAFETY: the caller's promise.
-        unsafe { live(e) }.map_or(0, |l| l.size())
+        unsafe { live(e) }.map_or(0, |l| l.len())
     })
 }
 
@@ -310,13 +271,13 @@ pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entr
         let out = try_out(out)?;
         // SAFETY: the caller's promise.
         let l = unsafe { live(e) }?;
-        let (path, path_len) = l.path();
+        let (path, path_len) = path_of(&l);
         let info = al_entry_info {
             struct_size: INFO_SIZE as u32,
             path,
             path_len,
-            data: l.data(),
-            size: l.size(),
+            data: l.data().as_ptr(),
+            size: l.len(),
             error: l.error(),
             latency_ns: l.latency_ns(),
         };
@@ -365,55 +326,4 @@ pub unsafe extern "C" fn al_entry_release_many(entries: *const *mut al_entry, n:
             .filter(|&&e| unsafe { release(e) }.is_ok())
             .count()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ffi::loader::{
-        al_config, al_config_default, al_loader, al_loader_free, al_loader_new,
-    };
-    use crate::ffi::loader::{al_loader_start, al_loader_worker};
-    use crate::ffi::worker::{al_worker, al_worker_free, al_worker_request, al_worker_wait_get};
-
-    /// A stale handle stays dead through `window - 1` re-deliveries of its
-    /// entry; the `window`-th aliases it (the documented limit).
-    #[test]
-    fn stale_handles_stay_dead_for_a_window_of_generations() {
-        let cfg = std::mem::MaybeUninit::<al_config>::zeroed();
-        let mut l: *mut al_loader = std::ptr::null_mut();
-        let mut w: *mut al_worker = std::ptr::null_mut();
-        let mut e: *mut al_entry = std::ptr::null_mut();
-        // SAFETY: every pointer passed is valid for what each call does
-        // with it (see the header); handles are used only while live.
-        unsafe {
-            let mut cfg = cfg.assume_init();
-            cfg.struct_size = std::mem::size_of::<al_config>() as u32;
-            assert_eq!(al_config_default(&mut cfg), 0);
-            cfg.queue_depth = 1;
-            cfg.loader_threads = 1;
-            assert_eq!(al_loader_new(&cfg, &mut l), 0);
-            assert_eq!(al_loader_start(l), 0);
-            assert_eq!(al_loader_worker(l, 0, &mut w), 0);
-            let window = super::super::handles::window_for(1);
-            let mut first = std::ptr::null_mut();
-            for i in 0..=window {
-                assert_eq!(al_worker_request(w, c"/proc/self/stat".as_ptr()), 0);
-                assert_eq!(al_worker_wait_get(w, 5_000_000_000, &mut e), 0);
-                assert_eq!(al_entry_error(e), 0);
-                if i == 0 {
-                    first = e;
-                } else if i < window {
-                    assert_ne!(e, first);
-                    assert_eq!(al_entry_error(first), -libc::EINVAL);
-                } else {
-                    assert_eq!(e, first, "slot reused after `window` generations");
-                }
-                al_entry_release(e);
-                assert_eq!(al_entry_error(e), -libc::EINVAL);
-            }
-            al_worker_free(w);
-            al_loader_free(l);
-        }
-    }
 }

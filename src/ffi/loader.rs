@@ -2,33 +2,13 @@
 //! and stopping a loader.
 
 use std::ffi::{CString, c_char, c_int};
-use std::sync::atomic::Ordering;
 
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_cstr, try_out, try_ref};
 use super::sized::{self, give, span, take};
 use super::worker::{al_worker, new_handle};
 use crate::config::{BackendKind, Config};
-use crate::loader::Loader;
-
-/// Stats/config backend value: pick io_uring, fall back to threads (config);
-/// no backend running yet (stats).
-pub const AL_BACKEND_AUTO: u32 = 0;
-/// Backend value: io_uring.
-pub const AL_BACKEND_IO_URING: u32 = 1;
-/// Backend value: the `pread` thread-pool fallback.
-pub const AL_BACKEND_THREADS: u32 = 2;
-
-/// Loader state (`al_stats.state`): created, no loader runs yet.
-pub const AL_STATE_CREATED: u32 = 0;
-/// Loader state: a loader runs.
-pub const AL_STATE_RUNNING: u32 = 1;
-/// Loader state: shutdown requested, files in flight finish.
-pub const AL_STATE_STOPPING: u32 = 2;
-/// Loader state: the loader exited after a shutdown.
-pub const AL_STATE_STOPPED: u32 = 3;
-/// Loader state: the loader died without a shutdown.
-pub const AL_STATE_DEAD: u32 = 4;
+use crate::loader::{Loader, LoaderState};
 
 /// How a loader is sized and how it batches.
 ///
@@ -71,7 +51,8 @@ pub struct al_config {
     pub loader_threads: u32,
     /// Files in flight per loader thread; 0 = default (32, 128 with direct).
     pub ring_window: u32,
-    /// `AL_BACKEND_AUTO`, `AL_BACKEND_IO_URING` or `AL_BACKEND_THREADS`.
+    /// An `al_backend`: `AL_BACKEND_AUTO`, `AL_BACKEND_IO_URING` or
+    /// `AL_BACKEND_THREADS` (`al_backend_name` names it).
     pub backend: u32,
 }
 
@@ -130,11 +111,15 @@ impl al_config {
         let d = Config::default();
         let backend = take!(p, n, al_config, backend).unwrap_or(d.backend as u32);
         let backend = BackendKind::from_u32(backend).ok_or_else(|| {
+            let known: Vec<String> = BackendKind::all()
+                .iter()
+                .map(|&k| format!("AL_BACKEND_{} ({})", k.name().to_uppercase(), k as u32))
+                .collect();
             Errno::msg(
                 libc::EINVAL,
                 format!(
-                    "invalid config: backend: {backend} is not AL_BACKEND_AUTO (0), \
-                     AL_BACKEND_IO_URING (1) or AL_BACKEND_THREADS (2)"
+                    "invalid config: backend: {backend} is not one of {}",
+                    known.join(", ")
                 ),
             )
         })?;
@@ -196,7 +181,8 @@ pub struct al_stats {
     /// `sizeof(al_stats)` as the caller compiled it; never written by the
     /// library.
     pub struct_size: u32,
-    /// `AL_STATE_CREATED` ... `AL_STATE_DEAD`.
+    /// An `al_state`: `AL_STATE_CREATED` ... `AL_STATE_DEAD`
+    /// (`al_state_name` names it).
     pub state: u32,
     /// Requests accepted from workers.
     pub requests: u64,
@@ -214,8 +200,9 @@ pub struct al_stats {
     pub direct_reads: u64,
     /// System calls the backend made (submits and waits).
     pub syscalls: u64,
-    /// Backend in use: `AL_BACKEND_IO_URING`, `AL_BACKEND_THREADS`, or 0
-    /// before a loader runs.
+    /// Backend in use, an `al_backend`: `AL_BACKEND_IO_URING` or
+    /// `AL_BACKEND_THREADS`; `AL_BACKEND_AUTO` (0) until a running loader
+    /// chose one.
     pub backend: u32,
     /// Loader threads configured.
     pub loader_threads: u32,
@@ -304,13 +291,12 @@ impl al_loader {
     }
 }
 
-/// Fills `*out` with the default configuration: queue_depth 64,
-/// max_file_size 4 MiB, n_workers 1, dispatch_n 8, idle_iters 16, direct
-/// false, loader_threads 0 (one per core), ring_window 0 (default),
-/// backend `AL_BACKEND_AUTO`. Set `out->struct_size` first: only the
-/// fields inside it are written. Returns 0, `-EINVAL` (NULL, a
-/// `struct_size` below 4 or cutting a field), `-E2BIG` (`struct_size`
-/// above 4096).
+/// Fills `*out` with the default configuration, the one source of every
+/// default for Rust (`Config::default()`), C and Python: the table "config
+/// field | meaning | default" in README.md lists them. Set
+/// `out->struct_size` first: only the fields inside it are written.
+/// Returns 0, `-EINVAL` (NULL, a `struct_size` below 4 or cutting a
+/// field), `-E2BIG` (`struct_size` above 4096).
 ///
 /// # Safety
 ///
@@ -604,7 +590,6 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
         // SAFETY: NULL or live (caller).
         let l = unsafe { try_ref(l) }?;
         let s = l.loader.stats();
-        let h = l.loader.region().header();
         let stats = al_stats {
             struct_size: STATS_SIZE as u32,
             requests: s.requests,
@@ -615,11 +600,8 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
             buffered_fallbacks: s.buffered_fallbacks,
             direct_reads: s.direct_reads,
             syscalls: s.syscalls,
-            backend: match h.backend_in_use.load(Ordering::Relaxed) {
-                b @ (AL_BACKEND_IO_URING | AL_BACKEND_THREADS) => b,
-                _ => AL_BACKEND_AUTO,
-            },
-            state: h.state.load(Ordering::Relaxed).min(AL_STATE_DEAD),
+            backend: s.backend as u32,
+            state: s.state as u32,
             loader_threads: s.loader_threads,
             loader_threads_alive: s.loader_threads_alive,
             loader_pid: l.loader.loader_pid(),
@@ -630,21 +612,47 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
     })
 }
 
+/// The name of loader state `state` (an `al_state`, as in
+/// `al_stats.state`): "created", "running", "stopping", "stopped", "dead";
+/// NULL for a value that is not a state. The string is static. Thread-safe.
+/// Bindings read the names from here instead of restating them.
+#[unsafe(no_mangle)]
+pub extern "C" fn al_state_name(state: u32) -> *const c_char {
+    ffi_boundary!(std::ptr::null() => {
+        LoaderState::from_u32(state).map_or(std::ptr::null(), |s| s.c_name().as_ptr())
+    })
+}
+
+/// The name of backend `backend` (an `al_backend`, as in
+/// `al_config.backend` and `al_stats.backend`): "auto", "io_uring",
+/// "threads"; NULL for a value that is not a backend. The string is static.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn al_backend_name(backend: u32) -> *const c_char {
+    ffi_boundary!(std::ptr::null() => {
+        BackendKind::from_u32(backend).map_or(std::ptr::null(), |k| k.c_name().as_ptr())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::region::state;
 
     #[test]
-    fn constants_match_the_engine() {
-        assert_eq!(AL_BACKEND_AUTO, BackendKind::Auto as u32);
-        assert_eq!(AL_BACKEND_IO_URING, BackendKind::IoUring as u32);
-        assert_eq!(AL_BACKEND_THREADS, BackendKind::Threads as u32);
-        assert_eq!(AL_STATE_CREATED, state::CREATED);
-        assert_eq!(AL_STATE_RUNNING, state::RUNNING);
-        assert_eq!(AL_STATE_STOPPING, state::STOPPING);
-        assert_eq!(AL_STATE_STOPPED, state::STOPPED);
-        assert_eq!(AL_STATE_DEAD, state::DEAD);
+    fn names_cover_exactly_the_values() {
+        for &k in BackendKind::all() {
+            // SAFETY: a non-NULL result is a static NUL-terminated string.
+            let n = unsafe { std::ffi::CStr::from_ptr(al_backend_name(k as u32)) };
+            assert_eq!(n.to_str().unwrap(), k.name());
+        }
+        for &s in LoaderState::all() {
+            // SAFETY: as above.
+            let n = unsafe { std::ffi::CStr::from_ptr(al_state_name(s as u32)) };
+            assert_eq!(n.to_str().unwrap(), s.name());
+        }
+        assert!(al_backend_name(BackendKind::all().len() as u32).is_null());
+        assert!(al_state_name(LoaderState::all().len() as u32).is_null());
+        assert!(al_state_name(u32::MAX).is_null());
     }
 
     #[test]

@@ -167,7 +167,53 @@ pub extern "C" fn al_strerror(code: c_int) -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use entry::{al_entry_error, al_entry_release};
+    use loader::{
+        al_config_default, al_loader_free, al_loader_new, al_loader_start, al_loader_worker,
+    };
     use std::ffi::CStr;
+    use worker::{al_worker_free, al_worker_request, al_worker_wait_get};
+
+    /// A stale handle stays dead through `window - 1` re-deliveries of its
+    /// entry; the `window`-th aliases it (the documented limit).
+    #[test]
+    fn stale_handles_stay_dead_for_a_window_of_generations() {
+        let cfg = std::mem::MaybeUninit::<al_config>::zeroed();
+        let mut l: *mut al_loader = std::ptr::null_mut();
+        let mut w: *mut al_worker = std::ptr::null_mut();
+        let mut e: *mut al_entry = std::ptr::null_mut();
+        // SAFETY: every pointer passed is valid for what each call does
+        // with it (see the header); handles are used only while live.
+        unsafe {
+            let mut cfg = cfg.assume_init();
+            cfg.struct_size = std::mem::size_of::<al_config>() as u32;
+            assert_eq!(al_config_default(&mut cfg), 0);
+            cfg.queue_depth = 1;
+            cfg.loader_threads = 1;
+            assert_eq!(al_loader_new(&cfg, &mut l), 0);
+            assert_eq!(al_loader_start(l), 0);
+            assert_eq!(al_loader_worker(l, 0, &mut w), 0);
+            let window = handles::window_for(1);
+            let mut first = std::ptr::null_mut();
+            for i in 0..=window {
+                assert_eq!(al_worker_request(w, c"/proc/self/stat".as_ptr()), 0);
+                assert_eq!(al_worker_wait_get(w, 5_000_000_000, &mut e), 0);
+                assert_eq!(al_entry_error(e), 0);
+                if i == 0 {
+                    first = e;
+                } else if i < window {
+                    assert_ne!(e, first);
+                    assert_eq!(al_entry_error(first), -libc::EINVAL);
+                } else {
+                    assert_eq!(e, first, "slot reused after `window` generations");
+                }
+                al_entry_release(e);
+                assert_eq!(al_entry_error(e), -libc::EINVAL);
+            }
+            al_worker_free(w);
+            al_loader_free(l);
+        }
+    }
 
     #[test]
     fn versions_agree() {

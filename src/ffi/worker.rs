@@ -1,15 +1,16 @@
 //! `al_worker`: requesting files and getting entries.
 
 use std::ffi::{c_char, c_int};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::entry::{al_entry, deliver};
+use super::entry::al_entry;
 use super::handles::Table;
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_bytes, try_cstr, try_out};
+
 use crate::error::Result;
-use crate::region::state;
+use crate::loader::LoaderState;
+use crate::process::fork_epoch;
 use crate::worker::{Entry, Worker};
 
 /// A worker's handle: requests files and receives entries.
@@ -32,13 +33,24 @@ pub struct al_worker {
 }
 
 /// The table behind `al_worker *`.
-pub(crate) type WorkerTable = Table<Worker>;
+type WorkerTable = Table<Worker>;
 
 /// A new worker handle for `worker`.
 pub(crate) fn new_handle(worker: Worker) -> *mut al_worker {
-    let qd = worker.region().cfg().queue_depth;
-    let first = worker.id() * qd;
+    let first = worker.entry_indices().start;
+    let qd = worker.queue_depth();
     Table::new_raw(worker, first, qd).cast_mut().cast()
+}
+
+/// Turns an engine `Entry` into a handle in `w`'s table (the handle owns
+/// it from then on: `al_entry_release` gives it back). On failure (an entry
+/// of another worker: only a tampered region) the entry is dropped, which
+/// releases it.
+fn deliver(w: &WorkerTable, e: Entry) -> Result<*mut al_entry, Errno> {
+    let (g, generation) = e.raw_parts();
+    let slot = w.deliver(g, generation, fork_epoch())?;
+    let _ = e.into_raw_parts();
+    Ok(slot.cast_mut().cast())
 }
 
 /// A worker handle that is not NULL and not freed.
@@ -64,12 +76,12 @@ fn try_get(w: &Worker) -> Result<Option<Entry>, Errno> {
     if let Some(e) = w.try_get() {
         return Ok(Some(e));
     }
-    let st = w.region().header().state.load(Ordering::Acquire);
-    if st == state::STOPPED || st == state::DEAD {
+    let st = w.loader_state();
+    if st == LoaderState::Stopped || st == LoaderState::Dead {
         // A completion may have landed just before the state changed.
         return match w.try_get() {
             Some(e) => Ok(Some(e)),
-            None if st == state::DEAD => Err(Errno(libc::EOWNERDEAD)),
+            None if st == LoaderState::Dead => Err(Errno(libc::EOWNERDEAD)),
             None => Err(Errno(libc::ESHUTDOWN)),
         };
     }
