@@ -17,11 +17,11 @@ See ``docs/python.md`` in the repository for the whole guide.
 """
 
 from ._core import (
-    DEFAULT_MAX_FILE_SIZE,
     MAX_PATH_BYTES,
     Entry,
     Loader,
     Worker,
+    default_config,
 )
 from ._ffi import LibraryNotFound, find_library
 
@@ -32,11 +32,20 @@ __all__ = [
     "LibraryNotFound",
     "find_library",
     "library_version",
+    "default_config",
     "DEFAULT_MAX_FILE_SIZE",
     "MAX_PATH_BYTES",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # DEFAULT_MAX_FILE_SIZE (the library's default ``max_file_size``) is
+    # read from the library on first use: importing loads no library.
+    if name == "DEFAULT_MAX_FILE_SIZE":
+        return default_config()["max_file_size"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def library_version() -> str:

@@ -32,15 +32,6 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 #: Longest path a request may carry, in bytes (the engine's ``PATH_CAP - 1``).
 MAX_PATH_BYTES = 4095
 
-#: Default ``max_file_size`` when the caller gives none (the later versions of
-#: the original module had no such argument): 16 MiB, but at most
-#: ``_DEFAULT_REGION_BUDGET / (queue_depth * n_workers)`` so that a loader
-#: with many workers and a deep queue does not reserve an absurd amount of
-#: address space. Only the bytes actually loaded use memory.
-DEFAULT_MAX_FILE_SIZE = 16 << 20
-_DEFAULT_REGION_BUDGET = 32 << 30
-_MIN_DEFAULT_FILE_SIZE = 1 << 20
-
 #: Blocking waits are cut into slices this long so that Python signal
 #: handlers (Ctrl-C) run between them.
 WAIT_SLICE_S = 0.1
@@ -808,25 +799,46 @@ def _attach_worker(name: str, worker_id: int) -> Worker:
     return Loader.attach(name).get_worker_context(worker_id)
 
 
-def _default_max_file_size(queue_depth: int, n_workers: int) -> int:
-    per = _DEFAULT_REGION_BUDGET // max(1, queue_depth * n_workers)
-    size = min(DEFAULT_MAX_FILE_SIZE, per)
-    # Round down to a power of two for a tidy number.
-    size = 1 << (size.bit_length() - 1) if size > 0 else _MIN_DEFAULT_FILE_SIZE
-    return max(_MIN_DEFAULT_FILE_SIZE, size)
+class _Default:
+    """The default of a ``Loader`` argument: the library's value
+    (:func:`default_config`), never restated in Python."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: Stands for "the library's default" in ``Loader``'s signature.
+DEFAULT: Any = _Default()
+
+
+def default_config() -> Dict[str, Any]:
+    """The library's default configuration (``al_config_default``), which
+    ``Loader()`` uses for every argument not given: the one source of the
+    defaults, listed in the README's config table. ``backend`` is a name;
+    ``loader_threads`` and ``ring_window`` are 0 ("pick for me": see
+    :meth:`Loader.config` for what a loader resolved them to)."""
+    return _config_dict(_ffi.lib().config_default())
+
+
+def _config_dict(cfg: _ffi.al_config) -> Dict[str, Any]:
+    out = {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if n != "struct_size"}
+    out["direct"] = bool(out["direct"])
+    out["backend"] = _ffi.lib().backends.get(cfg.backend, str(cfg.backend))
+    return out
 
 
 class Loader:
     """An asynchronous file loader shared by ``n_workers`` workers.
 
-    Arguments (the original module's, in its order):
+    Arguments (the original module's, in its order). Every argument left
+    out takes the library's default (:func:`default_config`, the README's
+    config table; ``None`` means the same for the arguments whose default
+    reads ``None``):
 
     * ``queue_depth`` - requests each worker may have outstanding; each owns
       a buffer of ``max_file_size`` bytes.
     * ``max_file_size`` - largest file that loads; larger files complete
-      with ``EFBIG``. Default: 16 MiB (less when ``queue_depth * n_workers``
-      is large, so that the buffers' address space stays under 32 GiB; only
-      loaded bytes use memory).
+      with ``EFBIG`` (only loaded bytes use memory).
     * ``n_workers`` - number of worker contexts (ids ``0..n_workers-1``).
     * ``dispatch_n`` - a batch is submitted once this many requests wait...
     * ``idle_iters`` (alias ``max_idle_iters``) - ...or after this many
@@ -847,17 +859,17 @@ class Loader:
 
     def __init__(
         self,
-        queue_depth: int = 64,
+        queue_depth: int = DEFAULT,  # type: ignore[assignment]
         max_file_size: Optional[int] = None,
-        n_workers: int = 1,
+        n_workers: int = DEFAULT,  # type: ignore[assignment]
         dispatch_n: Optional[int] = None,
         idle_iters: Optional[int] = None,
-        direct: bool = False,
+        direct: bool = DEFAULT,  # type: ignore[assignment]
         *,
         max_idle_iters: Optional[int] = None,
         loader_threads: Optional[int] = None,
         ring_window: Optional[int] = None,
-        backend: str = "auto",
+        backend: str = DEFAULT,  # type: ignore[assignment]
     ):
         if idle_iters is not None:
             idle_iters = _u32(idle_iters, "idle_iters")
@@ -869,30 +881,33 @@ class Loader:
         if idle_iters is None:
             idle_iters, idle_name = max_idle_iters, "max_idle_iters"
         lib = _ffi.lib()
-        cfg = _ffi.al_config()
-        _check(lib.al_config_default(byref(cfg)), "al_config_default")
-        cfg.queue_depth = _u32(queue_depth, "queue_depth")
-        cfg.n_workers = _u32(n_workers, "n_workers")
-        if max_file_size is None:
-            max_file_size = _default_max_file_size(cfg.queue_depth, cfg.n_workers)
-        cfg.max_file_size = _uint(max_file_size, "max_file_size", 64)
+        # The library's defaults; only what the caller gave replaces them.
+        cfg = lib.config_default()
+        if queue_depth is not DEFAULT:
+            cfg.queue_depth = _u32(queue_depth, "queue_depth")
+        if n_workers is not DEFAULT:
+            cfg.n_workers = _u32(n_workers, "n_workers")
+        if max_file_size is not None:
+            cfg.max_file_size = _uint(max_file_size, "max_file_size", 64)
         if dispatch_n is not None:
             cfg.dispatch_n = _u32(dispatch_n, "dispatch_n")
         if idle_iters is not None:
             cfg.idle_iters = _u32(idle_iters, idle_name)
-        if not isinstance(direct, bool):
-            raise TypeError(f"direct must be a bool, not {type(direct).__name__}")
-        cfg.direct = direct
+        if direct is not DEFAULT:
+            if not isinstance(direct, bool):
+                raise TypeError(f"direct must be a bool, not {type(direct).__name__}")
+            cfg.direct = direct
         if loader_threads is not None:
             cfg.loader_threads = _u32(loader_threads, "loader_threads")
         if ring_window is not None:
             cfg.ring_window = _u32(ring_window, "ring_window")
-        codes = {v: k for k, v in _ffi.BACKENDS.items()}
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, not {type(backend).__name__}")
-        if backend not in codes:
-            raise ValueError(f"backend must be one of {sorted(codes)}, not {backend!r}")
-        cfg.backend = codes[backend]
+        if backend is not DEFAULT:
+            codes = {v: k for k, v in lib.backends.items()}
+            if not isinstance(backend, str):
+                raise TypeError(f"backend must be a str, not {type(backend).__name__}")
+            if backend not in codes:
+                raise ValueError(f"backend must be one of {sorted(codes)}, not {backend!r}")
+            cfg.backend = codes[backend]
         h = LoaderP()
         rc = lib.al_loader_new(byref(cfg), byref(h))
         if rc in (-_errno.EINVAL, -_errno.E2BIG):
@@ -926,11 +941,7 @@ class Loader:
     def config(self) -> Dict[str, Any]:
         """The configuration as the loader resolved it (``loader_threads``
         and ``ring_window`` never 0)."""
-        cfg = self._config_from_name()
-        out = {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if n != "struct_size"}
-        out["direct"] = bool(out["direct"])
-        out["backend"] = _ffi.BACKENDS.get(cfg.backend, str(cfg.backend))
-        return out
+        return _config_dict(self._config_from_name())
 
     @classmethod
     def attach(cls, name: str) -> "Loader":
@@ -1116,6 +1127,6 @@ def _stats(h: Any) -> Dict[str, Any]:
         for name, _t in _ffi.al_stats._fields_
         if name != "struct_size"
     }
-    out["backend"] = _ffi.BACKENDS.get(st.backend, str(st.backend))
-    out["state"] = _ffi.STATES.get(st.state, str(st.state))
+    out["backend"] = lib.backends.get(st.backend, str(st.backend))
+    out["state"] = lib.states.get(st.state, str(st.state))
     return out

@@ -33,7 +33,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 LIB_NAME = "libasyncloader.so"
 
@@ -163,14 +163,23 @@ class al_entry_info(_Sized):
 #: The C ABI these mirrors follow (``AL_ABI_VERSION`` of the header).
 ABI_VERSION = 2
 
-BACKENDS = {0: "auto", 1: "io_uring", 2: "threads"}
-STATES = {0: "created", 1: "running", 2: "stopping", 3: "stopped", 4: "dead"}
 
 LoaderP = POINTER(al_loader)
 WorkerP = POINTER(al_worker)
 # Entry handles travel as plain integers (c_void_p): cheap to store in
 # arrays and lists, and an array element read gives a value, not a view.
 EntryP = c_void_p
+
+
+def _names(name_of) -> Dict[int, str]:
+    """``{value: name}`` for an ``al_*_name`` function: values 0, 1, ...
+    until the first one it does not name (the enums are dense)."""
+    out: Dict[int, str] = {}
+    while True:
+        n = name_of(len(out))
+        if not n:
+            return out
+        out[len(out)] = n.decode()
 
 
 def _declare(lib: ctypes.CDLL, name: str, restype, argtypes, required: bool = True):
@@ -206,6 +215,13 @@ class Lib:
                 "rebuild the library from the same checkout (cargo build --release)"
             )
         self.al_config_default = d("al_config_default", c_int, [POINTER(al_config)])
+        al_state_name = d("al_state_name", c_char_p, [c_uint32])
+        al_backend_name = d("al_backend_name", c_char_p, [c_uint32])
+        #: ``al_state`` value -> name ("created", "running", ...), as the
+        #: library names them (never restated here).
+        self.states: Dict[int, str] = _names(al_state_name)
+        #: ``al_backend`` value -> name ("auto", "io_uring", "threads").
+        self.backends: Dict[int, str] = _names(al_backend_name)
         self.al_loader_new = d("al_loader_new", c_int, [POINTER(al_config), POINTER(LoaderP)])
         self.al_loader_start = d("al_loader_start", c_int, [LoaderP])
         self.al_loader_spawn = d("al_loader_spawn", c_int, [LoaderP])
@@ -263,6 +279,15 @@ class Lib:
         self.al_entry_latency_ns = d("al_entry_latency_ns", c_uint64, [EntryP], required=False)
         self.al_version = d("al_version", c_char_p, [], required=False)
         self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)
+
+    def config_default(self) -> al_config:
+        """A fresh ``al_config`` filled by ``al_config_default``: the
+        library's defaults, the only ones."""
+        cfg = al_config()
+        rc = self.al_config_default(ctypes.byref(cfg))
+        if rc != 0:
+            raise OSError(-rc, f"al_config_default: {self.strerror(rc)}")
+        return cfg
 
     def last_error_message(self) -> str:
         """The message of this thread's last failed call (``""`` if none)."""

@@ -238,17 +238,12 @@ def test_max_idle_iters_alias_and_default_size(files):
         cfg = ld.config()
         assert cfg["idle_iters"] == 3
         assert cfg["max_file_size"] == asyncloader.DEFAULT_MAX_FILE_SIZE
-        assert ld.max_file_size == 16 << 20
         ld.start()
         w = ld.get_worker_context(0)
         got = {e.get_filepath(): e.get_data() for e in w.load(files)}
         assert got == files
     with pytest.raises(TypeError):
         asyncloader.Loader(8, idle_iters=2, max_idle_iters=3)
-    # Many workers x deep queues: the default shrinks to bound address space.
-    with asyncloader.Loader(queue_depth=1024, n_workers=16) as ld:
-        assert ld.max_file_size < 16 << 20
-        assert ld.max_file_size == 2 << 20  # 32 GiB / (1024 * 16)
 
 
 def test_invalid_config():
