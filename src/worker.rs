@@ -639,3 +639,88 @@ fn corrupt(what: &str) -> Error {
         format!("this worker's {what} is corrupt (shared memory written by a broken process)"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Loader};
+
+    fn loader(n_workers: u32) -> Loader {
+        let l = Loader::new(Config {
+            n_workers,
+            queue_depth: 2,
+            loader_threads: 1,
+            ..Config::default()
+        })
+        .unwrap();
+        l.start().unwrap();
+        l
+    }
+
+    /// The raw-parts round trip the C ABI uses: a view reads what the
+    /// entry read, release checks the generation, and a stale or foreign
+    /// pair is refused.
+    #[test]
+    fn raw_parts_round_trip_is_generation_checked() {
+        let l = loader(2);
+        let (w0, w1) = (l.worker(0).unwrap(), l.worker(1).unwrap());
+        assert_eq!(w0.queue_depth(), 2);
+        assert_eq!(w1.entry_indices(), 2..4);
+        w0.request("src/worker.rs").unwrap();
+        let e = w0.wait_get_timeout(Duration::from_secs(10)).unwrap();
+        let (path, data) = (e.path_bytes().to_vec(), e.data().to_vec());
+        assert_eq!(
+            path, b"src/worker.rs",
+            "a relative path is reported as given"
+        );
+        assert_eq!(data, std::fs::read("src/worker.rs").unwrap());
+        let (g, generation) = e.into_raw_parts();
+        assert!(w0.entry_indices().contains(&g));
+        // SAFETY: nobody releases (g, generation) while a view of it is in
+        // use: the views below are dropped before the release that follows.
+        unsafe {
+            let v = w0.entry_ref(g, generation).unwrap();
+            assert_eq!(
+                (v.path_bytes(), v.data(), v.error()),
+                (&path[..], &data[..], 0)
+            );
+            assert!(w0.entry_ref(g, generation.wrapping_add(1)).is_none());
+            assert!(
+                w1.entry_ref(g, generation).is_none(),
+                "another worker's entry"
+            );
+            assert_eq!(
+                w1.release_raw_parts(g, generation).unwrap_err().kind(),
+                ErrorKind::InvalidArgument
+            );
+            assert_eq!(w0.outstanding(), 1, "the foreign release did nothing");
+            w0.release_raw_parts(g, generation).unwrap();
+            assert!(w0.entry_ref(g, generation).is_none(), "released");
+            assert_eq!(
+                w0.release_raw_parts(g, generation).unwrap_err().kind(),
+                ErrorKind::InvalidArgument,
+                "a second release is refused"
+            );
+        }
+        assert_eq!(w0.outstanding(), 0);
+    }
+
+    #[test]
+    fn loader_state_follows_the_life_of_the_loader() {
+        let l = Loader::new(Config::default()).unwrap();
+        let w = l.worker(0).unwrap();
+        assert_eq!(
+            (l.state(), w.loader_state()),
+            (LoaderState::Created, LoaderState::Created)
+        );
+        assert_eq!(l.stats().backend, crate::BackendKind::Auto);
+        l.start().unwrap();
+        assert_eq!(w.loader_state(), LoaderState::Running);
+        l.shutdown().unwrap();
+        assert_eq!(
+            (l.state(), l.stats().state),
+            (LoaderState::Stopped, LoaderState::Stopped)
+        );
+        assert_eq!(w.loader_state(), LoaderState::Stopped);
+    }
+}
