@@ -68,17 +68,17 @@ printf 'odd name' >"$DATA/$(printf 'odd-\377\376.bin')"
 # holding CI until its own limit.
 T="timeout --kill-after=10 120"
 
-echo "c-sanitize: tests/c/errors.c"
-mkdir -p "$OUT/scratch"
-$T "$OUT/errors" "$OUT/scratch"
-
-echo "c-sanitize: tests/c/hardening.c"
-# One behaviour per run; the "old caller" structs sit in heap blocks of
-# exactly their size, so ASan reports any access past them. The fork tests
-# use a loader process (al_loader_spawn): no threads when they fork.
-for t in $("$OUT/hardening" list); do
-    mkdir -p "$OUT/scratch-$t"
-    $T "$OUT/hardening" "$t" "$OUT/scratch-$t"
+# tests/c/errors.c and tests/c/hardening.c are tests/c/runner.h programs:
+# "all" runs every case in a forked child of its own (own loader, own scratch
+# subdirectory, the sanitizers' leak check at its exit) and prints
+# "ok NAME" or "FAIL NAME: reason" per case. The "old caller" structs of
+# hardening.c sit in heap blocks of exactly their size, so ASan reports any
+# access past them; its fork cases use a loader process (al_loader_spawn):
+# no threads when they fork.
+for prog in errors hardening; do
+    echo "c-sanitize: tests/c/$prog.c"
+    mkdir -p "$OUT/scratch-$prog"
+    $T "$OUT/$prog" all "$OUT/scratch-$prog"
 done
 
 echo "c-sanitize: examples/c/load_dir.c"

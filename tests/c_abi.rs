@@ -197,20 +197,6 @@ fn docs_example_compiles_and_runs() {
 }
 
 #[test]
-fn c_error_cases() {
-    if skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("errors");
-    compile("tests/c/errors.c", &exe, false, &[]);
-    let scratch = tmp.path().join("scratch");
-    std::fs::create_dir(&scratch).unwrap();
-    let out = run(Command::new(&exe).arg(&scratch), "tests/c/errors.c");
-    assert!(out.contains("all checks passed"), "{out}");
-}
-
-#[test]
 fn c_example_loads_a_directory_with_threads() {
     if skip() {
         return;
@@ -305,67 +291,141 @@ fn attach_from_an_unrelated_process() {
     );
 }
 
-/// `tests/c/hardening.c`, compiled once per test binary; the temp dir
-/// holding it lives as long as the process (removed by the OS's tmp
-/// cleaning only if the process dies: the binary is small).
-fn hardening_exe() -> &'static Path {
-    static EXE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    let (_, exe) = EXE.get_or_init(|| {
+/// A program of `tests/c` built on `tests/c/runner.h`, compiled once per
+/// test binary; the temp dir holding it lives as long as the process
+/// (removed by the OS's tmp cleaning only if the process dies: the binary
+/// is small).
+fn case_exe(
+    src: &str,
+    cell: &'static std::sync::OnceLock<(tempfile::TempDir, PathBuf)>,
+) -> &'static Path {
+    let (_, exe) = cell.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let exe = tmp.path().join("hardening");
-        compile("tests/c/hardening.c", &exe, false, &[]);
+        let exe = tmp.path().join("cases");
+        compile(src, &exe, false, &[]);
         (tmp, exe)
     });
     exe
 }
 
-/// Runs one behaviour of `tests/c/hardening.c` in its own scratch dir.
-fn hardening(name: &str) {
-    if skip() {
-        return;
-    }
-    let exe = hardening_exe();
+/// Runs case `name` of the runner program `exe` (built from `src`) in a
+/// scratch dir of its own; a failure names the case.
+fn run_case(src: &str, exe: &Path, name: &str) {
     let scratch = tempfile::tempdir().unwrap();
     let out = run(
         Command::new(exe).arg(name).arg(scratch.path()),
-        &format!("tests/c/hardening.c {name}"),
+        &format!("{src} case {name}"),
     );
-    assert!(out.contains(&format!("{name}: passed")), "{out}");
+    assert!(
+        out.lines().any(|l| l == format!("ok {name}")),
+        "{src} case {name}: no \"ok {name}\" in\n{out}"
+    );
 }
 
-macro_rules! hardening_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                hardening(stringify!($name));
-            }
-        )*
+/// One `#[test]` per case of a `tests/c` runner program, in a module named
+/// after the program, plus one that checks the program lists exactly these
+/// cases (a case added on one side only fails it).
+macro_rules! c_cases {
+    ($module:ident, $src:literal, [$($name:ident),* $(,)?]) => {
+        mod $module {
+            use super::*;
 
-        #[test]
-        fn hardening_c_lists_exactly_these_tests() {
-            if skip() {
-                return;
+            static EXE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> =
+                std::sync::OnceLock::new();
+
+            $(
+                #[test]
+                fn $name() {
+                    if skip() {
+                        return;
+                    }
+                    run_case($src, case_exe($src, &EXE), stringify!($name));
+                }
+            )*
+
+            #[test]
+            fn program_lists_exactly_these_cases() {
+                if skip() {
+                    return;
+                }
+                let out = run(Command::new(case_exe($src, &EXE)).arg("list"), concat!($src, " list"));
+                let listed: Vec<&str> = out.lines().collect();
+                assert_eq!(listed, [$(stringify!($name)),*]);
             }
-            let out = run(Command::new(hardening_exe()).arg("list"), "hardening list");
-            let listed: Vec<&str> = out.lines().collect();
-            assert_eq!(listed, [$(stringify!($name)),*]);
         }
     };
 }
 
-hardening_tests!(
-    old_config_default_writes_only_its_fields,
-    old_config_gets_defaults_for_the_fields_it_lacks,
-    old_loader_config_writes_only_its_fields,
-    old_stats_caller_gets_only_its_fields,
-    old_entry_info_caller_gets_only_its_fields,
-    newer_config_with_unknown_fields_zero_is_accepted,
-    newer_config_with_an_unknown_field_set_is_e2big,
-    struct_size_that_is_too_small_or_cuts_a_field_is_einval,
-    struct_size_above_a_page_is_e2big,
-    config_error_message_names_the_field,
-    last_error_message_is_cut_like_snprintf,
-    fork_child_release_leaves_the_parent_entry_unchanged,
-    fork_child_release_many_skips_inherited_entries,
+c_cases!(
+    errors_c,
+    "tests/c/errors.c",
+    [
+        abi_version_and_version_string_match_the_header,
+        strerror_names_a_code_of_either_sign_and_never_returns_null,
+        config_default_of_null_is_einval,
+        config_default_fills_the_documented_defaults,
+        loader_new_with_a_null_config_or_out_is_einval_and_leaves_out_alone,
+        loader_calls_on_a_null_loader_are_einval,
+        attach_with_a_null_name_or_out_is_einval,
+        attach_to_a_malformed_name_is_einval,
+        attach_to_a_loader_whose_process_is_gone_is_eownerdead,
+        worker_calls_on_a_null_worker_are_einval,
+        entry_calls_on_a_null_entry_are_einval_or_empty,
+        loader_new_rejects_a_zero_queue_depth,
+        loader_new_rejects_zero_workers,
+        loader_new_rejects_an_unknown_backend,
+        loader_new_rejects_a_max_file_size_that_cannot_be_mapped,
+        loader_name_and_config_read_back,
+        loader_worker_rejects_an_id_out_of_range_or_a_null_out,
+        request_of_a_null_empty_or_nul_holding_path_is_einval_and_queues_nothing,
+        request_of_a_path_over_path_max_is_enametoolong_and_queues_nothing,
+        get_before_the_loader_runs_is_eagain_or_etimedout,
+        requests_queue_before_start_until_queue_depth_then_eagain,
+        start_twice_or_spawn_after_start_is_ebusy,
+        entry_holds_the_file_bytes_in_a_page_aligned_buffer,
+        entry_info_matches_the_accessors,
+        missing_file_is_an_enoent_entry,
+        directory_is_an_eisdir_entry,
+        non_utf8_path_loads,
+        empty_file_loads_with_size_zero_and_a_buffer,
+        released_entry_refuses_every_accessor,
+        release_many_skips_entries_already_released,
+        reused_slot_leaves_a_stale_handle_dead,
+        request_bytes_needs_no_nul_and_takes_non_utf8,
+        file_of_exactly_max_file_size_loads,
+        file_one_byte_over_max_file_size_is_an_efbig_entry,
+        request_many_stops_at_the_first_bad_path,
+        get_many_rejects_no_room_and_returns_what_completed,
+        freed_worker_handle_refuses_calls_while_its_entries_live,
+        stats_count_requests_completions_and_errors,
+        shutdown_is_idempotent_and_leaves_the_state_stopped,
+        calls_after_shutdown_are_eshutdown,
+        worker_outlives_its_loader_handle_and_reports_eshutdown,
+        loader_free_shuts_down_a_running_loader_and_entries_stay_mapped,
+        spawned_loader_runs_in_another_process,
+        become_runs_the_loader_on_the_calling_thread,
+        prefault_before_start_changes_nothing_but_speed,
+        reclaim_worker_takes_back_held_entries_and_queued_requests,
+        reclaim_worker_rejects_an_unknown_worker,
+    ]
+);
+
+c_cases!(
+    hardening_c,
+    "tests/c/hardening.c",
+    [
+        old_config_default_writes_only_its_fields,
+        old_config_gets_defaults_for_the_fields_it_lacks,
+        old_loader_config_writes_only_its_fields,
+        old_stats_caller_gets_only_its_fields,
+        old_entry_info_caller_gets_only_its_fields,
+        newer_config_with_unknown_fields_zero_is_accepted,
+        newer_config_with_an_unknown_field_set_is_e2big,
+        struct_size_that_is_too_small_or_cuts_a_field_is_einval,
+        struct_size_above_a_page_is_e2big,
+        config_error_message_names_the_field,
+        last_error_message_is_cut_like_snprintf,
+        fork_child_release_leaves_the_parent_entry_unchanged,
+        fork_child_release_many_skips_inherited_entries,
+    ]
 );

@@ -2,50 +2,16 @@
  * structs that grow (struct_size), the last error message, and entries
  * inherited across fork.
  *
- * Usage: hardening <test-name> <scratch-dir>   (exit 0 when it passed)
- *        hardening list                        (prints the test names)
- * Built by tests/c_abi.rs (one Rust test per name) and by
+ * Usage: hardening list | hardening <case>|all <scratch-dir>
+ * (tests/c/runner.h). Built by tests/c_abi.rs (one Rust test per case) and by
  * scripts/c-sanitize.sh under AddressSanitizer and UBSan, where the "old
  * caller" structs live in heap blocks of exactly their size, so a read or
  * write past them is reported. */
-#define _GNU_SOURCE
-#include <asyncloader.h>
+#include "runner.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-static int failures;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_RC(expr, want)                                                          \
-    do {                                                                              \
-        int rc_ = (expr);                                                             \
-        int want_ = (want);                                                           \
-        if (rc_ != want_) {                                                           \
-            fprintf(stderr, "%s:%d: %s = %d (%s), want %d (%s)\n", __FILE__, __LINE__, \
-                    #expr, rc_, al_strerror(rc_), want_, al_strerror(want_));         \
-            failures++;                                                               \
-        }                                                                             \
-    } while (0)
-
-#define SEC 1000000000LL
 #define CANARY 0xA5
-
-static const char *scratch;
 
 /* An "old" caller: compiled against a header whose structs held only their
  * first fields. */
@@ -73,41 +39,6 @@ static int canary_intact(const unsigned char *p, size_t from, size_t to) {
     for (size_t i = from; i < to; i++)
         if (p[i] != CANARY) return 0;
     return 1;
-}
-
-static char *make_file(const char *name, size_t size, unsigned seed) {
-    size_t n = strlen(scratch) + strlen(name) + 2;
-    char *p = malloc(n);
-    snprintf(p, n, "%s/%s", scratch, name);
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        perror(p);
-        exit(2);
-    }
-    unsigned char *buf = malloc(size ? size : 1);
-    for (size_t i = 0; i < size; i++) buf[i] = (unsigned char)(seed * 131u + i * 7u + (i >> 9));
-    if (write(fd, buf, size) != (ssize_t)size) {
-        perror("write");
-        exit(2);
-    }
-    free(buf);
-    close(fd);
-    return p;
-}
-
-/* 1 when the entry holds exactly the bytes and path of the file `path`. */
-static int same_as_file(const al_entry *e, const char *path) {
-    const char *ep = al_entry_path(e);
-    if (!ep || strcmp(ep, path) != 0) return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    size_t size = al_entry_size(e);
-    unsigned char *buf = malloc(size + 1);
-    size_t got = fread(buf, 1, size + 1, f);
-    fclose(f);
-    int same = got == size && memcmp(buf, al_entry_data(e), size) == 0;
-    free(buf);
-    return same;
 }
 
 static al_config full_config(uint32_t queue_depth) {
@@ -415,12 +346,6 @@ static void fork_child_release_many_skips_inherited_entries(void) {
     free(a);
 }
 
-struct test {
-    const char *name;
-    void (*fn)(void);
-};
-
-#define T(f) {#f, f}
 static const struct test tests[] = {
     T(old_config_default_writes_only_its_fields),
     T(old_config_gets_defaults_for_the_fields_it_lacks),
@@ -438,31 +363,5 @@ static const struct test tests[] = {
 };
 
 int main(int argc, char **argv) {
-    size_t n = sizeof tests / sizeof tests[0];
-    if (argc == 2 && strcmp(argv[1], "list") == 0) {
-        for (size_t i = 0; i < n; i++) printf("%s\n", tests[i].name);
-        return 0;
-    }
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s <test-name>|list <scratch-dir>\n", argv[0]);
-        return 2;
-    }
-    if (al_abi_version() != AL_ABI_VERSION) {
-        fprintf(stderr, "ABI %u, header %u\n", al_abi_version(), AL_ABI_VERSION);
-        return 1;
-    }
-    scratch = argv[2];
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(argv[1], tests[i].name) == 0) {
-            tests[i].fn();
-            if (failures) {
-                fprintf(stderr, "%s: %d checks failed\n", tests[i].name, failures);
-                return 1;
-            }
-            printf("%s: passed\n", tests[i].name);
-            return 0;
-        }
-    }
-    fprintf(stderr, "no test %s\n", argv[1]);
-    return 2;
+    return RUN(argc, argv, tests);
 }
