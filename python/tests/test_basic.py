@@ -52,20 +52,104 @@ def test_original_api_names(files):
         ld.shutdown()
 
 
-def test_try_get_none_and_timeout():
+@pytest.fixture
+def unstarted():
+    """A worker of a loader that is not started: nothing completes."""
     with asyncloader.Loader(4, 4096, 1, 1, 1) as ld:
+        yield ld.get_worker_context(0)
+
+
+@pytest.fixture
+def small_files_loader():
+    """A started loader whose max_file_size is 4096, and its worker 0."""
+    with asyncloader.Loader(16, 4096, 1, 1, 1) as ld:
         ld.start()
-        w = ld.get_worker_context(0)
-        assert w.try_get() is None
-        t = time.monotonic()
-        with pytest.raises(TimeoutError) as ei:
-            w.wait_get(timeout=0.3)
-        assert ei.value.errno == errno.ETIMEDOUT
-        assert 0.25 < time.monotonic() - t < 2
-        assert w.get_many(4, timeout=0.1) == []
+        yield ld, ld.get_worker_context(0)
 
 
-def test_errors(tmp_path):
+def load_one(worker, path):
+    """Requests `path` and returns its entry (the caller releases it)."""
+    assert worker.request(path)
+    return worker.wait_get(timeout=10)
+
+
+def test_try_get_returns_none_when_nothing_completed(unstarted):
+    assert unstarted.try_get() is None
+
+
+def test_wait_get_raises_timeouterror_with_etimedout_after_the_timeout(unstarted):
+    t = time.monotonic()
+    with pytest.raises(TimeoutError) as ei:
+        unstarted.wait_get(timeout=0.3)
+    assert ei.value.errno == errno.ETIMEDOUT
+    assert 0.25 < time.monotonic() - t < 2
+
+
+def test_get_many_returns_an_empty_list_after_the_timeout(unstarted):
+    assert unstarted.get_many(4, timeout=0.1) == []
+
+
+def test_missing_file_is_an_enoent_entry_and_get_data_raises_filenotfounderror(
+    tmp_path, small_files_loader
+):
+    _, w = small_files_loader
+    with load_one(w, tmp_path / "missing") as e:
+        assert e.error == errno.ENOENT
+        with pytest.raises(FileNotFoundError) as ei:
+            e.get_data()
+        assert ei.value.errno == errno.ENOENT
+        assert ei.value.filename == str(tmp_path / "missing")
+
+
+def test_directory_get_data_raises_isadirectoryerror(tmp_path, small_files_loader):
+    _, w = small_files_loader
+    d = tmp_path / "d"
+    d.mkdir()
+    with load_one(w, d) as e:
+        with pytest.raises(IsADirectoryError):
+            e.get_data()
+
+
+def test_fifo_is_an_einval_entry_and_memoryview_raises(tmp_path, small_files_loader):
+    _, w = small_files_loader
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with load_one(w, fifo) as e:
+        assert e.error == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            e.memoryview()
+        assert ei.value.errno == errno.EINVAL
+
+
+def test_file_over_max_file_size_get_data_raises_efbig(tmp_path, small_files_loader):
+    _, w = small_files_loader
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5000)
+    with load_one(w, big) as e:
+        with pytest.raises(OSError) as ei:
+            e.get_data()
+        assert ei.value.errno == errno.EFBIG
+
+
+def test_file_of_exactly_max_file_size_loads(tmp_path, small_files_loader):
+    _, w = small_files_loader
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"y" * 4096)
+    with load_one(w, exact) as e:
+        assert e.get_data() == b"y" * 4096
+
+
+def test_empty_file_loads_as_empty_bytes_and_memoryview(tmp_path, small_files_loader):
+    _, w = small_files_loader
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with load_one(w, empty) as e:
+        assert e.get_data() == b""
+        assert bytes(e.memoryview()) == b""
+
+
+def test_stats_count_failed_loads_as_errors(tmp_path, small_files_loader):
+    ld, w = small_files_loader
     d = tmp_path / "d"
     d.mkdir()
     fifo = tmp_path / "fifo"
@@ -76,46 +160,27 @@ def test_errors(tmp_path):
     exact.write_bytes(b"y" * 4096)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    with asyncloader.Loader(16, 4096, 1, 1, 1) as ld:
-        ld.start()
-        w = ld.get_worker_context(0)
-        for p in [tmp_path / "missing", d, fifo, big, exact, empty]:
-            assert w.request(p)
-        got = {}
-        for _ in range(6):
-            e = w.wait_get(timeout=10)
-            got[os.path.basename(e.get_filepath())] = e
-        assert got["missing"].error == errno.ENOENT
-        with pytest.raises(FileNotFoundError) as ei:
-            got["missing"].get_data()
-        assert ei.value.errno == errno.ENOENT
-        assert ei.value.filename == str(tmp_path / "missing")
-        with pytest.raises(IsADirectoryError):
-            got["d"].get_data()
-        assert got["fifo"].error == errno.EINVAL
-        with pytest.raises(OSError) as ei:
-            got["fifo"].memoryview()
-        assert ei.value.errno == errno.EINVAL
-        with pytest.raises(OSError) as ei:
-            got["big"].get_data()
-        assert ei.value.errno == errno.EFBIG
-        assert got["exact"].get_data() == b"y" * 4096
-        assert got["empty"].get_data() == b""
-        assert bytes(got["empty"].memoryview()) == b""
-        for e in got.values():
-            e.release()
-        st = ld.stats()
-        assert st["errors"] == 4 and st["completions"] == 6
+    for p in [tmp_path / "missing", d, fifo, big, exact, empty]:
+        load_one(w, p).release()
+    st = ld.stats()
+    assert st["errors"] == 4 and st["completions"] == 6
 
 
-def test_path_too_long_and_nul(loader):
+def test_path_over_path_max_raises_enametoolong(loader):
     w = loader.get_worker_context(0)
     with pytest.raises(OSError) as ei:
         w.request("/" + "a" * 5000)
     assert ei.value.errno == errno.ENAMETOOLONG
+
+
+def test_path_with_nul_raises_valueerror(loader):
+    w = loader.get_worker_context(0)
     with pytest.raises(ValueError):
         w.request("/tmp/a\0b")
-    # load() turns them into failed entries instead of stopping.
+
+
+def test_load_turns_a_bad_path_into_a_failed_entry(loader):
+    w = loader.get_worker_context(0)
     res = [(e.path_bytes, e.error) for e in w.load(["/" + "a" * 5000, "/nonexistent-x"])]
     assert sorted(r[1] for r in res) == sorted([errno.ENAMETOOLONG, errno.ENOENT])
 
@@ -134,17 +199,26 @@ def test_queue_full_returns_false(files):
         assert drain(w, 1) == {paths[4]: files[paths[4]]}
 
 
-def test_non_utf8_path(tmp_path, loader):
+def non_utf8_file(tmp_path):
     name = os.fsencode(tmp_path) + b"/\xff\xfe-caf\xe9.bin"
     with open(name, "wb") as f:
         f.write(b"non-utf8 content")
+    return name
+
+
+def test_non_utf8_bytes_path_loads(tmp_path, loader):
+    name = non_utf8_file(tmp_path)
     w = loader.get_worker_context(0)
     assert w.request(name)
     with w.wait_get(timeout=10) as e:
         assert e.path_bytes == name
         assert e.get_filepath() == os.fsdecode(name)
         assert e.get_data() == b"non-utf8 content"
-    # A str with surrogate escapes round-trips to the same bytes.
+
+
+def test_str_path_with_surrogate_escapes_round_trips_to_the_same_bytes(tmp_path, loader):
+    name = non_utf8_file(tmp_path)
+    w = loader.get_worker_context(0)
     assert w.request(os.fsdecode(name))
     with w.wait_get(timeout=10) as e:
         assert e.path_bytes == name
@@ -160,7 +234,19 @@ def test_pathlike(loader, files):
         assert e.get_data() == files[p]
 
 
-def test_context_managers(files):
+def test_entry_with_block_releases_it_and_release_is_idempotent(loader, files):
+    p = next(iter(files))
+    w = loader.get_worker_context(0)
+    w.request(p)
+    with w.wait_get(timeout=10) as e:
+        assert e.get_data() == files[p]
+    assert e.released
+    with pytest.raises(ValueError):
+        e.get_data()
+    e.release()  # idempotent
+
+
+def test_loader_with_block_shuts_the_loader_down(files):
     p = next(iter(files))
     with asyncloader.Loader(4, 1 << 20, 1, 1, 1) as ld:
         ld.start()
@@ -168,17 +254,13 @@ def test_context_managers(files):
         w.request(p)
         with w.wait_get(timeout=10) as e:
             assert e.get_data() == files[p]
-        assert e.released
-        with pytest.raises(ValueError):
-            e.get_data()
-        e.release()  # idempotent
     assert ld.stats()["state"] in ("stopped", "stopping")
     with pytest.raises(OSError) as ei:
         w.request(p)
     assert ei.value.errno == errno.ESHUTDOWN
 
 
-def test_memoryview_lifetime(loader, files):
+def test_memoryview_is_readonly_bytes_and_dies_with_release(loader, files):
     w = loader.get_worker_context(0)
     p = next(iter(files))
     data = files[p]
@@ -195,7 +277,11 @@ def test_memoryview_lifetime(loader, files):
     with pytest.raises(ValueError):
         bytes(mv)
 
-    # A slice pins the buffer: release refuses, the data stays intact.
+
+def test_live_slice_pins_the_buffer_and_release_refuses(loader, files):
+    w = loader.get_worker_context(0)
+    p = next(iter(files))
+    data = files[p]
     w.request(p)
     e = w.wait_get(timeout=10)
     mv = e.memoryview()
@@ -210,7 +296,11 @@ def test_memoryview_lifetime(loader, files):
     with pytest.raises(ValueError):
         len(mv.tobytes())
 
-    # An entry collected while a slice lives is released when the slice goes.
+
+def test_entry_collected_while_a_slice_lives_is_released_when_the_slice_goes(loader, files):
+    w = loader.get_worker_context(0)
+    p = next(iter(files))
+    data = files[p]
     w.request(p)
     e = w.wait_get(timeout=10)
     s = e.memoryview()[2:6]
@@ -233,26 +323,38 @@ def test_memoryview_with_block_releases(loader, files):
     assert e.released and w.outstanding == 0
 
 
-def test_max_idle_iters_alias_and_default_size(files):
+def test_max_idle_iters_is_an_alias_of_idle_iters(files):
     with asyncloader.Loader(queue_depth=8, n_workers=1, dispatch_n=4, max_idle_iters=3) as ld:
-        cfg = ld.config()
-        assert cfg["idle_iters"] == 3
-        assert cfg["max_file_size"] == asyncloader.DEFAULT_MAX_FILE_SIZE
+        assert ld.config()["idle_iters"] == 3
         ld.start()
         w = ld.get_worker_context(0)
         got = {e.get_filepath(): e.get_data() for e in w.load(files)}
         assert got == files
+
+
+def test_idle_iters_and_max_idle_iters_together_raise_typeerror():
     with pytest.raises(TypeError):
         asyncloader.Loader(8, idle_iters=2, max_idle_iters=3)
 
 
-def test_invalid_config():
+def test_max_file_size_defaults_to_the_librarys_default():
+    with asyncloader.Loader(queue_depth=8, n_workers=1, dispatch_n=4, max_idle_iters=3) as ld:
+        assert ld.config()["max_file_size"] == asyncloader.DEFAULT_MAX_FILE_SIZE
+
+
+def test_zero_queue_depth_raises_valueerror_naming_the_field():
     with pytest.raises(ValueError) as ei:
         asyncloader.Loader(0, 1 << 20, 1, 1, 1)
     assert ei.value.errno == errno.EINVAL
     assert "queue_depth" in str(ei.value)
+
+
+def test_negative_n_workers_raises_valueerror():
     with pytest.raises(ValueError):
         asyncloader.Loader(8, 1 << 20, -1, 1, 1)
+
+
+def test_unknown_backend_raises_valueerror():
     with pytest.raises(ValueError):
         asyncloader.Loader(8, backend="nope")
 
@@ -263,14 +365,17 @@ def test_worker_id_out_of_range(loader):
     assert ei.value.errno == errno.EINVAL
 
 
-def test_load_iterator(loader, files):
+def test_load_iterator_loads_every_file_and_releases_them(loader, files):
     w = loader.get_worker_context(1)
     got = {}
     for e in w.load(iter(files), window=8):
         got[e.get_filepath()] = e.get_data()
     assert got == files
     assert w.outstanding == 0
-    # Window larger than queue_depth is capped, not a deadlock.
+
+
+def test_load_window_larger_than_queue_depth_is_capped_not_a_deadlock(loader, files):
+    w = loader.get_worker_context(1)
     got = {e.get_filepath(): e.get_data() for e in w.load(list(files), window=10_000)}
     assert got == files
     assert w.outstanding == 0
@@ -300,32 +405,70 @@ def test_load_refuses_release_with_live_slice(loader, files):
     assert w.outstanding == 0
 
 
-def test_batch_calls(files):
+@pytest.fixture
+def batch_loader():
+    """An unstarted loader with queue_depth 8 and its worker 0."""
     with asyncloader.Loader(8, 1 << 20, 1, 8, 4) as ld:
-        w = ld.get_worker_context(0)
-        paths = list(files)[:20]
-        assert w.request_many(paths) == 8
-        assert w.request_many(paths[8:]) == 0
-        assert w.get_many(8, timeout=0) == []  # not started
-        ld.start()
-        got = {}
-        while len(got) < 8:
-            es = w.get_many(8, timeout=10)
-            assert 1 <= len(es) <= 8
-            for e in es:
-                with e:
-                    got[e.get_filepath()] = e.get_data()
-        assert got == {p: files[p] for p in paths[:8]}
-        with pytest.raises(OSError) as ei:
-            w.request_many(["/" + "x" * 5000] + paths)
-        assert ei.value.errno == errno.ENAMETOOLONG
-        assert w.request_many(paths[:3] + ["/" + "x" * 5000] + paths) == 3
-        for e in w.get_many(3, timeout=10):
-            e.release()
-        assert w.request_many([]) == 0
+        yield ld, ld.get_worker_context(0)
 
 
-def test_shutdown_wakes_waiters():
+def test_request_many_queues_until_the_queue_is_full_and_returns_the_count(batch_loader, files):
+    ld, w = batch_loader
+    paths = list(files)[:20]
+    assert w.request_many(paths) == 8
+    assert w.request_many(paths[8:]) == 0
+    ld.start()
+    for e in w.get_many(8, timeout=10):
+        e.release()
+
+
+def test_get_many_before_start_returns_an_empty_list(batch_loader, files):
+    ld, w = batch_loader
+    assert w.request_many(list(files)[:8]) == 8
+    assert w.get_many(8, timeout=0) == []  # not started
+    ld.start()
+    for e in w.get_many(8, timeout=10):
+        e.release()
+
+
+def test_get_many_returns_between_one_and_n_entries_until_all_completed(batch_loader, files):
+    ld, w = batch_loader
+    paths = list(files)[:20]
+    assert w.request_many(paths) == 8
+    ld.start()
+    got = {}
+    while len(got) < 8:
+        es = w.get_many(8, timeout=10)
+        assert 1 <= len(es) <= 8
+        for e in es:
+            with e:
+                got[e.get_filepath()] = e.get_data()
+    assert got == {p: files[p] for p in paths[:8]}
+
+
+def test_request_many_with_a_bad_first_path_raises(batch_loader, files):
+    ld, w = batch_loader
+    ld.start()
+    with pytest.raises(OSError) as ei:
+        w.request_many(["/" + "x" * 5000] + list(files)[:20])
+    assert ei.value.errno == errno.ENAMETOOLONG
+
+
+def test_request_many_stops_at_a_bad_path_and_returns_the_count_before_it(batch_loader, files):
+    ld, w = batch_loader
+    ld.start()
+    paths = list(files)[:20]
+    assert w.request_many(paths[:3] + ["/" + "x" * 5000] + paths) == 3
+    for e in w.get_many(3, timeout=10):
+        e.release()
+
+
+def test_request_many_of_nothing_returns_zero(batch_loader):
+    _, w = batch_loader
+    assert w.request_many([]) == 0
+
+
+def test_shutdown_wakes_waiters_with_eshutdown():
     ld = asyncloader.Loader(4, 4096, 2, 1, 1)
     ld.start()
     w = ld.get_worker_context(0)
@@ -346,9 +489,23 @@ def test_shutdown_wakes_waiters():
     assert not t.is_alive()
     assert errs and errs[0][0] == errno.ESHUTDOWN
     assert errs[0][1] - t0 < 1.0
+
+
+def test_wait_get_after_shutdown_raises_brokenpipeerror():
+    ld = asyncloader.Loader(4, 4096, 2, 1, 1)
+    ld.start()
+    w = ld.get_worker_context(0)
+    ld.shutdown()
     with pytest.raises(BrokenPipeError):
         w.wait_get(timeout=1)
-    ld.shutdown()  # idempotent
+
+
+def test_shutdown_is_idempotent():
+    ld = asyncloader.Loader(4, 4096, 2, 1, 1)
+    ld.start()
+    ld.shutdown()
+    ld.shutdown()
+    assert ld.stats()["state"] in ("stopped", "stopping")
 
 
 def test_wait_releases_gil():
@@ -373,17 +530,27 @@ def test_wait_releases_gil():
         assert counter[0] > 1000
 
 
-def test_pickle_same_process(loader):
+def test_loader_unpickled_in_the_same_process_is_the_same_object(loader):
     assert pickle.loads(pickle.dumps(loader)) is loader
+
+
+def test_worker_unpickled_in_the_same_process_keeps_its_id_and_loader(loader):
     w = loader.get_worker_context(2)
     w2 = pickle.loads(pickle.dumps(w))
     assert w2.id == 2 and w2.loader is loader
+
+
+def test_entry_cannot_be_pickled(loader):
+    w = loader.get_worker_context(2)
     with pytest.raises(TypeError):
         pickle.dumps(asyncloader.Entry(w, None, path=b"/x", err=2))
 
 
-def test_stats_and_name(loader, files):
+def test_loader_name_says_asyncloader(loader):
     assert loader.name.startswith("asyncloader-")
+
+
+def test_stats_count_the_loads_and_name_the_state_and_backend(loader, files):
     w = loader.get_worker_context(0)
     n = sum(1 for _ in w.load(files))
     st = loader.stats()

@@ -1,5 +1,6 @@
 """Workers and loaders in other processes."""
 
+import errno
 import hashlib
 import multiprocessing as mp
 import os
@@ -177,9 +178,10 @@ def test_keyboard_interrupt(call):
     assert elapsed < 1.0, elapsed
 
 
-def test_loader_death_makes_waiters_raise(files):
-    import errno as errno_mod
-
+@pytest.fixture
+def killed_loader(files):
+    """A spawned loader that served one file and was then SIGKILLed; yields
+    (loader, worker 0, a path)."""
     ld = asyncloader.Loader(8, 1 << 20, 1, 1, 1)
     try:
         ld.spawn_loader()
@@ -188,19 +190,29 @@ def test_loader_death_makes_waiters_raise(files):
         assert w.request(p)
         with w.wait_get(timeout=10) as e:
             assert e.get_data() == files[p]
-        pid = ld.stats()["loader_pid"]
-        os.kill(pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        with pytest.raises(OSError) as ei:
-            w.wait_get(timeout=10)
-        assert ei.value.errno == errno_mod.EOWNERDEAD
-        assert time.monotonic() - t0 < 2.0
-        assert ld.stats()["state"] == "dead"
-        with pytest.raises(OSError) as ei:
-            w.request(p)
-        assert ei.value.errno == errno_mod.EOWNERDEAD
+        os.kill(ld.stats()["loader_pid"], signal.SIGKILL)
+        yield ld, w, p
     finally:
         ld.shutdown()
+
+
+def test_loader_death_makes_waiters_raise_eownerdead_in_bounded_time(killed_loader):
+    _, w, _ = killed_loader
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as ei:
+        w.wait_get(timeout=10)
+    assert ei.value.errno == errno.EOWNERDEAD
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_dead_loader_state_is_dead_and_requests_raise_eownerdead(killed_loader):
+    ld, w, p = killed_loader
+    with pytest.raises(OSError):
+        w.wait_get(timeout=10)  # notices the death
+    assert ld.stats()["state"] == "dead"
+    with pytest.raises(OSError) as ei:
+        w.request(p)
+    assert ei.value.errno == errno.EOWNERDEAD
 
 
 def _hold_and_hang(worker, paths, ready):
@@ -213,7 +225,11 @@ def _hold_and_hang(worker, paths, ready):
     e.release()
 
 
-def test_killed_worker_process_slots_are_reclaimed(files):
+@pytest.fixture
+def killed_worker(files):
+    """A started loader (queue_depth 4, 2 workers) whose worker 0 was used by
+    a forked process that requested 4 files, held one entry and was
+    SIGKILLed; yields (loader, the 4 paths)."""
     ctx = mp.get_context("fork")
     paths = sorted(files)[:4]
     with asyncloader.Loader(4, 1 << 20, 2, 1, 1) as ld:
@@ -225,16 +241,26 @@ def test_killed_worker_process_slots_are_reclaimed(files):
         assert ready.wait(10)
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
-        # The other worker is unaffected.
-        w1 = ld.get_worker_context(1)
-        got = {}
-        for e in w1.load(paths, window=4):
-            got[e.get_filepath()] = e.get_data()
-        assert got == {p: files[p] for p in paths}
-        # Worker 0's slots come back.
-        w0 = ld.get_worker_context(0)
-        assert ld.reclaim_worker(0) == 4
-        for e in w0.load(paths, window=4):
-            assert e.get_data() == files[e.get_filepath()]
-        with pytest.raises(OSError):
-            ld.reclaim_worker(99)
+        yield ld, paths
+
+
+def test_killed_worker_process_does_not_stop_the_other_workers(killed_worker, files):
+    ld, paths = killed_worker
+    w1 = ld.get_worker_context(1)
+    got = {}
+    for e in w1.load(paths, window=4):
+        got[e.get_filepath()] = e.get_data()
+    assert got == {p: files[p] for p in paths}
+
+
+def test_killed_worker_process_slots_are_reclaimed(killed_worker, files):
+    ld, paths = killed_worker
+    w0 = ld.get_worker_context(0)
+    assert ld.reclaim_worker(0) == 4
+    for e in w0.load(paths, window=4):
+        assert e.get_data() == files[e.get_filepath()]
+
+
+def test_reclaim_worker_of_an_unknown_worker_raises(loader):
+    with pytest.raises(OSError):
+        loader.reclaim_worker(99)
