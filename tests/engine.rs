@@ -73,28 +73,27 @@ fn run_sizes(mode: Mode, direct: bool, dispatch_n: u32) {
     r.stop();
 }
 
-#[test]
-fn sizes_threads_buffered() {
-    run_sizes(Mode::Threads, false, 1);
-    run_sizes(Mode::Threads, false, 8);
+/// One test per loader mode, buffered or direct, and dispatch_n.
+macro_rules! sizes_tests {
+    ($($name:ident: $mode:expr, $direct:expr, $dispatch_n:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run_sizes($mode, $direct, $dispatch_n);
+            }
+        )*
+    };
 }
 
-#[test]
-fn sizes_threads_direct() {
-    run_sizes(Mode::Threads, true, 1);
-    run_sizes(Mode::Threads, true, 8);
-}
-
-#[test]
-fn sizes_process_loader() {
-    run_sizes(Mode::Process, false, 4);
-    run_sizes(Mode::Process, true, 1);
-}
-
-#[test]
-fn sizes_become_loader() {
-    run_sizes(Mode::Become, false, 1);
-    run_sizes(Mode::Become, true, 4);
+sizes_tests! {
+    sizes_threads_buffered_dispatch_1: Mode::Threads, false, 1;
+    sizes_threads_buffered_dispatch_8: Mode::Threads, false, 8;
+    sizes_threads_direct_dispatch_1: Mode::Threads, true, 1;
+    sizes_threads_direct_dispatch_8: Mode::Threads, true, 8;
+    sizes_process_loader_buffered_dispatch_4: Mode::Process, false, 4;
+    sizes_process_loader_direct_dispatch_1: Mode::Process, true, 1;
+    sizes_become_loader_buffered_dispatch_1: Mode::Become, false, 1;
+    sizes_become_loader_direct_dispatch_4: Mode::Become, true, 4;
 }
 
 #[test]
@@ -266,38 +265,85 @@ fn load_one(w: &asyncloader::Worker, path: impl AsRef<std::path::Path>) -> i32 {
     e.error()
 }
 
-#[test]
-fn bad_inputs_are_error_entries_with_exact_errno() {
+/// Loads the path `make(dir)` returns through a fresh loader and checks
+/// that its entry fails with `errno` at once (nothing blocks) and that the
+/// loader still loads a good file afterwards.
+fn load_fails_with(errno: i32, what: &str, make: impl FnOnce(&std::path::Path) -> PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let loop_a = dir.path().join("loop_a");
-    let loop_b = dir.path().join("loop_b");
-    std::os::unix::fs::symlink(&loop_b, &loop_a).unwrap();
-    std::os::unix::fs::symlink(&loop_a, &loop_b).unwrap();
     let good = make_files(dir.path(), &[321])[0].clone();
-    let link = dir.path().join("link");
-    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let path = make(dir.path());
     let r = Running::new(cfg(1, 4), Mode::Threads);
     let w = r.worker(0);
     let t0 = Instant::now();
-    assert_eq!(load_one(&w, dir.path().join("missing")), libc::ENOENT);
-    assert_eq!(load_one(&w, dir.path()), libc::EISDIR);
-    assert_eq!(
-        load_one(&w, &fifo),
-        libc::EINVAL,
-        "a FIFO is not a regular file"
+    assert_eq!(load_one(&w, &path), errno, "{what}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "{what}: nothing blocks"
     );
-    assert_eq!(load_one(&w, "/dev/zero"), libc::EINVAL, "a device");
-    assert_eq!(load_one(&w, "/dev/null"), libc::EINVAL, "a device");
-    assert_eq!(load_one(&w, &loop_a), libc::ELOOP);
-    assert_eq!(load_one(&w, dir.path().join("missing/x")), libc::ENOENT);
-    assert_eq!(load_one(&w, good.join("x")), libc::ENOTDIR);
-    assert_eq!(load_one(&w, &link), 0, "a symlink to a file loads");
-    assert!(t0.elapsed() < Duration::from_secs(5), "nothing blocks");
-    // The loader still works after all that.
+    // The loader still works after that.
     assert_eq!(load_all(&w, &[good]), 1);
     r.stop();
+}
+
+#[test]
+fn missing_file_is_enoent() {
+    load_fails_with(libc::ENOENT, "a missing file", |d| d.join("missing"));
+}
+
+#[test]
+fn directory_is_eisdir() {
+    load_fails_with(libc::EISDIR, "a directory", |d| d.to_path_buf());
+}
+
+#[test]
+fn fifo_is_einval() {
+    load_fails_with(libc::EINVAL, "a FIFO is not a regular file", |d| {
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        fifo
+    });
+}
+
+#[test]
+fn dev_zero_is_einval() {
+    load_fails_with(libc::EINVAL, "a device", |_| "/dev/zero".into());
+}
+
+#[test]
+fn dev_null_is_einval() {
+    load_fails_with(libc::EINVAL, "a device", |_| "/dev/null".into());
+}
+
+#[test]
+fn symlink_loop_is_eloop() {
+    load_fails_with(libc::ELOOP, "a symlink loop", |d| {
+        let (a, b) = (d.join("loop_a"), d.join("loop_b"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        a
+    });
+}
+
+#[test]
+fn missing_directory_in_the_path_is_enoent() {
+    load_fails_with(libc::ENOENT, "a missing directory", |d| d.join("missing/x"));
+}
+
+#[test]
+fn file_used_as_a_directory_in_the_path_is_enotdir() {
+    load_fails_with(libc::ENOTDIR, "a file as a directory", |d| {
+        make_files(d, &[5])[0].join("x")
+    });
+}
+
+#[test]
+fn symlink_to_a_file_loads() {
+    load_fails_with(0, "a symlink to a file loads", |d| {
+        let target = make_files(d, &[321])[0].clone();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        link
+    });
 }
 
 #[test]
@@ -342,19 +388,39 @@ fn procfs_file_with_zero_stat_size_loads_its_content() {
 }
 
 #[test]
-fn request_errors_fail_fast_and_queue_nothing() {
+fn empty_path_is_invalid_path_and_queues_nothing() {
     let l = Loader::new(cfg(2, 2)).unwrap();
     let w = l.worker(1).unwrap();
     assert_eq!(w.request("").unwrap_err().kind(), ErrorKind::InvalidPath);
+    assert_eq!(w.outstanding(), 0);
+}
+
+#[test]
+fn path_over_path_max_is_enametoolong_and_queues_nothing() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    let w = l.worker(1).unwrap();
     let long = "a/".repeat(2048);
     let e = w.request(&long).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PathTooLong);
     assert_eq!(e.errno(), libc::ENAMETOOLONG);
+    assert_eq!(w.outstanding(), 0);
+}
+
+#[test]
+fn path_with_a_nul_inside_is_invalid_path_and_queues_nothing() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    let w = l.worker(1).unwrap();
     assert_eq!(
         w.request_bytes(b"nul\0inside").unwrap_err().kind(),
         ErrorKind::InvalidPath
     );
     assert_eq!(w.outstanding(), 0);
+}
+
+#[test]
+fn requests_queue_before_start_until_queue_depth_then_queue_full() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    let w = l.worker(1).unwrap();
     // Requests queue before the loader starts; the third one is refused.
     w.request("/proc/self/stat").unwrap();
     w.request("/proc/self/stat").unwrap();
@@ -362,14 +428,27 @@ fn request_errors_fail_fast_and_queue_nothing() {
     assert_eq!(e.kind(), ErrorKind::QueueFull);
     assert_eq!(e.errno(), libc::EAGAIN);
     assert!(w.try_get().is_none());
-    assert_eq!(l.worker(2).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // Started, the loader serves what queued.
     l.start().unwrap();
-    assert_eq!(l.start().unwrap_err().kind(), ErrorKind::Busy);
     for _ in 0..2 {
         let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(e.error(), 0);
     }
     assert_eq!(w.outstanding(), 0);
+    l.shutdown().unwrap();
+}
+
+#[test]
+fn worker_id_out_of_range_is_invalid_argument() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    assert_eq!(l.worker(2).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn start_twice_is_busy() {
+    let l = Loader::new(cfg(2, 2)).unwrap();
+    l.start().unwrap();
+    assert_eq!(l.start().unwrap_err().kind(), ErrorKind::Busy);
     l.shutdown().unwrap();
 }
 
@@ -403,7 +482,7 @@ fn wait_get_times_out_without_requests() {
 }
 
 #[test]
-fn shutdown_wakes_waiters_and_refuses_requests() {
+fn shutdown_wakes_waiters_with_shutdown() {
     let r = Running::new(cfg(1, 2), Mode::Process);
     let w = r.worker(0);
     let waiter = {
@@ -418,6 +497,14 @@ fn shutdown_wakes_waiters_and_refuses_requests() {
     let (res, waited) = waiter.join().unwrap();
     assert_eq!(res.unwrap_err().kind(), ErrorKind::Shutdown);
     assert!(waited < Duration::from_secs(5));
+    r.stop();
+}
+
+#[test]
+fn requests_after_shutdown_are_refused_and_the_state_is_stopped() {
+    let r = Running::new(cfg(1, 2), Mode::Process);
+    let w = r.worker(0);
+    r.loader.shutdown().unwrap();
     assert_eq!(
         w.request("/etc/hostname").unwrap_err().kind(),
         ErrorKind::Shutdown
@@ -479,9 +566,13 @@ fn attach_by_name_shares_the_loader() {
     assert_eq!(load_all(&other.worker(1).unwrap(), &paths), 3);
     drop(other); // an attached handle does not stop the loader
     assert_eq!(load_all(&r.worker(0), &paths), 3);
+    r.stop();
+}
+
+#[test]
+fn attach_to_a_gone_or_malformed_name_is_an_error() {
     assert!(Loader::attach("asyncloader-1-1-1").is_err());
     assert!(Loader::attach("nonsense").is_err());
-    r.stop();
 }
 
 #[test]
@@ -522,10 +613,11 @@ fn file_that_grows_past_the_limit_while_queued_is_efbig() {
     l.shutdown().unwrap();
 }
 
-#[test]
-fn killed_worker_process_does_not_stop_others_and_its_slots_come_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let paths = make_files(dir.path(), &[100, 5000, 70_000, 1, 4096]);
+/// A loader process (2 workers, queue_depth 4) whose worker 0 was used by a
+/// forked process that held two entries unreleased, left two requests
+/// queued, and was SIGKILLed. Returns the loader and the files.
+fn loader_with_a_killed_worker(dir: &std::path::Path) -> (Running, Vec<PathBuf>) {
+    let paths = make_files(dir, &[100, 5000, 70_000, 1, 4096]);
     let r = Running::new(cfg(2, 4), Mode::Process);
     let w0 = r.worker(0);
     let mut fds = [0; 2];
@@ -556,8 +648,21 @@ fn killed_worker_process_does_not_stop_others_and_its_slots_come_back() {
         libc::close(fds[0]);
         libc::close(fds[1]);
     }
-    // The other worker is unaffected.
+    (r, paths)
+}
+
+#[test]
+fn killed_worker_process_does_not_stop_the_other_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, paths) = loader_with_a_killed_worker(dir.path());
     assert_eq!(load_all(&r.worker(1), &paths), paths.len());
+    r.stop();
+}
+
+#[test]
+fn killed_worker_process_slots_come_back_on_reclaim() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, paths) = loader_with_a_killed_worker(dir.path());
     // Worker 0 is out of slots until reclaimed.
     let w0 = r.worker(0);
     assert_eq!(w0.outstanding(), 4);
@@ -566,6 +671,12 @@ fn killed_worker_process_does_not_stop_others_and_its_slots_come_back() {
     assert_eq!(w0.outstanding(), 0);
     assert!(w0.try_get().is_none(), "nothing stale is delivered");
     assert_eq!(load_all(&w0, &paths), paths.len());
+    r.stop();
+}
+
+#[test]
+fn reclaim_of_an_unknown_worker_is_invalid_argument() {
+    let r = Running::new(cfg(2, 4), Mode::Threads);
     assert_eq!(
         // SAFETY: no such worker; nothing is held.
         unsafe { r.loader.reclaim_worker(9) }.unwrap_err().kind(),
@@ -658,7 +769,7 @@ fn uncached_and_partly_cached_files_load_whole() {
 }
 
 #[test]
-fn fifo_with_a_silent_writer_and_a_tty_do_not_block() {
+fn fifo_with_a_silent_writer_does_not_block() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -669,6 +780,21 @@ fn fifo_with_a_silent_writer_and_a_tty_do_not_block() {
         .write(true)
         .open(&fifo)
         .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let t0 = Instant::now();
+    assert_eq!(
+        load_one(&r.worker(0), &fifo),
+        libc::EINVAL,
+        "FIFO with a writer"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    r.stop();
+    drop(writer);
+}
+
+#[test]
+fn terminal_with_nothing_to_read_does_not_block() {
     // A pseudo-terminal with nothing to read.
     // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor.
     let (master, tty) = unsafe {
@@ -686,15 +812,12 @@ fn fifo_with_a_silent_writer_and_a_tty_do_not_block() {
     };
     std::thread::sleep(Duration::from_millis(100));
     let r = Running::new(cfg(1, 4), Mode::Threads);
-    let w = r.worker(0);
     let t0 = Instant::now();
-    assert_eq!(load_one(&w, &fifo), libc::EINVAL, "FIFO with a writer");
-    assert_eq!(load_one(&w, &tty), libc::EINVAL, "a terminal");
+    assert_eq!(load_one(&r.worker(0), &tty), libc::EINVAL, "a terminal");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     r.stop();
     // SAFETY: closing the pty master we opened.
     unsafe { libc::close(master) };
-    drop(writer);
 }
 
 #[test]
@@ -745,47 +868,56 @@ fn file_that_shrinks_after_its_request_loads_what_is_left() {
     l.shutdown().unwrap();
 }
 
-#[test]
-fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter() {
+/// Shuts down a loader in `mode` while 16 uncached reads are in flight and
+/// two threads wait: each waiter gets its entries, then `Shutdown`.
+fn shutdown_with_requests_in_flight(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let sizes: Vec<usize> = (0..16).map(|i| 150_000 + i * 3000).collect();
     let paths = make_files(dir.path(), &sizes);
     for p in &paths {
         evict(p, 0, 0);
     }
-    for mode in [Mode::Threads, Mode::Process] {
-        let r = Running::new(cfg(2, 16), mode);
-        let w = r.worker(0);
-        for p in &paths {
-            w.request(p).unwrap();
-        }
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let w = w.clone();
-                std::thread::spawn(move || {
-                    let mut got = 0;
-                    loop {
-                        match w.wait_get_timeout(Duration::from_secs(10)) {
-                            Ok(e) => {
-                                check_entry(&e);
-                                got += 1;
-                            }
-                            Err(e) => return (got, e.kind()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        r.loader.shutdown().unwrap();
-        let t0 = Instant::now();
-        let mut total = 0;
-        for h in waiters {
-            let (got, kind) = h.join().unwrap();
-            assert_eq!(kind, ErrorKind::Shutdown, "{mode:?}");
-            total += got;
-        }
-        assert!(total <= paths.len());
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        r.stop();
+    let r = Running::new(cfg(2, 16), mode);
+    let w = r.worker(0);
+    for p in &paths {
+        w.request(p).unwrap();
     }
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut got = 0;
+                loop {
+                    match w.wait_get_timeout(Duration::from_secs(10)) {
+                        Ok(e) => {
+                            check_entry(&e);
+                            got += 1;
+                        }
+                        Err(e) => return (got, e.kind()),
+                    }
+                }
+            })
+        })
+        .collect();
+    r.loader.shutdown().unwrap();
+    let t0 = Instant::now();
+    let mut total = 0;
+    for h in waiters {
+        let (got, kind) = h.join().unwrap();
+        assert_eq!(kind, ErrorKind::Shutdown, "{mode:?}");
+        total += got;
+    }
+    assert!(total <= paths.len());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    r.stop();
+}
+
+#[test]
+fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter_threads() {
+    shutdown_with_requests_in_flight(Mode::Threads);
+}
+
+#[test]
+fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter_process() {
+    shutdown_with_requests_in_flight(Mode::Process);
 }

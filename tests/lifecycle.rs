@@ -18,13 +18,6 @@ fn cpu_ticks(pid: i32) -> Option<u64> {
     Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
 }
 
-fn gone_or_zombie(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s[s.rfind(')').unwrap() + 2..].starts_with(['Z', 'X']),
-    }
-}
-
 #[test]
 fn idle_loader_uses_almost_no_cpu() {
     let l = Loader::new(Config {
@@ -56,8 +49,10 @@ fn count_dir(p: &str) -> usize {
     std::fs::read_dir(p).unwrap().count()
 }
 
-#[test]
-fn shutdown_leaves_no_thread_descriptor_or_process() {
+/// Runs a loader in `mode` in a forked child, loads three files, shuts it
+/// down, and checks that no descriptor, thread or (for a loader process)
+/// process is left behind.
+fn shutdown_leaves_nothing_behind(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let paths = make_files(dir.path(), &[1, 5000, 100_000]);
     // In a forked child the process has one thread and only our descriptors,
@@ -65,32 +60,45 @@ fn shutdown_leaves_no_thread_descriptor_or_process() {
     let pid = in_child(move || {
         let fds0 = count_dir("/proc/self/fd");
         let tasks0 = count_dir("/proc/self/task");
-        for mode in [Mode::Threads, Mode::Process, Mode::Become] {
-            let r = Running::new(
-                Config {
-                    n_workers: 2,
-                    queue_depth: 4,
-                    loader_threads: 2,
-                    max_file_size: 1 << 20,
-                    ..Config::default()
-                },
-                mode,
-            );
-            assert_eq!(load_all(&r.worker(1), &paths), 3);
-            let loader_pid = r.loader.loader_pid();
-            r.stop();
-            if mode == Mode::Process {
-                // Reaped by shutdown: no zombie left.
-                // SAFETY: probing a pid.
-                let alive = unsafe { libc::kill(loader_pid, 0) } == 0;
-                assert!(!alive, "loader process {loader_pid} still exists");
-            }
+        let r = Running::new(
+            Config {
+                n_workers: 2,
+                queue_depth: 4,
+                loader_threads: 2,
+                max_file_size: 1 << 20,
+                ..Config::default()
+            },
+            mode,
+        );
+        assert_eq!(load_all(&r.worker(1), &paths), 3);
+        let loader_pid = r.loader.loader_pid();
+        r.stop();
+        if mode == Mode::Process {
+            // Reaped by shutdown: no zombie left.
+            // SAFETY: probing a pid.
+            let alive = unsafe { libc::kill(loader_pid, 0) } == 0;
+            assert!(!alive, "loader process {loader_pid} still exists");
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(count_dir("/proc/self/fd"), fds0, "descriptors leaked");
         assert_eq!(count_dir("/proc/self/task"), tasks0, "threads left behind");
     });
-    assert!(child_ok(pid));
+    assert!(child_ok(pid), "{mode:?}");
+}
+
+#[test]
+fn shutdown_leaves_no_thread_or_descriptor_with_loader_threads() {
+    shutdown_leaves_nothing_behind(Mode::Threads);
+}
+
+#[test]
+fn shutdown_leaves_no_thread_descriptor_or_process_with_a_loader_process() {
+    shutdown_leaves_nothing_behind(Mode::Process);
+}
+
+#[test]
+fn shutdown_leaves_no_thread_or_descriptor_after_become_loader() {
+    shutdown_leaves_nothing_behind(Mode::Become);
 }
 
 #[test]
@@ -122,7 +130,7 @@ fn spawned_loader_exits_when_its_parent_dies() {
     let loader_pid = i32::from_ne_bytes(b);
     assert!(child_ok(pid));
     let t0 = Instant::now();
-    while !gone_or_zombie(loader_pid) {
+    while asyncloader::process::pid_alive(loader_pid) {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "orphaned loader {loader_pid} is still running"
@@ -165,42 +173,72 @@ fn block_io_uring(errno: u32) {
     }
 }
 
-#[test]
-fn falls_back_to_threads_when_io_uring_is_blocked() {
+/// Runs `f` in a forked child in which `io_uring_setup` fails with `errno`
+/// and `ASYNCLOADER_BACKEND` is unset; asserts the child succeeded.
+fn with_io_uring_blocked(errno: i32, f: impl FnOnce()) {
+    let pid = in_child(move || {
+        block_io_uring(errno as u32);
+        // SAFETY: the forked child has a single thread.
+        unsafe { std::env::remove_var("ASYNCLOADER_BACKEND") };
+        f();
+    });
+    assert!(child_ok(pid), "io_uring_setup failing with errno {errno}");
+}
+
+/// The default backend falls back to the thread pool and loads every file.
+fn falls_back_to_threads(errno: i32) {
     let dir = tempfile::tempdir().unwrap();
     let paths = make_files(dir.path(), &[0, 1, 4096, 100_000]);
-    for errno in [libc::ENOSYS, libc::EPERM] {
-        let paths = paths.clone();
-        let pid = in_child(move || {
-            block_io_uring(errno as u32);
-            // SAFETY: the forked child has a single thread.
-            unsafe { std::env::remove_var("ASYNCLOADER_BACKEND") };
-            let l = Loader::new(Config {
-                loader_threads: 2,
-                max_file_size: 1 << 20,
-                ..Config::default()
-            })
-            .unwrap();
-            l.start().unwrap();
-            assert_eq!(load_all(&l.worker(0).unwrap(), &paths), 4);
-            assert_eq!(l.stats().backend, "threads");
-            l.shutdown().unwrap();
-            // Asking for io_uring explicitly is an error, not a fallback.
-            let l = Loader::new(Config {
-                backend: asyncloader::BackendKind::IoUring,
-                loader_threads: 1,
-                ..Config::default()
-            })
-            .unwrap();
-            l.start().unwrap();
-            let e = l
-                .worker(0)
-                .unwrap()
-                .wait_get_timeout(Duration::from_secs(5))
-                .unwrap_err();
-            assert_eq!(e.kind(), asyncloader::ErrorKind::LoaderDead);
-            l.shutdown().unwrap();
-        });
-        assert!(child_ok(pid), "fallback with errno {errno}");
-    }
+    with_io_uring_blocked(errno, move || {
+        let l = Loader::new(Config {
+            loader_threads: 2,
+            max_file_size: 1 << 20,
+            ..Config::default()
+        })
+        .unwrap();
+        l.start().unwrap();
+        assert_eq!(load_all(&l.worker(0).unwrap(), &paths), 4);
+        assert_eq!(l.stats().backend, "threads");
+        l.shutdown().unwrap();
+    });
+}
+
+/// Asking for io_uring explicitly is an error, not a fallback.
+fn explicit_io_uring_is_loader_dead(errno: i32) {
+    with_io_uring_blocked(errno, || {
+        let l = Loader::new(Config {
+            backend: asyncloader::BackendKind::IoUring,
+            loader_threads: 1,
+            ..Config::default()
+        })
+        .unwrap();
+        l.start().unwrap();
+        let e = l
+            .worker(0)
+            .unwrap()
+            .wait_get_timeout(Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(e.kind(), asyncloader::ErrorKind::LoaderDead);
+        l.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn falls_back_to_threads_when_io_uring_setup_is_enosys() {
+    falls_back_to_threads(libc::ENOSYS);
+}
+
+#[test]
+fn falls_back_to_threads_when_io_uring_setup_is_eperm() {
+    falls_back_to_threads(libc::EPERM);
+}
+
+#[test]
+fn explicit_io_uring_backend_is_loader_dead_when_setup_is_enosys() {
+    explicit_io_uring_is_loader_dead(libc::ENOSYS);
+}
+
+#[test]
+fn explicit_io_uring_backend_is_loader_dead_when_setup_is_eperm() {
+    explicit_io_uring_is_loader_dead(libc::EPERM);
 }
