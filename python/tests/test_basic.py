@@ -89,78 +89,70 @@ def test_get_many_returns_an_empty_list_after_the_timeout(unstarted):
     assert unstarted.get_many(4, timeout=0.1) == []
 
 
+@pytest.fixture
+def odd_files(tmp_path):
+    """Paths that fail or sit at the edge of max_file_size 4096, by name."""
+    paths = {name: tmp_path / name for name in ["missing", "d", "fifo", "big", "exact", "empty"]}
+    paths["d"].mkdir()
+    os.mkfifo(paths["fifo"])
+    paths["big"].write_bytes(b"x" * 5000)
+    paths["exact"].write_bytes(b"y" * 4096)
+    paths["empty"].write_bytes(b"")
+    return paths
+
+
 def test_missing_file_is_an_enoent_entry_and_get_data_raises_filenotfounderror(
-    tmp_path, small_files_loader
+    odd_files, small_files_loader
 ):
     _, w = small_files_loader
-    with load_one(w, tmp_path / "missing") as e:
+    with load_one(w, odd_files["missing"]) as e:
         assert e.error == errno.ENOENT
         with pytest.raises(FileNotFoundError) as ei:
             e.get_data()
         assert ei.value.errno == errno.ENOENT
-        assert ei.value.filename == str(tmp_path / "missing")
+        assert ei.value.filename == str(odd_files["missing"])
 
 
-def test_directory_get_data_raises_isadirectoryerror(tmp_path, small_files_loader):
+def test_directory_get_data_raises_isadirectoryerror(odd_files, small_files_loader):
     _, w = small_files_loader
-    d = tmp_path / "d"
-    d.mkdir()
-    with load_one(w, d) as e:
+    with load_one(w, odd_files["d"]) as e:
         with pytest.raises(IsADirectoryError):
             e.get_data()
 
 
-def test_fifo_is_an_einval_entry_and_memoryview_raises(tmp_path, small_files_loader):
+def test_fifo_is_an_einval_entry_and_memoryview_raises(odd_files, small_files_loader):
     _, w = small_files_loader
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    with load_one(w, fifo) as e:
+    with load_one(w, odd_files["fifo"]) as e:
         assert e.error == errno.EINVAL
         with pytest.raises(OSError) as ei:
             e.memoryview()
         assert ei.value.errno == errno.EINVAL
 
 
-def test_file_over_max_file_size_get_data_raises_efbig(tmp_path, small_files_loader):
+def test_file_over_max_file_size_get_data_raises_efbig(odd_files, small_files_loader):
     _, w = small_files_loader
-    big = tmp_path / "big"
-    big.write_bytes(b"x" * 5000)
-    with load_one(w, big) as e:
+    with load_one(w, odd_files["big"]) as e:
         with pytest.raises(OSError) as ei:
             e.get_data()
         assert ei.value.errno == errno.EFBIG
 
 
-def test_file_of_exactly_max_file_size_loads(tmp_path, small_files_loader):
+def test_file_of_exactly_max_file_size_loads(odd_files, small_files_loader):
     _, w = small_files_loader
-    exact = tmp_path / "exact"
-    exact.write_bytes(b"y" * 4096)
-    with load_one(w, exact) as e:
+    with load_one(w, odd_files["exact"]) as e:
         assert e.get_data() == b"y" * 4096
 
 
-def test_empty_file_loads_as_empty_bytes_and_memoryview(tmp_path, small_files_loader):
+def test_empty_file_loads_as_empty_bytes_and_memoryview(odd_files, small_files_loader):
     _, w = small_files_loader
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    with load_one(w, empty) as e:
+    with load_one(w, odd_files["empty"]) as e:
         assert e.get_data() == b""
         assert bytes(e.memoryview()) == b""
 
 
-def test_stats_count_failed_loads_as_errors(tmp_path, small_files_loader):
+def test_stats_count_failed_loads_as_errors(odd_files, small_files_loader):
     ld, w = small_files_loader
-    d = tmp_path / "d"
-    d.mkdir()
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    big = tmp_path / "big"
-    big.write_bytes(b"x" * 5000)
-    exact = tmp_path / "exact"
-    exact.write_bytes(b"y" * 4096)
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    for p in [tmp_path / "missing", d, fifo, big, exact, empty]:
+    for p in odd_files.values():
         load_one(w, p).release()
     st = ld.stats()
     assert st["errors"] == 4 and st["completions"] == 6

@@ -1,6 +1,7 @@
 """Argument handling and fork safety (issue 9, items 5, 11, 12): one
 behaviour per test."""
 
+import contextlib
 import ctypes
 import errno
 import math
@@ -45,47 +46,41 @@ def test_config_and_stats_dicts_do_not_expose_struct_size():
 # -- item 11: timeouts ---------------------------------------------------------
 
 
-def _delayed_start(ld, delay=0.3):
-    t = threading.Timer(delay, ld.start)
-    t.start()
-    return t
-
-
-def test_wait_get_timeout_minus_one_waits_without_limit_like_c(tmp_path):
+@contextlib.contextmanager
+def queued_before_start(tmp_path, data, delay=0.3):
+    """A worker with one request queued (for a file holding `data`) before
+    its loader starts; the loader starts `delay` seconds later, so a wait
+    without limit must outlast the delay."""
     p = tmp_path / "f"
-    p.write_bytes(b"x" * 100)
+    p.write_bytes(data)
     with small() as ld:
         w = ld.get_worker_context(0)
         w.request(str(p))  # nothing runs yet: the entry comes after the start
-        t = _delayed_start(ld)
+        t = threading.Timer(delay, ld.start)
+        t.start()
+        try:
+            yield w
+        finally:
+            t.join()
+
+
+def test_wait_get_timeout_minus_one_waits_without_limit_like_c(tmp_path):
+    with queued_before_start(tmp_path, b"x" * 100) as w:
         with w.wait_get(timeout=-1) as e:
             assert e.get_data() == b"x" * 100
-        t.join()
 
 
 def test_get_many_timeout_minus_one_waits_without_limit(tmp_path):
-    p = tmp_path / "f"
-    p.write_bytes(b"y")
-    with small() as ld:
-        w = ld.get_worker_context(0)
-        w.request(str(p))
-        t = _delayed_start(ld)
+    with queued_before_start(tmp_path, b"y") as w:
         got = w.get_many(4, timeout=-1)
         assert len(got) == 1 and got[0].get_data() == b"y"
         got[0].release()
-        t.join()
 
 
 def test_wait_get_infinite_timeout_waits_without_limit(tmp_path):
-    p = tmp_path / "f"
-    p.write_bytes(b"z")
-    with small() as ld:
-        w = ld.get_worker_context(0)
-        w.request(str(p))
-        t = _delayed_start(ld)
+    with queued_before_start(tmp_path, b"z") as w:
         with w.wait_get(timeout=math.inf) as e:
             assert e.get_data() == b"z"
-        t.join()
 
 
 @pytest.mark.parametrize("bad", [-2, -0.5, -1e-9, float("-inf")])

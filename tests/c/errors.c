@@ -79,6 +79,58 @@ static void check_entry_basics(const al_entry *e, const char *path) {
     CHECK(al_entry_data(e) != NULL && ((uintptr_t)al_entry_data(e) & 4095) == 0);
 }
 
+/* One file loaded through a fresh started loader (small_config, worker 0):
+ * the cases about a single entry start with fx_load and end with fx_done. */
+struct fx {
+    al_loader *l;
+    al_worker *w;
+    al_entry *e; /* NULL when the load failed (a failed check) */
+    char *path;  /* owned */
+};
+
+static struct fx fx_load(char *path) {
+    struct fx f = {.path = path};
+    f.l = loader_from(small_config(), 1);
+    f.w = worker(f.l, 0);
+    if (f.w) f.e = load(f.w, path);
+    return f;
+}
+
+/* Releases the entry (unless the case did and set it to NULL), stops the
+ * loader, frees the path. */
+static void fx_done(struct fx *f) {
+    if (f->e) CHECK_RC(al_entry_release(f->e), 0);
+    stop(f->l, f->w);
+    free(f->path);
+}
+
+/* `path` (owned) loads: its entry holds the file's path and bytes. */
+static void check_loads(char *path) {
+    struct fx f = fx_load(path);
+    if (f.e) {
+        check_entry_basics(f.e, f.path);
+        CHECK(same_as_file(f.e, f.path));
+    }
+    fx_done(&f);
+}
+
+/* `path` (owned) fails to load with `err`: an entry with no bytes. */
+static void check_fails(char *path, int err) {
+    struct fx f = fx_load(path);
+    if (f.e) {
+        check_entry_basics(f.e, f.path);
+        CHECK(al_entry_error(f.e) == err && al_entry_size(f.e) == 0);
+    }
+    fx_done(&f);
+}
+
+/* al_loader_new refuses `c` with EINVAL and leaves its out pointer NULL. */
+static void loader_new_refuses(al_config c) {
+    al_loader *l = NULL;
+    CHECK_RC(al_loader_new(&c, &l), -EINVAL);
+    CHECK(l == NULL);
+}
+
 /* A path of 4999 bytes: over PATH_MAX as a string (NUL at 4096) and as
  * bytes (5000). */
 static char *long_path(void) {
@@ -194,35 +246,27 @@ static void entry_calls_on_a_null_entry_are_einval_or_empty(void) {
 /* --- bad configs ----------------------------------------------------------- */
 
 static void loader_new_rejects_a_zero_queue_depth(void) {
-    al_loader *l = NULL;
     al_config c = small_config();
     c.queue_depth = 0;
-    CHECK_RC(al_loader_new(&c, &l), -EINVAL);
-    CHECK(l == NULL);
+    loader_new_refuses(c);
 }
 
 static void loader_new_rejects_zero_workers(void) {
-    al_loader *l = NULL;
     al_config c = small_config();
     c.n_workers = 0;
-    CHECK_RC(al_loader_new(&c, &l), -EINVAL);
-    CHECK(l == NULL);
+    loader_new_refuses(c);
 }
 
 static void loader_new_rejects_an_unknown_backend(void) {
-    al_loader *l = NULL;
     al_config c = small_config();
     c.backend = 7;
-    CHECK_RC(al_loader_new(&c, &l), -EINVAL);
-    CHECK(l == NULL);
+    loader_new_refuses(c);
 }
 
 static void loader_new_rejects_a_max_file_size_that_cannot_be_mapped(void) {
-    al_loader *l = NULL;
     al_config c = small_config();
     c.max_file_size = UINT64_MAX;
-    CHECK_RC(al_loader_new(&c, &l), -EINVAL);
-    CHECK(l == NULL);
+    loader_new_refuses(c);
 }
 
 /* --- a loader and its workers ---------------------------------------------- */
@@ -339,102 +383,53 @@ static void start_twice_or_spawn_after_start_is_ebusy(void) {
 /* --- entries --------------------------------------------------------------- */
 
 static void entry_holds_the_file_bytes_in_a_page_aligned_buffer(void) {
-    char *small = make_file("small.bin", 1000, 1);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, small) : NULL;
-    if (e) {
-        check_entry_basics(e, small);
-        CHECK(same_as_file(e, small));
-        al_entry_release(e);
-    }
-    stop(l, w);
-    free(small);
+    check_loads(make_file("small.bin", 1000, 1));
 }
 
 static void entry_info_matches_the_accessors(void) {
-    char *small = make_file("small.bin", 1000, 1);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, small) : NULL;
-    if (e) {
+    struct fx f = fx_load(make_file("small.bin", 1000, 1));
+    if (f.e) {
         al_entry_info info = {.struct_size = sizeof info};
-        CHECK_RC(al_entry_get_info(e, NULL), -EINVAL);
-        CHECK_RC(al_entry_get_info(e, &info), 0);
-        CHECK(info.path == al_entry_path(e) && info.path_len == strlen(small) &&
+        CHECK_RC(al_entry_get_info(f.e, NULL), -EINVAL);
+        CHECK_RC(al_entry_get_info(f.e, &info), 0);
+        CHECK(info.path == al_entry_path(f.e) && info.path_len == strlen(f.path) &&
               info.size == 1000);
-        CHECK(info.data == al_entry_data(e) && info.error == 0);
-        CHECK(info.latency_ns == al_entry_latency_ns(e));
-        al_entry_release(e);
+        CHECK(info.data == al_entry_data(f.e) && info.error == 0);
+        CHECK(info.latency_ns == al_entry_latency_ns(f.e));
     }
-    stop(l, w);
-    free(small);
+    fx_done(&f);
 }
 
 static void missing_file_is_an_enoent_entry(void) {
-    char *missing = join(scratch, "missing");
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, missing) : NULL;
-    if (e) {
-        check_entry_basics(e, missing);
-        CHECK(al_entry_error(e) == ENOENT && al_entry_size(e) == 0);
-        al_entry_release(e);
-    }
-    stop(l, w);
-    free(missing);
+    check_fails(join(scratch, "missing"), ENOENT);
 }
 
 static void directory_is_an_eisdir_entry(void) {
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, scratch) : NULL;
-    if (e) {
-        check_entry_basics(e, scratch);
-        CHECK(al_entry_error(e) == EISDIR && al_entry_size(e) == 0);
-        al_entry_release(e);
-    }
-    stop(l, w);
+    check_fails(strdup(scratch), EISDIR);
 }
 
 static void non_utf8_path_loads(void) {
-    char *odd = make_file("\xff\xfe-not-utf8", 5000, 5);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, odd) : NULL;
-    if (e) {
-        check_entry_basics(e, odd);
-        CHECK(same_as_file(e, odd));
-        al_entry_release(e);
-    }
-    stop(l, w);
-    free(odd);
+    check_loads(make_file("\xff\xfe-not-utf8", 5000, 5));
 }
 
 static void empty_file_loads_with_size_zero_and_a_buffer(void) {
-    char *empty = make_file("empty.bin", 0, 2);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, empty) : NULL;
-    if (e) {
-        CHECK(al_entry_size(e) == 0 && al_entry_error(e) == 0 && al_entry_data(e) != NULL);
-        CHECK(same_as_file(e, empty));
-        al_entry_release(e);
+    struct fx f = fx_load(make_file("empty.bin", 0, 2));
+    if (f.e) {
+        CHECK(al_entry_size(f.e) == 0 && al_entry_error(f.e) == 0 && al_entry_data(f.e) != NULL);
+        CHECK(same_as_file(f.e, f.path));
     }
-    stop(l, w);
-    free(empty);
+    fx_done(&f);
 }
 
 /* Release, then use again: every accessor refuses, release is harmless. */
 static void released_entry_refuses_every_accessor(void) {
-    char *small = make_file("small.bin", 1000, 1);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *stale = w ? load(w, small) : NULL;
+    struct fx f = fx_load(make_file("small.bin", 1000, 1));
+    al_entry *stale = f.e;
+    f.e = NULL;
     if (stale) {
-        CHECK(al_worker_outstanding(w) == 1);
+        CHECK(al_worker_outstanding(f.w) == 1);
         CHECK_RC(al_entry_release(stale), 0);
-        CHECK(al_worker_outstanding(w) == 0);
+        CHECK(al_worker_outstanding(f.w) == 0);
         CHECK(al_entry_path(stale) == NULL && al_entry_data(stale) == NULL);
         CHECK(al_entry_size(stale) == 0 && al_entry_path_len(stale) == 0);
         CHECK(al_entry_error(stale) == -EINVAL && al_entry_latency_ns(stale) == 0);
@@ -443,8 +438,7 @@ static void released_entry_refuses_every_accessor(void) {
         CHECK_RC(al_entry_release(stale), -EINVAL);
         CHECK_RC(al_entry_release(stale), -EINVAL);
     }
-    stop(l, w);
-    free(small);
+    fx_done(&f);
 }
 
 static void release_many_skips_entries_already_released(void) {
@@ -521,29 +515,11 @@ static void request_bytes_needs_no_nul_and_takes_non_utf8(void) {
 }
 
 static void file_of_exactly_max_file_size_loads(void) {
-    char *exact = make_file("exact.bin", 1 << 20, 4);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, exact) : NULL;
-    if (e) {
-        CHECK(same_as_file(e, exact));
-        al_entry_release(e);
-    }
-    stop(l, w);
-    free(exact);
+    check_loads(make_file("exact.bin", 1 << 20, 4));
 }
 
 static void file_one_byte_over_max_file_size_is_an_efbig_entry(void) {
-    char *big = make_file("big.bin", (1 << 20) + 1, 3);
-    al_loader *l = loader_from(small_config(), 1);
-    al_worker *w = worker(l, 0);
-    al_entry *e = w ? load(w, big) : NULL;
-    if (e) {
-        CHECK(al_entry_error(e) == EFBIG && al_entry_size(e) == 0);
-        al_entry_release(e);
-    }
-    stop(l, w);
-    free(big);
+    check_fails(make_file("big.bin", (1 << 20) + 1, 3), EFBIG);
 }
 
 /* --- batch calls ----------------------------------------------------------- */
