@@ -96,6 +96,23 @@ sizes_tests! {
     sizes_become_loader_direct_dispatch_4: Mode::Become, true, 4;
 }
 
+/// Loads files of `sizes` made in `dir` with `direct` set, checking every
+/// byte; returns the loader's stats.
+fn load_direct(dir: &std::path::Path, sizes: &[usize]) -> asyncloader::Stats {
+    let paths = make_files(dir, sizes);
+    let r = Running::new(
+        Config {
+            direct: true,
+            ..cfg(1, 4)
+        },
+        Mode::Threads,
+    );
+    assert_eq!(load_all(&r.worker(0), &paths), paths.len());
+    let st = r.loader.stats();
+    r.stop();
+    st
+}
+
 #[test]
 fn direct_on_a_file_system_that_may_refuse_it() {
     // tmpfs: whatever it answers to O_DIRECT, the files load, and the stats
@@ -103,35 +120,15 @@ fn direct_on_a_file_system_that_may_refuse_it() {
     let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
         return;
     };
-    let paths = make_files(dir.path(), &[1, 5000, 70_000]);
-    let r = Running::new(
-        Config {
-            direct: true,
-            ..cfg(1, 4)
-        },
-        Mode::Threads,
-    );
-    assert_eq!(load_all(&r.worker(0), &paths), 3);
-    let st = r.loader.stats();
+    let st = load_direct(dir.path(), &[1, 5000, 70_000]);
     assert_eq!(st.direct_reads + st.buffered_fallbacks, 3, "{st:?}");
-    r.stop();
 }
 
 #[test]
 fn direct_reads_are_direct_on_ext4() {
     let dir = tempfile::tempdir().unwrap();
     // Only meaningful where the file system reports a direct-I/O alignment.
-    let paths = make_files(dir.path(), &[10_000, 4096, 123_457]);
-    let r = Running::new(
-        Config {
-            direct: true,
-            ..cfg(1, 4)
-        },
-        Mode::Threads,
-    );
-    assert_eq!(load_all(&r.worker(0), &paths), 3);
-    let st = r.loader.stats();
-    r.stop();
+    let st = load_direct(dir.path(), &[10_000, 4096, 123_457]);
     let fs = std::process::Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(dir.path())
@@ -258,6 +255,33 @@ fn stress_20k_requests_random_release_order() {
     r.stop();
 }
 
+/// Makes a FIFO at `path` (mode 0600).
+fn make_fifo(path: &std::path::Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+/// A FIFO in a temp dir of its own (removed when the dir is dropped).
+fn fifo_in_a_tempdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    make_fifo(&fifo);
+    (dir, fifo)
+}
+
+/// A fresh loader fails `path` with EINVAL (not a regular file) within two
+/// seconds: the open or read never blocks on it.
+fn einval_at_once(path: &std::path::Path, what: &str) {
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let t0 = Instant::now();
+    assert_eq!(load_one(&r.worker(0), path), libc::EINVAL, "{what}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "{what}: {:?}",
+        t0.elapsed()
+    );
+    r.stop();
+}
+
 fn load_one(w: &asyncloader::Worker, path: impl AsRef<std::path::Path>) -> i32 {
     w.request(path.as_ref()).unwrap();
     let e = w.wait_get_timeout(Duration::from_secs(10)).unwrap();
@@ -299,7 +323,7 @@ fn directory_is_eisdir() {
 fn fifo_is_einval() {
     load_fails_with(libc::EINVAL, "a FIFO is not a regular file", |d| {
         let fifo = d.join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        make_fifo(&fifo);
         fifo
     });
 }
@@ -770,9 +794,7 @@ fn uncached_and_partly_cached_files_load_whole() {
 
 #[test]
 fn fifo_with_a_silent_writer_does_not_block() {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (_dir, fifo) = fifo_in_a_tempdir();
     // A writer that holds the FIFO open and never writes (O_RDWR opens a
     // FIFO without waiting for the other end).
     let writer = std::fs::OpenOptions::new()
@@ -781,15 +803,7 @@ fn fifo_with_a_silent_writer_does_not_block() {
         .open(&fifo)
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let r = Running::new(cfg(1, 4), Mode::Threads);
-    let t0 = Instant::now();
-    assert_eq!(
-        load_one(&r.worker(0), &fifo),
-        libc::EINVAL,
-        "FIFO with a writer"
-    );
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-    r.stop();
+    einval_at_once(&fifo, "FIFO with a writer");
     drop(writer);
 }
 
@@ -811,11 +825,7 @@ fn terminal_with_nothing_to_read_does_not_block() {
         )
     };
     std::thread::sleep(Duration::from_millis(100));
-    let r = Running::new(cfg(1, 4), Mode::Threads);
-    let t0 = Instant::now();
-    assert_eq!(load_one(&r.worker(0), &tty), libc::EINVAL, "a terminal");
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-    r.stop();
+    einval_at_once(&tty, "a terminal");
     // SAFETY: closing the pty master we opened.
     unsafe { libc::close(master) };
 }
@@ -836,9 +846,7 @@ fn empty_files_and_dev_null_are_told_apart() {
 fn fifo_holding_data_from_a_writer_that_left_is_not_a_file() {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (_dir, fifo) = fifo_in_a_tempdir();
     // A reader keeps the pipe alive; a writer writes 100 bytes and leaves,
     // so a read finds 100 bytes and then end of file, like a small file.
     let _reader = std::fs::OpenOptions::new()

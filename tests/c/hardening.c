@@ -269,12 +269,7 @@ static void fork_child_release_leaves_the_parent_entry_unchanged(void) {
     CHECK_RC(al_worker_wait_get(w, 10 * SEC, &e), 0);
     CHECK(same_as_file(e, a));
 
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
+    pid_t pid = fork_or_exit();
     if (pid == 0) {
         int bad = 0;
         bad += !same_as_file(e, a); /* readable while the parent holds it */
@@ -328,12 +323,7 @@ static void fork_child_release_many_skips_inherited_entries(void) {
     CHECK_RC(al_worker_request(w, a), 0);
     CHECK_RC(al_worker_request(w, a), 0);
     for (int i = 0; i < 2; i++) CHECK_RC(al_worker_wait_get(w, 10 * SEC, &es[i]), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
+    pid_t pid = fork_or_exit();
     if (pid == 0) _exit(al_entry_release_many(es, 2) == 0 ? 0 : 1);
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid);

@@ -126,6 +126,17 @@ static inline int same_as_file(const al_entry *e, const char *path) {
     return ok;
 }
 
+/* fork() after flushing stdio (no output twice); exits 2 when it fails. */
+static inline pid_t fork_or_exit(void) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        exit(2);
+    }
+    return pid;
+}
+
 struct test {
     const char *name;
     void (*fn)(void);
@@ -160,12 +171,7 @@ static int run_all(const struct test *tests, size_t n, const char *dir) {
             perror(sub);
             exit(2);
         }
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) {
-            perror("fork");
-            exit(2);
-        }
+        pid_t pid = fork_or_exit();
         if (pid == 0) {
             scratch = sub;
             /* exit, not _exit: the sanitizers' leak check runs at exit. The
