@@ -5,32 +5,10 @@
 //! `cargo bench --bench ring`
 
 use std::hint::black_box;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use asyncloader::ring::{Ring, RingIndices};
+use asyncloader::ring::OwnedRing as Owned;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-/// A ring over plain memory, like the unit tests in src/ring.rs.
-struct Owned {
-    idx: RingIndices,
-    slots: Vec<AtomicU64>,
-}
-
-impl Owned {
-    fn new(cap: u32) -> Self {
-        let o = Owned {
-            idx: RingIndices::new(),
-            slots: (0..cap).map(|_| AtomicU64::new(0)).collect(),
-        };
-        Ring::init(&o.idx, &o.slots);
-        o
-    }
-
-    fn ring(&self) -> Ring<'_> {
-        Ring::new(&self.idx, &self.slots)
-    }
-}
 
 /// Moves `n` values from a producer thread to this thread through `push`
 /// and `pop` (spinning on full / empty), and returns the time it took.

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::region::{EntryMeta, Header, Region, entry_state, state};
+use crate::testkit::Rng;
 use crate::{Config, Loader, Worker};
 
 fn files(dir: &std::path::Path, n: usize) -> Vec<(PathBuf, Vec<u8>)> {
@@ -167,20 +168,6 @@ fn bogus_stamp_in_a_request_slot_neither_spins_nor_hangs() {
     shutdown_within(l, Duration::from_secs(5));
 }
 
-/// xorshift64*: the scribbler's randomness (deterministic per seed).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The byte ranges of the region a broken worker 0 writes over: its
 /// control block and ring slots, its entries' metadata and paths, its
 /// buffers, and the header past the lifecycle words.
@@ -212,8 +199,9 @@ fn scribble_ranges(r: &Region) -> Vec<(usize, usize)> {
 fn scribble(r: &Region, w0: &Worker, seed: u64, stop: &AtomicBool) -> u64 {
     let (base, len) = r.raw_mapping();
     let ranges = scribble_ranges(r);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut writes = 0u64;
+    let mut bursts = 0u64;
     let ring = r.worker(0);
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..64 {
@@ -238,9 +226,14 @@ fn scribble(r: &Region, w0: &Worker, seed: u64, stop: &AtomicBool) -> u64 {
         let _ = ring.req.push(rng.below(64) as u32);
         let _ = ring.comp.push(rng.below(64) as u32);
         let _ = ring.free.push(rng.below(8) as u32);
-        let _ = w0.request("/etc/hostname");
-        if let Some(e) = w0.try_get() {
-            e.release();
+        bursts += 1;
+        if bursts.is_multiple_of(64) {
+            // A request into a corrupt ring waits up to RING_PATIENCE for a
+            // consumer it takes to be mid-pop, then fails: not every burst.
+            let _ = w0.request("/etc/hostname");
+            if let Some(e) = w0.try_get() {
+                e.release();
+            }
         }
         std::thread::yield_now();
     }

@@ -50,6 +50,9 @@ pub mod ring;
 #[cfg(not(loom))]
 pub mod worker;
 
+#[doc(hidden)] // helpers for tests and benches, not an API
+pub mod testkit;
+
 #[cfg(all(test, not(loom)))]
 mod hostile_tests;
 

@@ -175,20 +175,32 @@ impl Loader {
         h.state.store(state::CREATED, Ordering::Release);
     }
 
+    /// Spawns loader threads `tids`. On failure the threads that did start
+    /// are told to stop (they see STOPPING and exit) and the error says so.
     fn spawn_threads(
         region: &Arc<Region>,
         tids: std::ops::Range<u32>,
         parent: Option<i32>,
         env: EnvOverrides,
-    ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    ) -> Result<Vec<JoinHandle<()>>> {
         let mut hs = Vec::new();
         for tid in tids {
             let r = region.clone();
-            hs.push(
-                std::thread::Builder::new()
-                    .name(format!("al-loader-{tid}"))
-                    .spawn(move || thread_main(r, ThreadCtx { tid, parent, env }))?,
-            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("al-loader-{tid}"))
+                .spawn(move || thread_main(r, ThreadCtx { tid, parent, env }));
+            match spawned {
+                Ok(h) => hs.push(h),
+                Err(e) => {
+                    let h = region.header();
+                    h.state.store(state::STOPPING, Ordering::Release);
+                    h.loader_parking.notify_all();
+                    return Err(Error::os(
+                        e.raw_os_error().unwrap_or(libc::EAGAIN),
+                        "spawning loader threads",
+                    ));
+                }
+            }
         }
         Ok(hs)
     }
@@ -200,24 +212,9 @@ impl Loader {
             .header()
             .loader_pid
             .store(std::process::id() as i32, Ordering::Release);
-        match Self::spawn_threads(&self.region, 0..n, None, env_overrides()) {
-            Ok(hs) => {
-                self.local.lock().unwrap_or_else(|e| e.into_inner()).threads = hs;
-                Ok(())
-            }
-            Err(e) => {
-                // Threads that did start see STOPPING and exit.
-                self.region
-                    .header()
-                    .state
-                    .store(state::STOPPING, Ordering::Release);
-                self.region.header().loader_parking.notify_all();
-                Err(Error::os(
-                    e.raw_os_error().unwrap_or(libc::EAGAIN),
-                    "spawning loader threads",
-                ))
-            }
-        }
+        let hs = Self::spawn_threads(&self.region, 0..n, None, env_overrides())?;
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).threads = hs;
+        Ok(())
     }
 
     /// Forks a loader process. Returns in the parent; the child never returns.
@@ -292,20 +289,7 @@ impl Loader {
             .loader_pid
             .store(std::process::id() as i32, Ordering::Release);
         let env = env_overrides();
-        let hs = match Self::spawn_threads(&self.region, 1..n, None, env) {
-            Ok(hs) => hs,
-            Err(e) => {
-                self.region
-                    .header()
-                    .state
-                    .store(state::STOPPING, Ordering::Release);
-                self.region.header().loader_parking.notify_all();
-                return Err(Error::os(
-                    e.raw_os_error().unwrap_or(libc::EAGAIN),
-                    "spawning loader threads",
-                ));
-            }
-        };
+        let hs = Self::spawn_threads(&self.region, 1..n, None, env)?;
         thread_main(
             self.region.clone(),
             ThreadCtx {

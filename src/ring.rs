@@ -292,29 +292,37 @@ impl<'a> Ring<'a> {
     }
 }
 
+/// A ring over ordinary heap memory, for tests, benches and the loom model
+/// (the engine's rings live in the shared region instead).
+#[doc(hidden)]
+pub struct OwnedRing {
+    pub idx: RingIndices,
+    pub slots: Vec<AtomicU64>,
+}
+
+impl OwnedRing {
+    /// An empty ring of `cap` slots (a power of two, at least 2).
+    pub fn new(cap: u32) -> Self {
+        let o = OwnedRing {
+            idx: RingIndices::new(),
+            slots: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Ring::init(&o.idx, &o.slots);
+        o
+    }
+
+    /// The ring view.
+    pub fn ring(&self) -> Ring<'_> {
+        Ring::new(&self.idx, &self.slots)
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
 
-    struct Owned {
-        idx: RingIndices,
-        slots: Vec<AtomicU64>,
-    }
-
-    impl Owned {
-        fn new(cap: u32) -> Self {
-            let o = Owned {
-                idx: RingIndices::new(),
-                slots: (0..cap).map(|_| AtomicU64::new(0)).collect(),
-            };
-            Ring::init(&o.idx, &o.slots);
-            o
-        }
-        fn ring(&self) -> Ring<'_> {
-            Ring::new(&self.idx, &self.slots)
-        }
-    }
+    use OwnedRing as Owned;
 
     #[test]
     fn fifo_full_empty() {
@@ -503,22 +511,12 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
-    struct Owned {
-        idx: RingIndices,
-        slots: Vec<AtomicU64>,
+    fn owned(cap: u32) -> Arc<OwnedRing> {
+        Arc::new(OwnedRing::new(cap))
     }
 
-    fn owned(cap: u32) -> Arc<Owned> {
-        let o = Owned {
-            idx: RingIndices::new(),
-            slots: (0..cap).map(|_| AtomicU64::new(0)).collect(),
-        };
-        Ring::init(&o.idx, &o.slots);
-        Arc::new(o)
-    }
-
-    fn ring(o: &Owned) -> Ring<'_> {
-        Ring::new(&o.idx, &o.slots)
+    fn ring(o: &OwnedRing) -> Ring<'_> {
+        o.ring()
     }
 
     /// The value a consumer pops carries the producer's earlier plain write

@@ -22,21 +22,6 @@ use common::*;
 
 const MAX: u64 = 50_000;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// What a request of a path must give.
 #[derive(Clone, Debug)]
 enum Expect {
@@ -45,7 +30,7 @@ enum Expect {
 }
 
 fn run_seed(seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     // The corpus: files of random sizes (some at and over the limit), a
     // directory, a missing name, a non-UTF-8 name.
@@ -55,7 +40,7 @@ fn run_seed(seed: u64) {
             0 => 0,
             1 => MAX as usize,
             2 => MAX as usize + 1,
-            _ => rng.below(MAX as usize),
+            _ => rng.below(MAX) as usize,
         })
         .collect();
     for p in make_files(dir.path(), &sizes) {
@@ -98,10 +83,10 @@ fn run_seed(seed: u64) {
         cfg.loader_threads = 1 + rng.below(2) as u32;
         cfg.dispatch_n = 1 + rng.below(4) as u32;
         cfg.idle_iters = rng.below(50) as u32;
-        cfg.direct = rng.below(4) == 0;
+        cfg.direct = rng.below(4) as usize == 0;
         let mut l = ptr::null_mut();
         assert_eq!(al_loader_new(&cfg, &mut l), 0);
-        let rc = if rng.below(2) == 0 {
+        let rc = if rng.below(2) as usize == 0 {
             al_loader_start(l)
         } else {
             al_loader_spawn(l)
@@ -116,9 +101,9 @@ fn run_seed(seed: u64) {
         let steps = if cfg!(debug_assertions) { 1500 } else { 5000 };
         for _ in 0..steps {
             let in_use = outstanding + held.len() as u32;
-            match rng.below(10) {
+            match rng.below(10) as usize {
                 0..=2 => {
-                    let (path, _) = &corpus[rng.below(corpus.len())];
+                    let (path, _) = &corpus[rng.below(corpus.len() as u64) as usize];
                     let rc = al_worker_request_bytes(w, path.as_ptr(), path.len());
                     if in_use < qd {
                         assert_eq!(rc, 0);
@@ -129,7 +114,7 @@ fn run_seed(seed: u64) {
                 }
                 3 => {
                     // Paths that never queue.
-                    let long = vec![b'a'; 4096 + rng.below(100)];
+                    let long = vec![b'a'; 4096 + rng.below(100) as usize];
                     assert_eq!(
                         al_worker_request_bytes(w, long.as_ptr(), long.len()),
                         -libc::ENAMETOOLONG
@@ -150,7 +135,7 @@ fn run_seed(seed: u64) {
                     } else {
                         5_000_000_000
                     };
-                    let rc = if rng.below(2) == 0 {
+                    let rc = if rng.below(2) as usize == 0 {
                         al_worker_try_get(w, &mut e)
                     } else {
                         al_worker_wait_get(w, timeout, &mut e)
@@ -188,14 +173,14 @@ fn run_seed(seed: u64) {
                     }
                 }
                 7 | 8 if !held.is_empty() => {
-                    let e = held.swap_remove(rng.below(held.len()));
+                    let e = held.swap_remove(rng.below(held.len() as u64) as usize);
                     assert_eq!(al_entry_release(e), 0);
                     released.push(e);
                 }
-                9 if !released.is_empty() && rng.below(4) == 0 => {
+                9 if !released.is_empty() && rng.below(4) as usize == 0 => {
                     // A stale handle: released, maybe reused since. Using it
                     // again must not crash; releasing it again is harmless.
-                    let e = released[rng.below(released.len())];
+                    let e = released[rng.below(released.len() as u64) as usize];
                     let _ = al_entry_error(e);
                     let _ = al_entry_size(e);
                     if !held.contains(&e) {
@@ -203,9 +188,9 @@ fn run_seed(seed: u64) {
                     }
                 }
                 _ => {
-                    let batch: Vec<CString> = (0..rng.below(4))
+                    let batch: Vec<CString> = (0..rng.below(4) as usize)
                         .map(|_| {
-                            let (p, _) = &corpus[rng.below(corpus.len())];
+                            let (p, _) = &corpus[rng.below(corpus.len() as u64) as usize];
                             CString::new(p.clone()).unwrap()
                         })
                         .collect();

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use asyncloader::{Config, Entry, ErrorKind, Loader};
-use common::content;
+use common::{Rng, content};
 
 /// Size limit of the loaders under test.
 const MAX: usize = 128 * 1024;
@@ -108,23 +108,6 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: unmapping our own mapping; nothing borrows it any more.
         unsafe { libc::munmap(self.p, N_COUNTERS * 8) };
-    }
-}
-
-/// xorshift64*: deterministic per seed, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

@@ -23,6 +23,9 @@ pub fn content(i: u64, len: usize) -> Vec<u8> {
     out
 }
 
+#[allow(unused_imports)] // not every test binary uses it
+pub use asyncloader::testkit::Rng;
+
 /// Writes `sizes.len()` files into `dir`, returns their paths.
 pub fn make_files(dir: &Path, sizes: &[usize]) -> Vec<PathBuf> {
     sizes
