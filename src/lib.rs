@@ -41,6 +41,8 @@ mod kinds;
 #[cfg(not(loom))]
 pub mod loader;
 #[cfg(not(loom))]
+pub mod probe;
+#[cfg(not(loom))]
 #[doc(hidden)] // for the tests: process liveness
 pub mod process;
 #[cfg(not(loom))]

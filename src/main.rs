@@ -1,5 +1,6 @@
-//! `asyncloader`: generate data sets and benchmark the loader against
-//! `std::fs::read` baselines. See docs/bench.md.
+//! `asyncloader`: generate data sets, benchmark the loader against
+//! `std::fs::read` baselines (see docs/bench.md), and say what this machine
+//! can do for it (`asyncloader info`).
 
 mod cli;
 
@@ -15,7 +16,7 @@ use cli::datagen::{self, Dist, Spec};
 #[command(
     name = "asyncloader",
     version,
-    about = "io_uring file loader: benchmarks and data sets"
+    about = "io_uring file loader: benchmarks, data sets and a probe of this machine"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,19 @@ enum Cmd {
     Bench(BenchArgs),
     /// Write a deterministic synthetic data set into DIR.
     Gen(GenArgs),
+    /// Say what this machine can do for the loader: io_uring (and why not),
+    /// the opcodes it needs, the backend Auto picks, and for each PATH the
+    /// file system, O_DIRECT and the block device's queue.
+    Info(InfoArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Files or directories where data will be loaded from.
+    paths: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +137,7 @@ struct GenArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Info(a) => ExitCode::from(cli::info::run(&a.paths, a.json)),
         Cmd::Gen(a) => {
             let spec = Spec {
                 dist: a.dist,

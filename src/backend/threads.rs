@@ -23,7 +23,11 @@
 //! shared region) until it returns, so that memory stays mapped — and, the
 //! entry never being completed, owned by nobody else — under that write.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -141,51 +145,40 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// An open descriptor, closed on drop.
-struct Fd(i32);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
-    }
+/// The errno of a failed std or nix call.
+fn os(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// Switches `fd` to blocking reads (a regular file that answered `EAGAIN`
-/// under `O_NONBLOCK`).
-fn set_blocking(fd: &Fd, c: &mut BackendCounters) -> Result<(), i32> {
+/// Switches `file` to blocking reads (a regular file that answered
+/// `EAGAIN` under `O_NONBLOCK`).
+fn set_blocking(file: &File, c: &mut BackendCounters) -> Result<(), i32> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
     c.syscalls += 2;
-    // SAFETY: fcntl on our own descriptor, no pointers.
-    let fl = unsafe { libc::fcntl(fd.0, libc::F_GETFL) };
-    // SAFETY: as above.
-    if fl < 0 || unsafe { libc::fcntl(fd.0, libc::F_SETFL, fl & !libc::O_NONBLOCK) } < 0 {
-        return Err(errno());
-    }
+    let fl = fcntl(file, FcntlArg::F_GETFL).map_err(|e| e as i32)?;
+    let fl = OFlag::from_bits_retain(fl) & !OFlag::O_NONBLOCK;
+    fcntl(file, FcntlArg::F_SETFL(fl)).map_err(|e| e as i32)?;
     Ok(())
 }
 
-fn open(path: &CStr, direct: bool, c: &mut BackendCounters) -> Result<Fd, i32> {
-    let mut flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+/// Opens `path` read-only with `O_NOCTTY | O_NONBLOCK` (std adds
+/// `O_CLOEXEC`), plus `O_DIRECT` when asked, and checks on the open file
+/// that it is a regular file.
+fn open(path: &CStr, direct: bool, c: &mut BackendCounters) -> Result<File, i32> {
+    let mut flags = libc::O_NOCTTY | libc::O_NONBLOCK;
     if direct {
         flags |= libc::O_DIRECT;
     }
     c.syscalls += 2;
-    // SAFETY: `path` is a valid C string.
-    let fd = unsafe { libc::open(path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    let fd = Fd(fd);
-    // SAFETY: fstat writes into a local stat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above, on our descriptor.
-    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
-        return Err(errno());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(Path::new(OsStr::from_bytes(path.to_bytes())))
+        .map_err(os)?;
+    if !file.metadata().map_err(os)?.file_type().is_file() {
         return Err(libc::EINVAL);
     }
-    Ok(fd)
+    Ok(file)
 }
 
 /// Loads one job; the rules match the io_uring backend's. Stops with
@@ -216,7 +209,7 @@ fn load(
         c.buffered_fallbacks += 1;
     }
     let mut use_direct = p.direct;
-    let mut fd = match open(path, use_direct, c) {
+    let mut file = match open(path, use_direct, c) {
         Err(libc::EINVAL) if use_direct => {
             c.buffered_fallbacks += 1;
             use_direct = false;
@@ -232,35 +225,32 @@ fn load(
         }
         c.syscalls += 1;
         debug_assert!(offset + req <= job.buf_len);
-        // SAFETY: offset + req <= buf_len, so the destination lies in the
-        // job's buffer, which is ours until the job is reported done.
-        let n = unsafe {
-            libc::pread(
-                fd.0,
-                job.buf.add(offset as usize).cast(),
-                req as usize,
-                offset as libc::off_t,
-            )
-        };
-        if n < 0 {
-            match errno() {
+        // SAFETY: offset + req <= buf_len, so the slice lies in the job's
+        // buffer, which is valid for writes and ours alone until the job is
+        // reported done (`Job::new`'s contract), and initialized (mapped
+        // memory, zero-filled when created); the slice lives only for this read.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(job.buf.add(offset as usize), req as usize) };
+        let n = match file.read_at(dst, offset) {
+            Ok(n) => n,
+            Err(e) => match os(e) {
                 libc::EINTR => continue,
                 libc::EAGAIN if !blocking => {
-                    set_blocking(&fd, c)?;
+                    set_blocking(&file, c)?;
                     blocking = true;
                     continue;
                 }
                 libc::EINVAL if use_direct => {
                     c.buffered_fallbacks += 1;
                     use_direct = false;
-                    fd = open(path, false, c)?;
+                    file = open(path, false, c)?;
                     blocking = false;
                     (offset, req) = (0, job.buf_len);
                     continue;
                 }
                 e => return Err(e),
-            }
-        }
+            },
+        };
         if use_direct && n > 0 {
             c.direct_reads += 1;
         }
@@ -271,7 +261,7 @@ fn load(
                 if use_direct {
                     // Continue buffered: the offset need not be aligned.
                     use_direct = false;
-                    fd = open(path, false, c)?;
+                    file = open(path, false, c)?;
                     blocking = false;
                 }
                 (offset, req) = (o, len);
