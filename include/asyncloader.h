@@ -118,6 +118,12 @@ typedef uint32_t al_backend;
 #endif // __cplusplus
 
 /**
+ * `al_probe` flag: write JSON (one object; see docs/c-api.md) instead of
+ * the text `asyncloader info` prints.
+ */
+#define AL_PROBE_JSON 1
+
+/**
  * A loaded (or failed) file, delivered by `al_worker_try_get`,
  * `al_worker_wait_get` or `al_worker_get_many`.
  *
@@ -825,6 +831,31 @@ int al_entry_release(struct al_entry *e);
  * `al_entry_release`.
  */
 size_t al_entry_release_many(struct al_entry *const *entries, size_t n);
+
+/**
+ * Probes this machine and each of `paths[0 .. n_paths-1]` (files or
+ * directories that data will be loaded from): the kernel, whether io_uring
+ * can be set up and if not why (errno; seccomp, the
+ * `kernel.io_uring_disabled` sysctl, kernel age or `RLIMIT_MEMLOCK`), the
+ * io_uring opcodes the engine needs, the backend `AL_BACKEND_AUTO` picks
+ * (with `ASYNCLOADER_BACKEND`), and per path the file system, whether
+ * `O_DIRECT` works there with its `STATX_DIOALIGN`, and the block
+ * device's queue depth and read-ahead. Writes the report to `buf`,
+ * NUL-terminated and cut to `len - 1` bytes, and returns its full length
+ * in bytes (without the NUL), as `snprintf` does: a result `>= len` means
+ * it was cut (call again with a larger buffer; `len == 0` writes nothing
+ * and `buf` may be NULL). `flags`: 0 for text, `AL_PROBE_JSON` for JSON.
+ * Returns `-EINVAL` for unknown flags, NULL `paths` with `n_paths > 0`, a
+ * NULL path, or NULL `buf` with `len > 0`. Thread-safe; changes nothing
+ * (sets up and closes two small io_uring instances, opens and reads one
+ * file per path with `O_DIRECT`).
+ *
+ * # Safety
+ *
+ * `paths` is NULL or points to `n_paths` readable pointers, each NULL or
+ * NUL-terminated; `buf` is NULL or valid for writing `len` bytes.
+ */
+int al_probe(const char *const *paths, size_t n_paths, uint32_t flags, char *buf, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

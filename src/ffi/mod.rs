@@ -35,6 +35,8 @@ pub mod worker;
 
 pub mod entry;
 
+pub mod probe;
+
 pub use entry::{al_entry, al_entry_info};
 pub use loader::{al_config, al_loader, al_stats};
 pub use worker::al_worker;
