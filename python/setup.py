@@ -1,100 +1,41 @@
-"""Builds libasyncloader.so with cargo and ships it inside the package.
+"""Builds libasyncloader.so with setuptools-rust and ships it in the package.
 
-``pip install ./python`` (from the repository root) runs ``cargo build
---release --lib`` in the repository (the directory above this one), asks cargo
-where the cdylib went (so ``CARGO_TARGET_DIR`` and workspace layouts work) and
-copies it into the wheel as ``asyncloader/libasyncloader.so``.
+Both ``pip install ./python`` and ``pip install .`` (from the repository
+root, whose setup.py runs this file) build the C-ABI library from the
+repository's ``Cargo.toml`` with setuptools-rust in its ``Binding.NoBinding``
+mode (a cdylib that Python loads with ctypes, not an extension module), as
+``cargo rustc --lib --release --locked --no-default-features --crate-type
+cdylib`` (no CLI crates), and install it as ``asyncloader/libasyncloader.so``,
+where ``asyncloader._ffi`` looks first. The wheel is tagged
+``py3-none-<platform>``: any CPython 3 on the platform can load the library.
+``auditwheel repair`` turns it into a ``manylinux`` wheel (see docs/python.md).
 
 Environment:
 
 * ``ASYNCLOADER_LIB=/path/libasyncloader.so`` - ship that file instead of
-  building (e.g. a library built elsewhere).
-* ``ASYNCLOADER_CARGO_PROFILE=debug`` - build the debug profile.
-* ``CARGO`` - the cargo executable (default: ``cargo`` on PATH, then
-  ``~/.cargo/bin/cargo``).
+  building (a library built elsewhere; no Rust toolchain needed). At run
+  time the same variable overrides the packaged library.
+* ``SETUPTOOLS_RUST_CARGO_PROFILE=dev`` - build another cargo profile.
+* ``CARGO`` - the cargo executable (setuptools-rust's rule).
 """
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # python/
 REPO = HERE.parent
 LIB = "libasyncloader.so"
+PREBUILT = os.environ.get("ASYNCLOADER_LIB")
 
 
-def _cargo() -> str:
-    c = os.environ.get("CARGO") or shutil.which("cargo")
-    if c:
-        return c
-    home = Path.home() / ".cargo" / "bin" / "cargo"
-    if home.exists():
-        return str(home)
-    sys.exit(
-        "asyncloader: cargo not found. Install Rust (https://rustup.rs) or set "
-        "ASYNCLOADER_LIB to a prebuilt libasyncloader.so"
-    )
-
-
-def build_library() -> Path:
-    prebuilt = os.environ.get("ASYNCLOADER_LIB")
-    if prebuilt:
-        return Path(prebuilt)
-    manifest = REPO / "Cargo.toml"
-    if not manifest.exists():
-        sys.exit(f"asyncloader: {manifest} not found; build from a clone of the repository")
-    profile = os.environ.get("ASYNCLOADER_CARGO_PROFILE", "release")
-    cmd = [
-        _cargo(),
-        "build",
-        "--lib",
-        "--manifest-path",
-        str(manifest),
-        "--message-format=json-render-diagnostics",
-    ]
-    if profile == "release":
-        cmd.append("--release")
-    elif profile != "debug":
-        cmd += ["--profile", profile]
-    print("asyncloader: running", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"asyncloader: cargo build failed (exit {proc.returncode})")
-    found = None
-    for line in proc.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("reason") != "compiler-artifact":
-            continue
-        if msg.get("target", {}).get("name") != "asyncloader":
-            continue
-        for f in msg.get("filenames", []):
-            if f.endswith("/" + LIB):
-                found = Path(f)
-    if found is None or not found.exists():
-        sys.exit(f"asyncloader: cargo did not report {LIB}")
-    return found
-
-
-class BuildPyWithLib(build_py):
-    """build_py that also builds and copies the shared library."""
-
-    def run(self):
-        super().run()
-        lib = build_library()
-        dest = Path(self.build_lib) / "asyncloader" / LIB
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(lib, dest)
-        print(f"asyncloader: copied {lib} -> {dest}", flush=True)
+def rel(p: Path) -> str:
+    """setuptools wants paths relative to the directory it runs in."""
+    return os.path.relpath(p, os.getcwd())
 
 
 class BinaryDistribution(Distribution):
@@ -104,7 +45,7 @@ class BinaryDistribution(Distribution):
         return True
 
 
-cmdclass = {"build_py": BuildPyWithLib}
+cmdclass = {}
 
 try:  # a ctypes library: any CPython 3 on this platform can use the wheel
     try:
@@ -121,4 +62,46 @@ try:  # a ctypes library: any CPython 3 on this platform can use the wheel
 except ImportError:
     pass
 
-setup(cmdclass=cmdclass, distclass=BinaryDistribution)
+kwargs = {}
+if PREBUILT:
+
+    class BuildPyWithLib(build_py):
+        """build_py that also copies the prebuilt library."""
+
+        def run(self):
+            super().run()
+            dest = Path(self.build_lib) / "asyncloader" / LIB
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PREBUILT, dest)
+            print(f"asyncloader: copied {PREBUILT} -> {dest}", flush=True)
+
+    cmdclass["build_py"] = BuildPyWithLib
+else:
+    from setuptools_rust import Binding, RustExtension, Strip
+    from setuptools_rust.build import build_rust
+
+    class BuildRust(build_rust):
+        """Installs the cdylib as ``asyncloader/libasyncloader.so``, the name
+        ``asyncloader._ffi`` loads, instead of an extension-module name
+        (``libasyncloader.cpython-311-x86_64-linux-gnu.so``)."""
+
+        def get_dylib_ext_path(self, ext, target_fname):
+            return str(Path(super().get_dylib_ext_path(ext, target_fname)).with_name(LIB))
+
+    cmdclass["build_rust"] = BuildRust
+    kwargs["rust_extensions"] = [
+        RustExtension(
+            "asyncloader.libasyncloader",
+            path=rel(REPO / "Cargo.toml"),
+            binding=Binding.NoBinding,
+            # The library only: clap, indicatif, serde_json are the CLI's.
+            args=["--no-default-features"],
+            cargo_manifest_args=["--locked"],
+            strip=Strip.Debug,
+        )
+    ]
+
+if rel(HERE) != ".":  # run from the repository root (./setup.py)
+    kwargs["package_dir"] = {"": rel(HERE)}
+
+setup(cmdclass=cmdclass, distclass=BinaryDistribution, zip_safe=False, **kwargs)

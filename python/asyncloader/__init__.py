@@ -33,6 +33,7 @@ __all__ = [
     "find_library",
     "library_version",
     "default_config",
+    "probe",
     "DEFAULT_MAX_FILE_SIZE",
     "MAX_PATH_BYTES",
 ]
@@ -59,3 +60,18 @@ def library_version() -> str:
         if v:
             return v.decode()
     return "unknown"
+
+
+def probe(*paths) -> dict:
+    """What this machine can do for the loader, as ``asyncloader info
+    --json`` says it: the kernel, whether io_uring can be set up (and if not
+    the errno and its likely cause: seccomp, the ``kernel.io_uring_disabled``
+    sysctl, the kernel, ``RLIMIT_MEMLOCK``), the io_uring opcodes the engine
+    needs, the backend ``auto`` picks, and for each path (file or directory)
+    its file system, ``O_DIRECT`` and block-device queue. ``python -m
+    asyncloader info [PATH...]`` prints it as text."""
+    import json
+
+    from . import _ffi
+
+    return json.loads(_ffi.probe_report(paths, json_format=True))

@@ -321,3 +321,38 @@ def lib() -> Lib:
         except OSError as e:
             raise LibraryNotFound(f"cannot load {path}: {e}") from e
     return _lib
+
+
+# ---------------------------------------------------------------------------
+# al_probe: what this machine can do for the loader (`asyncloader info`).
+# A separate block: it needs nothing from Lib above but the loaded library.
+# ---------------------------------------------------------------------------
+
+AL_PROBE_JSON = 1
+
+
+def probe_report(paths=(), json_format: bool = True) -> str:
+    """The report of ``al_probe`` for ``paths`` (files or directories), as
+    JSON or as the text ``asyncloader info`` prints."""
+    cdll = lib().cdll
+    f = _declare(
+        cdll,
+        "al_probe",
+        c_int,
+        [POINTER(c_char_p), c_size_t, c_uint32, c_void_p, c_size_t],
+        required=False,
+    )
+    if f is None:
+        raise LibraryNotFound(f"{cdll._name} has no al_probe (a library older than 0.1.0's probe)")
+    encoded = [os.fsencode(p) for p in paths]
+    arr = (c_char_p * max(len(encoded), 1))(*encoded)
+    flags = AL_PROBE_JSON if json_format else 0
+    size = 1 << 14
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = f(arr, len(encoded), flags, buf, size)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n), "al_probe")
+        if n < size:
+            return buf.value.decode("utf-8", "replace")
+        size = n + 4096  # the report grew: ask again with room
