@@ -176,7 +176,7 @@ fn classify(
     disabled: Option<u32>,
     release: &str,
 ) -> (Reason, String) {
-    let e = std::io::Error::from_raw_os_error(errno);
+    let e = errno_name(errno);
     let filtered = seccomp == Some(2);
     let kv = kernel_version(release);
     let old = kv.is_some_and(|v| v < (5, 19));

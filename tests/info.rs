@@ -15,8 +15,26 @@ use serde_json::Value;
 /// seccomp filter that fails `io_uring_setup` with `blocked_errno`; kills
 /// it after 30 s (never hangs).
 fn info(args: &[&Path], env: &[(&str, &str)], blocked_errno: Option<u32>) -> (Value, Output) {
+    let out = run(&[Path::new("--json")], args, env, blocked_errno);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, out)
+}
+
+/// Runs `asyncloader info FLAGS ARGS` (see [`info`]).
+fn run(
+    flags: &[&Path],
+    args: &[&Path],
+    env: &[(&str, &str)],
+    blocked_errno: Option<u32>,
+) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_asyncloader"));
-    c.arg("info").arg("--json").args(args);
+    c.arg("info").args(flags).args(args);
     c.env_remove("ASYNCLOADER_BACKEND");
     for (k, v) in env {
         c.env(k, v);
@@ -56,15 +74,7 @@ fn info(args: &[&Path], env: &[(&str, &str)], blocked_errno: Option<u32>) -> (Va
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (v, out)
+    child.wait_with_output().unwrap()
 }
 
 /// A seccomp program: `io_uring_setup` fails with `errno`, all else allowed.
@@ -152,6 +162,15 @@ fn seccomp_eperm_is_named() {
         assert!(v["backend"]["auto"].is_null());
         assert!(v["backend"]["error"].as_str().unwrap().contains("seccomp"));
     }
+    // The text says it in one line (as the README shows).
+    let out = run(&[], &[], &[], Some(libc::EPERM as u32));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("io_uring:   NO, errno 1 (Operation not permitted), cause: seccomp"),
+        "{s}"
+    );
+    assert!(s.contains("backend:    threads"), "{s}");
+    println!("{s}");
 }
 
 #[test]
