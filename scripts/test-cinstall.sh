@@ -4,7 +4,7 @@
 # `pkg-config --cflags --libs asyncloader` from that prefix and run over a
 # small data set, and a check that the header's version macros match the
 # installed library (al_version, al_abi_version) and its soname is
-# libasyncloader.so.MAJOR.
+# libasyncloader.so.MAJOR (0.MINOR while the version is 0.x).
 #   bash scripts/test-cinstall.sh
 # Skips (exit 0, says so) when cargo-c is not installed, unless
 # REQUIRE_CARGO_C=1 (CI). Install it with:
@@ -29,15 +29,20 @@ t0=$(date +%s)
 cargo cinstall --release --no-default-features --prefix="$prefix" --libdir="$prefix/lib"
 echo "cinstall took $(($(date +%s) - t0)) s"
 major=$(sed -n 's/^#define AL_VERSION_MAJOR \([0-9]*\)$/\1/p' include/asyncloader.h)
+minor=$(sed -n 's/^#define AL_VERSION_MINOR \([0-9]*\)$/\1/p' include/asyncloader.h)
+# The soname carries the version part that breaks compatibility (semver, as
+# cargo-c applies it): MAJOR from 1.0 on, 0.MINOR before.
+if [ "$major" = 0 ]; then abi="0.$minor"; else abi=$major; fi
 for f in include/asyncloader.h lib/libasyncloader.a lib/libasyncloader.so \
-    "lib/libasyncloader.so.$major" lib/pkgconfig/asyncloader.pc; do
+    "lib/libasyncloader.so.$abi" lib/pkgconfig/asyncloader.pc; do
     [ -e "$prefix/$f" ] || { echo "missing: $prefix/$f" >&2; ls -lR "$prefix" >&2; exit 1; }
 done
 cmp include/asyncloader.h "$prefix/include/asyncloader.h" ||
     { echo "installed header differs from include/asyncloader.h" >&2; exit 1; }
 soname=$(readelf -d "$prefix/lib/libasyncloader.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
-[ "$soname" = "libasyncloader.so.$major" ] ||
-    { echo "soname is '$soname', want libasyncloader.so.$major" >&2; exit 1; }
+[ "$soname" = "libasyncloader.so.$abi" ] ||
+    { echo "soname is '$soname', want libasyncloader.so.$abi" >&2; exit 1; }
+echo "soname: $soname"
 
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 flags=$(pkg-config --cflags --libs asyncloader)
@@ -68,7 +73,8 @@ cc -std=c11 "$tmp/version.c" $flags -o "$tmp/version"
 # program using a library installed there does.
 export LD_LIBRARY_PATH=$prefix/lib
 "$tmp/version"
-ldd "$tmp/load_dir" | grep -q "$prefix/lib/libasyncloader.so.$major" ||
+ldd "$tmp/load_dir" > "$tmp/ldd.txt"
+grep -q "=> $prefix/lib/libasyncloader.so.$abi " "$tmp/ldd.txt" ||
     { echo "load_dir is not linked against the installed library" >&2; ldd "$tmp/load_dir" >&2; exit 1; }
 mkdir -p "$tmp/data/sub"
 for i in $(seq 1 40); do

@@ -23,7 +23,8 @@ echo "== auditwheel repair"
 auditwheel repair -w "$tmp/wheelhouse" "$tmp"/dist/asyncloader-*.whl
 whl=$(ls "$tmp"/wheelhouse/asyncloader-*-py3-none-manylinux*.whl)
 auditwheel show "$whl"
-python3 -m zipfile -l "$whl" | grep -q 'asyncloader/libasyncloader.so' ||
+python3 -m zipfile -l "$whl" > "$tmp/contents.txt"
+grep -q 'asyncloader/libasyncloader.so ' "$tmp/contents.txt" ||
     { echo "the wheel lacks asyncloader/libasyncloader.so" >&2; exit 1; }
 echo "built and repaired $(basename "$whl") in $(($(date +%s) - t0)) s"
 
