@@ -12,6 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
+# The C library is the crate without the `cli` feature: none of the CLI's
+# crates may be in its dependency tree.
+if cargo tree -e normal -p asyncloader --no-default-features --prefix none |
+    grep -E '^(clap|indicatif|serde_json) '; then
+    echo "the library depends on CLI crates" >&2
+    exit 1
+fi
 if ! cargo cinstall --version >/dev/null 2>&1; then
     if [ "${REQUIRE_CARGO_C:-0}" = 1 ]; then
         echo "cargo-c is not installed (cargo install cargo-c --version 0.10.24 --locked)" >&2
