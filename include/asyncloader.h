@@ -40,6 +40,12 @@
 #define AL_ABI_VERSION 2
 
 /**
+ * `al_probe` flag: write JSON (one object; see docs/c-api.md) instead of
+ * the text `asyncloader info` prints.
+ */
+#define AL_PROBE_JSON 1
+
+/**
  * Where a loader is in its life (Rust `Stats::state`, C `al_stats.state`).
  * Named by `LoaderState::name` and `al_state_name`.
  *
@@ -116,12 +122,6 @@ typedef enum al_backend al_backend;
 typedef uint32_t al_backend;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
-
-/**
- * `al_probe` flag: write JSON (one object; see docs/c-api.md) instead of
- * the text `asyncloader info` prints.
- */
-#define AL_PROBE_JSON 1
 
 /**
  * A loaded (or failed) file, delivered by `al_worker_try_get`,

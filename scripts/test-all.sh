@@ -52,3 +52,12 @@ if [ -f python/pyproject.toml ]; then
     echo "== Python package"
     $T 900 bash scripts/test-python.sh
 fi
+
+# Packaging: the C library installed with cargo cinstall into a temporary
+# prefix and used through pkg-config alone (skipped with a message when
+# cargo-c is missing, except in CI, which installs it); the Python wheel built,
+# auditwheel-repaired and tested in a fresh venv without cargo on PATH.
+echo "== C library via cargo cinstall + pkg-config"
+REQUIRE_CARGO_C=${CI:+1} $T 900 bash scripts/test-cinstall.sh
+echo "== Python wheel: pip wheel ., auditwheel repair, fresh venv without cargo"
+$T 1200 bash scripts/test-wheel.sh

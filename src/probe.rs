@@ -243,7 +243,13 @@ fn probe_uring(seccomp: Option<u32>, disabled: Option<u32>, release: &str) -> Ur
     };
     let bare = bare.map(drop);
     // Exactly what the engine sets up (Auto's decision).
-    let engine = crate::backend::uring::UringBackend::new(1, false, 4096, std::sync::Arc::new(()));
+    let engine = crate::backend::uring::UringBackend::new(
+        1,
+        false,
+        4096,
+        std::sync::Arc::new(()),
+        &crate::config::env_overrides(),
+    );
     let errno = |e: &std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
     let failure = match (&bare, engine) {
         (Err(e), _) => Some(("io_uring_setup", errno(e))),

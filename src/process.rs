@@ -39,6 +39,18 @@ pub fn fork_epoch() -> u64 {
     FORK_EPOCH.load(Ordering::Relaxed)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock entries are stamped with, and
+/// one all processes of the machine share.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Writes one line to standard error with a single `write(2)`, taking no
 /// lock: safe in a forked loader process, where `eprintln!` could block on
 /// the stderr lock that another thread of the parent held at the fork.

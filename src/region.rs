@@ -757,15 +757,7 @@ fn map(fd: &OwnedFd, size: u64) -> Result<*mut u8> {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::process::now_ns;
 
 #[cfg(test)]
 mod tests {

@@ -68,40 +68,7 @@ pub fn human(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
-/// A splitmix64 generator: tiny, fast, and good enough for test data.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in lo..=hi.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64(); // (0, 1]
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
+pub use asyncloader::testkit::SplitMix64;
 
 /// How file sizes are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,18 +249,7 @@ fn write_file(
 }
 
 fn fill_from(rng: &mut SplitMix64, buf: &mut [u8]) {
-    let mut chunks = buf.chunks_exact_mut(8);
-    for c in &mut chunks {
-        c.copy_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    // A draw only for a partial word: a chunk that ends on a word boundary
-    // leaves the stream where the next chunk continues it (the bytes of a
-    // whole file are the same either way).
-    let rem = chunks.into_remainder();
-    if !rem.is_empty() {
-        let n = rem.len();
-        rem.copy_from_slice(&rng.next_u64().to_le_bytes()[..n]);
-    }
+    rng.fill(buf);
 }
 
 /// True when `dir` holds a complete data set made from `spec`.

@@ -3,17 +3,7 @@
 
 use std::io::Write;
 
-/// CLOCK_MONOTONIC in nanoseconds (the same clock the engine stamps entries
-/// with, and one that all processes of the machine share).
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use asyncloader::process::now_ns;
 
 /// User and system CPU seconds of one `getrusage` target.
 fn rusage_secs(who: libc::c_int) -> (f64, f64) {

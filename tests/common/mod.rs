@@ -5,24 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use asyncloader::testkit::SplitMix64;
 use asyncloader::{Config, Entry, Loader, Worker};
 
 /// Deterministic bytes for file `i` of `len` bytes (splitmix64 stream).
 pub fn content(i: u64, len: usize) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0; len];
+    SplitMix64::new(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64).fill(&mut out);
     out
 }
-
 #[allow(unused_imports)] // not every test binary uses it
 pub use asyncloader::testkit::Rng;
 
