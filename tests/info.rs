@@ -3,12 +3,15 @@
 //! `io_uring_setup` fail with `EPERM` (or `ENOSYS`) installed in the child
 //! before it runs the binary — and a tmpfs path for `O_DIRECT`.
 
+mod common;
+
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{install_seccomp, io_uring_setup_filter};
 use serde_json::Value;
 
 /// Runs `asyncloader info --json ARGS` with `env`, optionally under a
@@ -40,27 +43,10 @@ fn run(
         c.env(k, v);
     }
     if let Some(errno) = blocked_errno {
-        let prog = filter(errno);
+        let prog = io_uring_setup_filter(errno);
         // SAFETY: the closure runs in the forked child before exec and only
         // makes two prctl calls (async-signal-safe) on memory it owns.
-        unsafe {
-            c.pre_exec(move || {
-                let fprog = libc::sock_fprog {
-                    len: prog.len() as u16,
-                    filter: prog.as_ptr() as *mut _,
-                };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                    || libc::prctl(
-                        libc::PR_SET_SECCOMP,
-                        libc::SECCOMP_MODE_FILTER,
-                        &fprog as *const libc::sock_fprog,
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
+        unsafe { c.pre_exec(move || install_seccomp(&prog)) };
     }
     c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -75,23 +61,6 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().unwrap()
-}
-
-/// A seccomp program: `io_uring_setup` fails with `errno`, all else allowed.
-fn filter(errno: u32) -> [libc::sock_filter; 4] {
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    [
-        // seccomp_data.nr is at offset 0.
-        f(ld, 0, 0, 0),
-        f(jeq, 0, 1, libc::SYS_io_uring_setup as u32),
-        f(ret, 0, 0, RET_ERRNO | errno),
-        f(ret, 0, 0, RET_ALLOW),
-    ]
 }
 
 fn uring_works_here() -> bool {

@@ -142,35 +142,7 @@ fn spawned_loader_exits_when_its_parent_dies() {
 /// Makes `io_uring_setup` fail with `errno` in this (forked, single-threaded)
 /// process, as a container's seccomp profile does.
 fn block_io_uring(errno: u32) {
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let prog = [
-        // seccomp_data.nr is at offset 0.
-        f(ld, 0, 0, 0),
-        f(jeq, 0, 1, libc::SYS_io_uring_setup as u32),
-        f(ret, 0, 0, RET_ERRNO | errno),
-        f(ret, 0, 0, RET_ALLOW),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut _,
-    };
-    // SAFETY: plain prctl calls; `fprog` points at `prog`, alive for the call.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog
-            ),
-            0
-        );
-    }
+    install_seccomp(&io_uring_setup_filter(errno)).unwrap();
 }
 
 /// Runs `f` in a forked child in which `io_uring_setup` fails with `errno`

@@ -135,3 +135,46 @@ pub fn expected_backend() -> &'static str {
         _ => "io_uring",
     }
 }
+
+/// A seccomp program: `io_uring_setup` fails with `errno`, all else allowed
+/// (what a container's seccomp profile does to io_uring).
+pub fn io_uring_setup_filter(errno: u32) -> [libc::sock_filter; 4] {
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    [
+        // seccomp_data.nr is at offset 0.
+        f(ld, 0, 0, 0),
+        f(jeq, 0, 1, libc::SYS_io_uring_setup as u32),
+        f(ret, 0, 0, RET_ERRNO | errno),
+        f(ret, 0, 0, RET_ALLOW),
+    ]
+}
+
+/// Installs seccomp program `prog` on the calling thread (and what it
+/// forks or execs). Only two `prctl` calls: async-signal-safe, usable
+/// between fork and exec.
+pub fn install_seccomp(prog: &[libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    // SAFETY: plain prctl calls; `fprog` points at `prog`, alive for the
+    // call, and the kernel copies the program.
+    let ok = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
