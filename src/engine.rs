@@ -304,8 +304,7 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
                 });
                 if !woke
                     && let Some(parent) = ctx.parent
-                    // SAFETY: getppid has no preconditions.
-                    && unsafe { libc::getppid() } != parent
+                    && nix::unistd::getppid().as_raw() != parent
                 {
                     // The program that spawned us is gone.
                     let _ = h.state.compare_exchange(

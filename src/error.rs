@@ -73,14 +73,6 @@ impl Error {
         }
     }
 
-    /// The last OS error (errno) of the calling thread.
-    pub(crate) fn last_os(what: &'static str) -> Self {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        Self::os(errno, what)
-    }
-
     /// The category.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -233,19 +233,21 @@ impl Loader {
         // caller's code or running its destructors or atexit handlers.
         // (Under an allocator without fork handlers, e.g. ASan's, call
         // `spawn` before starting other threads: docs/c-api.md.)
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            self.unclaim();
-            return Err(Error::last_os("fork of the loader process"));
-        }
+        let pid = match unsafe { nix::unistd::fork() } {
+            Err(e) => {
+                self.unclaim();
+                return Err(Error::os(e as i32, "fork of the loader process"));
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+            Ok(nix::unistd::ForkResult::Child) => 0,
+        };
         if pid == 0 {
             // Child: the loader process.
             let h = self.region.header();
             h.loader_pid
                 .store(std::process::id() as i32, Ordering::Release);
             // Parent died between fork and here: stop right away.
-            // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } != parent {
+            if nix::unistd::getppid().as_raw() != parent {
                 h.state.store(state::STOPPING, Ordering::Release);
             }
             let code = match Self::spawn_threads(&self.region, 1..n, Some(parent), env) {
@@ -522,20 +524,18 @@ impl Loader {
 }
 
 fn reap_child(pid: i32) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid);
     let deadline = Instant::now() + CHILD_EXIT_GRACE;
     let mut killed = false;
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child, writing into `status`.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid
-            || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
-        {
-            return;
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            // Reaped (or not our child any more): done.
+            Ok(_) | Err(_) => return,
         }
         if !killed && Instant::now() >= deadline {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             killed = true;
         }
         std::thread::sleep(Duration::from_millis(1));

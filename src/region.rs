@@ -25,7 +25,10 @@
 //! outside the region.
 
 use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use memmap2::{Advice, MmapOptions, MmapRaw};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use crate::config::{BackendKind, Config, buffer_size, limits};
@@ -320,12 +323,15 @@ impl Layout {
 
 /// A mapping of a region, local to this process.
 pub struct Region {
+    /// `map.as_mut_ptr()`, kept at hand: every access computes from it.
     base: *mut u8,
     len: usize,
-    /// Kept open for the region's life: it is what [`Region::attach`]
-    /// reopens through `/proc/<creator>/fd/<n>` (never read otherwise).
-    #[allow(dead_code)]
-    fd: OwnedFd,
+    /// The shared mapping (unmapped when the Region drops).
+    map: MmapRaw,
+    /// The memfd, kept open for the region's life: it is what
+    /// [`Region::attach`] reopens through `/proc/<creator>/fd/<n>`.
+    #[allow(dead_code)] // held, not read (and read by tests)
+    file: File,
     name: String,
     layout: Layout,
     cfg: RawConfig,
@@ -371,30 +377,26 @@ impl Region {
         cfg.validate()?;
         let raw = RawConfig::from_config(cfg);
         let layout = Layout::compute(&raw);
-        // SAFETY: the name is a valid NUL-terminated string; the returned fd
-        // is checked and then owned.
-        let fd = unsafe { libc::memfd_create(c"asyncloader".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::last_os("memfd_create"));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain syscall on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), layout.total_size as libc::off_t) } != 0 {
-            return Err(Error::last_os("ftruncate of the shared region"));
-        }
-        let base = map(&fd, layout.total_size)?;
+        let file = File::from(
+            nix::sys::memfd::memfd_create(c"asyncloader", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(|e| Error::os(e as i32, "memfd_create"))?,
+        );
+        file.set_len(layout.total_size)
+            .map_err(|e| io_error(&e, "ftruncate of the shared region"))?;
+        let map = map(&file, layout.total_size)?;
+        let base = map.as_mut_ptr();
         let nonce = random_nonce();
         let name = format!(
             "asyncloader-{}-{}-{:016x}",
             std::process::id(),
-            fd.as_raw_fd(),
+            file.as_raw_fd(),
             nonce
         );
         let region = Region {
             base,
             len: layout.total_size as usize,
-            fd,
+            map,
+            file,
             name,
             layout,
             cfg: raw,
@@ -440,40 +442,43 @@ impl Region {
         if it.next().is_some() {
             return Err(bad());
         }
-        let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fdn}")).map_err(|_| bad())?;
-        // SAFETY: valid C string; the fd is checked and then owned.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            let e = Error::last_os("open of the loader's shared region");
-            return Err(if e.errno() != libc::ENOENT {
-                e
-            } else if crate::process::pid_alive(pid as i32) {
-                // The creator lives but has no such descriptor: a wrong or
-                // stale name, not a dead loader.
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!("no asyncloader region is open as descriptor {fdn} of process {pid}"),
-                )
-            } else {
-                Error::new(
-                    ErrorKind::LoaderDead,
-                    "no such loader (its creating process is gone)",
-                )
-            });
-        }
-        // SAFETY: fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: fstat writes into `st`, a properly sized local.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(Error::last_os("fstat of the shared region"));
-        }
-        let size = st.st_size as u64;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/fd/{fdn}"));
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                return Err(io_error(&e, "open of the loader's shared region"));
+            }
+            Err(_) => {
+                return Err(if crate::process::pid_alive(pid as i32) {
+                    // The creator lives but has no such descriptor: a wrong or
+                    // stale name, not a dead loader.
+                    Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "no asyncloader region is open as descriptor {fdn} of process {pid}"
+                        ),
+                    )
+                } else {
+                    Error::new(
+                        ErrorKind::LoaderDead,
+                        "no such loader (its creating process is gone)",
+                    )
+                });
+            }
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| io_error(&e, "fstat of the shared region"))?
+            .len();
         if size < std::mem::size_of::<Header>() as u64 {
             return Err(bad());
         }
-        let base = map(&fd, size)?;
+        // Unmapped when `map` drops, on every early return below.
+        let map = map(&file, size)?;
+        let base = map.as_mut_ptr();
         // SAFETY: the mapping is at least a Header long and page-aligned; the
         // fields read here are written once at creation, before the name
         // could be known to anyone.
@@ -481,16 +486,10 @@ impl Region {
             let h = &*base.cast::<Header>();
             (h.magic, h.version, h.nonce, h.total_size, h.cfg)
         };
-        let unmap = || {
-            // SAFETY: we mapped exactly `size` bytes at `base` above.
-            unsafe { libc::munmap(base.cast(), size as usize) };
-        };
         if magic != MAGIC || hdr_nonce != nonce {
-            unmap();
             return Err(bad());
         }
         if version != LAYOUT_VERSION {
-            unmap();
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!("loader layout version {version}, this library speaks {LAYOUT_VERSION}"),
@@ -500,7 +499,6 @@ impl Region {
         // it before computing anything from it (the limits keep every
         // product of the layout far from overflowing).
         if let Err(e) = cfg.validate() {
-            unmap();
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!("shared region header holds an invalid config ({e})"),
@@ -519,7 +517,6 @@ impl Region {
             && h.entry_stride == layout.entry_stride
             && h.buffers_off == layout.buffers_off;
         if !consistent {
-            unmap();
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "shared region header is inconsistent",
@@ -528,7 +525,8 @@ impl Region {
         Ok(Region {
             base,
             len: size as usize,
-            fd,
+            map,
+            file,
             name: name.to_owned(),
             layout,
             cfg,
@@ -696,23 +694,12 @@ impl Region {
     /// Allocates every page of the data buffers now (without changing their
     /// contents), so loads never pay a first-touch page fault and zeroing.
     pub fn prefault_buffers(&self) -> Result<()> {
+        // MADV_POPULATE_WRITE only faults pages in, it never changes data,
+        // so it is harmless while loads are in flight.
         let off = self.layout.buffers_off as usize;
-        // SAFETY: [base + off, base + len) is inside our mapping;
-        // MADV_POPULATE_WRITE only faults pages in, it never changes data, so
-        // it is harmless while loads are in flight.
-        let r = unsafe {
-            libc::madvise(
-                self.base.add(off).cast(),
-                self.len - off,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if r != 0 {
-            return Err(Error::last_os(
-                "madvise(MADV_POPULATE_WRITE) of the buffers",
-            ));
-        }
-        Ok(())
+        self.map
+            .advise_range(Advice::PopulateWrite, off, self.len - off)
+            .map_err(|e| io_error(&e, "madvise(MADV_POPULATE_WRITE) of the buffers"))
     }
 
     /// The whole mapping as raw memory, for tests that play a broken or
@@ -725,35 +712,20 @@ impl Region {
     /// The descriptor of the memfd.
     #[cfg(test)]
     pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.file.as_raw_fd()
     }
 }
 
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: base/len describe exactly the mapping made in create/attach;
-        // no reference into it outlives the Region (every user holds an Arc).
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
+/// Maps `size` bytes of the region file, shared and writable.
+fn map(file: &File, size: u64) -> Result<MmapRaw> {
+    MmapOptions::new()
+        .len(size as usize)
+        .map_raw(file)
+        .map_err(|e| io_error(&e, "mmap of the shared region"))
 }
 
-fn map(fd: &OwnedFd, size: u64) -> Result<*mut u8> {
-    // SAFETY: mapping a descriptor we own, MAP_SHARED, at a kernel-chosen
-    // address; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Error::last_os("mmap of the shared region"));
-    }
-    Ok(p.cast())
+fn io_error(e: &std::io::Error, what: &'static str) -> Error {
+    Error::os(e.raw_os_error().unwrap_or(libc::EIO), what)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
