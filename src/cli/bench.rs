@@ -27,7 +27,8 @@
 //! and shutdown, with every child reaped before the row ends.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{PipeReader, PipeWriter, Read, Write as _};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use asyncloader::config::{BUF_ALIGN, buffer_size, limits};
 use asyncloader::{Config, ErrorKind, Loader, Stats, Worker};
 use indicatif::ProgressBar;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
 use serde_json::json;
 
 use super::datagen::{self, Dist, Spec, human};
@@ -210,28 +216,23 @@ impl DataSet {
         let root = root
             .canonicalize()
             .map_err(|e| format!("{}: {e}", root.display()))?;
+        // Not following symlinks (a symlinked directory is not entered; a
+        // symlink to a regular file is kept: `metadata` below follows it).
         let mut files = Vec::new();
-        let mut stack = vec![root.clone()];
-        while let Some(d) = stack.pop() {
-            let rd = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-            for e in rd {
-                let e = e.map_err(|e| format!("{}: {e}", d.display()))?;
-                let p = e.path();
-                let ft = e.file_type().map_err(|e| format!("{}: {e}", p.display()))?;
-                if ft.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                if e.file_name() == datagen::MARKER {
-                    continue;
-                }
-                if let Some(x) = ext
-                    && !e.file_name().as_bytes().ends_with(x.as_bytes())
-                {
-                    continue;
-                }
-                files.push(p);
+        for e in walkdir::WalkDir::new(&root) {
+            let e = e.map_err(|e| e.to_string())?;
+            if e.file_type().is_dir() {
+                continue;
             }
+            if e.file_name() == datagen::MARKER {
+                continue;
+            }
+            if let Some(x) = ext
+                && !e.file_name().as_bytes().ends_with(x.as_bytes())
+            {
+                continue;
+            }
+            files.push(e.into_path());
         }
         files.sort();
         if let Some(n) = limit {
@@ -293,8 +294,10 @@ impl DataSet {
     }
 }
 
-/// What the workers of one run saw, merged.
-#[derive(Default, Debug)]
+/// What the workers of one run saw, merged. A worker process sends its
+/// own as JSON through its report pipe (one per worker per row, after its
+/// last file).
+#[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 struct Part {
     ok: u64,
     errors: u64,
@@ -339,79 +342,6 @@ impl Part {
         if self.first_error.is_none() {
             self.first_error = Some(format!("{}: {err}", String::from_utf8_lossy(path)));
         }
-    }
-
-    /// Binary encoding for the pipe from a worker process.
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(64 + self.lat.len() * 8 + self.samples.len() * 24);
-        let mut put = |x: u64| v.extend_from_slice(&x.to_le_bytes());
-        put(self.ok);
-        put(self.errors);
-        put(self.bytes);
-        put(self.lat.len() as u64);
-        for &l in &self.lat {
-            put(l);
-        }
-        put(self.samples.len() as u64);
-        for &(i, l, h) in &self.samples {
-            put(i as u64);
-            put(l);
-            put(h);
-        }
-        for s in [&self.first_error, &self.fatal] {
-            let b = s.as_deref().unwrap_or("").as_bytes();
-            v.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            v.extend_from_slice(b);
-        }
-        v
-    }
-
-    fn decode(b: &[u8]) -> Res<Part> {
-        let mut c = Cursor { b, at: 0 };
-        let mut p = Part {
-            ok: c.u64()?,
-            errors: c.u64()?,
-            bytes: c.u64()?,
-            ..Part::default()
-        };
-        let n = c.u64()? as usize;
-        p.lat = (0..n).map(|_| c.u64()).collect::<Res<_>>()?;
-        let n = c.u64()? as usize;
-        for _ in 0..n {
-            p.samples.push((c.u64()? as u32, c.u64()?, c.u64()?));
-        }
-        p.first_error = c.string()?;
-        p.fatal = c.string()?;
-        Ok(p)
-    }
-}
-
-/// Reads a worker report.
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
-        let s = self
-            .b
-            .get(self.at..self.at.saturating_add(n))
-            .ok_or_else(|| "truncated worker report".to_string())?;
-        self.at += n;
-        Ok(s)
-    }
-
-    fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn string(&mut self) -> Res<Option<String>> {
-        let n = self.u64()? as usize;
-        let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-        Ok((!s.is_empty()).then_some(s))
     }
 }
 
@@ -592,86 +522,68 @@ fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     })
 }
 
-/// A pipe: (read end, write end).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// Waits for our child `pid` (retrying on EINTR); returns how it ended
+/// (`None` if it cannot be waited for).
+fn reap(pid: Pid) -> Option<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            r => return r.ok(),
+        }
     }
-    // SAFETY: pipe2 just opened these two descriptors; nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Closes a descriptor in a forked child, where the `OwnedFd` holding it
-/// is never dropped (the child leaves with `_exit`).
-fn close_in_child(fd: RawFd) {
-    // SAFETY: the child owns its copy of the descriptor and never uses it
-    // again (nor drops the parent's `OwnedFd` of it).
-    unsafe { libc::close(fd) };
-}
-
-/// Waits for our child `pid` (retrying on EINTR); returns its status.
-fn reap(pid: i32) -> i32 {
-    let mut status = 0;
-    // SAFETY: reaps our own child, writing into `status`.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-    {}
-    status
+/// How a worker process ended, for the row's problems.
+fn describe(status: Option<WaitStatus>) -> String {
+    match status {
+        Some(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+        Some(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+        Some(s) => format!("{s:?}"),
+        None => "not waited for".into(),
+    }
 }
 
 /// The worker processes of one `process` row with the read end of each
 /// one's report pipe. Whatever ends the row early (an error in the fork
 /// loop, a `?`, a panic), dropping this kills and reaps every child not yet
 /// reaped, so none is left blocked on the start pipe.
-struct Forked(Vec<(i32, OwnedFd)>);
+struct Forked(Vec<(Pid, PipeReader)>);
 
 impl Drop for Forked {
     fn drop(&mut self) {
         for (pid, _report) in self.0.drain(..) {
-            // SAFETY: signals our own child, not yet reaped (so the pid
-            // cannot have been reused).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Our own child, not yet reaped (so the pid cannot have been
+            // reused).
+            let _ = kill(pid, Signal::SIGKILL);
             reap(pid);
         }
     }
 }
 
-fn write_all(fd: i32, mut b: &[u8]) -> bool {
-    while !b.is_empty() {
-        // SAFETY: writes from a valid slice.
-        let r = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return false;
-        }
-        b = &b[r as usize..];
-    }
-    true
-}
-
 /// Body of a forked worker process; never returns.
-fn worker_child(w: &Worker, ds: &DataSet, k: usize, n: usize, go: RawFd, out: RawFd) -> ! {
+fn worker_child(
+    w: &Worker,
+    ds: &DataSet,
+    k: usize,
+    n: usize,
+    mut go: PipeReader,
+    mut out: PipeWriter,
+) -> ! {
     // Wait for the start signal: EOF on `go` once the parent closes it.
     let mut b = [0u8; 1];
-    // SAFETY: reads into a valid 1-byte buffer.
-    while unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) } < 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-    {}
+    while let Err(e) = go.read(&mut b) {
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         load_with_worker(w, ds, k, n, &ProgressBar::hidden())
     }));
     let code = match r {
-        Ok(part) => {
-            if write_all(out, &part.encode()) {
-                0
-            } else {
-                2
-            }
-        }
+        Ok(part) => match serde_json::to_vec(&part) {
+            Ok(v) if out.write_all(&v).is_ok() => 0,
+            _ => 2,
+        },
         Err(_) => 3,
     };
     // SAFETY: ends the forked child without running the parent's
@@ -687,7 +599,7 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     // The children wait for EOF on `go_r`: the parent's closing `go_w`.
     // `forked` is declared after the start pipe so that on an early return
     // it is dropped first: the children are killed before `go_w` closes.
-    let (go_r, go_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (go_r, go_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let mut forked = Forked(Vec::with_capacity(n));
     for k in 0..n {
         // Any error here returns with `forked` dropped: the workers
@@ -695,7 +607,7 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
         let w = loader
             .worker(k as u32)
             .map_err(|e| format!("worker {k}: {e}"))?;
-        let (r, wr) = pipe().map_err(|e| format!("pipe for worker {k}: {e}"))?;
+        let (r, wr) = std::io::pipe().map_err(|e| format!("pipe for worker {k}: {e}"))?;
         // SAFETY: after fork in a multi-threaded process a child may only
         // call async-signal-safe functions, since another thread may have
         // held a lock (the allocator's) at the fork. This process has one
@@ -704,61 +616,64 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
         // forked process (`spawn`), and progress bars draw in this thread
         // (no ticker). So the child may run the worker loop (the engine's
         // API, allocation, write) and then `_exit`s.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(format!(
-                "fork of worker {k}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if pid == 0 {
-            close_in_child(go_w.as_raw_fd());
-            close_in_child(r.as_raw_fd());
-            for (_, fd) in &forked.0 {
-                close_in_child(fd.as_raw_fd());
+        match unsafe { fork() } {
+            Err(e) => {
+                return Err(format!("fork of worker {k}: {}", std::io::Error::from(e)));
             }
-            worker_child(&w, ds, k, n, go_r.as_raw_fd(), wr.as_raw_fd());
+            Ok(ForkResult::Child) => {
+                // The child's copies of the parent's ends: the start
+                // pipe's write end and every report pipe's read end. The
+                // child leaves with `_exit`, so it closes them here (and
+                // `forked`, emptied, kills no sibling if it ever drops).
+                drop(go_w);
+                drop(r);
+                drop(std::mem::take(&mut forked.0));
+                worker_child(&w, ds, k, n, go_r, wr);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(wr);
+                forked.0.push((child, r));
+            }
         }
-        drop(wr);
-        forked.0.push((pid, r));
     }
     drop(go_r);
     let t0 = sys::now_ns();
     drop(go_w); // go
-    let children: Vec<(i32, RawFd)> = forked
-        .0
-        .iter()
-        .map(|(p, fd)| (*p, fd.as_raw_fd()))
-        .collect();
     // Collect the reports; meanwhile show progress from the loader's counters.
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); children.len()];
-    let mut open: Vec<bool> = vec![true; children.len()];
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); forked.0.len()];
+    let mut open: Vec<bool> = vec![true; forked.0.len()];
     let mut t_end = t0;
     let mut chunk = vec![0u8; 1 << 16];
     while open.iter().any(|&x| x) {
-        let mut pfds: Vec<libc::pollfd> = children
+        let (idx, mut pfds): (Vec<usize>, Vec<PollFd>) = forked
+            .0
             .iter()
-            .zip(&open)
-            .filter(|(_, o)| **o)
-            .map(|(&(_, fd), _)| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: polls a valid array of pollfds.
-        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 50) };
+            .enumerate()
+            .filter(|(i, _)| open[*i])
+            .map(|(i, (_, r))| (i, PollFd::new(r.as_fd(), PollFlags::POLLIN)))
+            .unzip();
+        // An error (EINTR) leaves every revents empty: polled again.
+        let _ = poll(&mut pfds, 50u16);
         pb.set_position(loader.stats().completions.min(ds.files.len() as u64));
-        for p in pfds.iter().filter(|p| p.revents != 0) {
-            let i = children.iter().position(|c| c.1 == p.fd).expect("our fd");
-            // SAFETY: reads into a valid buffer.
-            let r = unsafe { libc::read(p.fd, chunk.as_mut_ptr().cast(), chunk.len()) };
-            if r > 0 {
-                bufs[i].extend_from_slice(&chunk[..r as usize]);
-            } else if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-            {
-                open[i] = false;
-                t_end = sys::now_ns();
+        let ready: Vec<usize> = idx
+            .into_iter()
+            .zip(&pfds)
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(i, _)| i)
+            .collect();
+        drop(pfds);
+        for i in ready {
+            match forked.0[i].1.read(&mut chunk) {
+                Ok(0) => {
+                    open[i] = false;
+                    t_end = sys::now_ns();
+                }
+                Ok(r) => bufs[i].extend_from_slice(&chunk[..r]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    open[i] = false;
+                    t_end = sys::now_ns();
+                }
             }
         }
     }
@@ -767,17 +682,18 @@ fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<
     for (i, (pid, report)) in std::mem::take(&mut forked.0).into_iter().enumerate() {
         drop(report);
         let status = reap(pid);
-        let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-        match Part::decode(&bufs[i]) {
+        let exited_ok = matches!(status, Some(WaitStatus::Exited(_, 0)));
+        match serde_json::from_slice::<Part>(&bufs[i]) {
             Ok(p) if exited_ok => part.merge(p),
             Ok(p) => {
                 part.merge(p);
                 part.fatal
-                    .get_or_insert_with(|| format!("worker {i} exit status {status:#x}"));
+                    .get_or_insert_with(|| format!("worker {i}: {}", describe(status)));
             }
             Err(e) => {
-                part.fatal
-                    .get_or_insert_with(|| format!("worker {i} (status {status:#x}): {e}"));
+                part.fatal.get_or_insert_with(|| {
+                    format!("worker {i} ({}): bad report: {e}", describe(status))
+                });
             }
         }
     }

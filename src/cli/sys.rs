@@ -3,16 +3,19 @@
 
 use std::io::Write;
 
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
+use nix::unistd::{SysconfVar, sysconf};
+
 pub use asyncloader::process::now_ns;
 
-/// User and system CPU seconds of one `getrusage` target.
-fn rusage_secs(who: libc::c_int) -> (f64, f64) {
-    // SAFETY: rusage is plain old data; getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid rusage to write.
-    unsafe { libc::getrusage(who, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    (tv(ru.ru_utime), tv(ru.ru_stime))
+/// User and system CPU seconds of one `getrusage` target (zeros if it
+/// fails, which it does not for these targets).
+fn rusage_secs(who: UsageWho) -> (f64, f64) {
+    let tv = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+    getrusage(who)
+        .map(|ru| (tv(ru.user_time()), tv(ru.system_time())))
+        .unwrap_or((0.0, 0.0))
 }
 
 /// CPU time of the whole process tree so far: this process (all threads)
@@ -25,8 +28,8 @@ pub struct Cpu {
 
 impl Cpu {
     pub fn now() -> Cpu {
-        let (su, ss) = rusage_secs(libc::RUSAGE_SELF);
-        let (cu, cs) = rusage_secs(libc::RUSAGE_CHILDREN);
+        let (su, ss) = rusage_secs(UsageWho::RUSAGE_SELF);
+        let (cu, cs) = rusage_secs(UsageWho::RUSAGE_CHILDREN);
         Cpu {
             user: su + cu,
             sys: ss + cs,
@@ -48,8 +51,7 @@ impl Cpu {
 /// `sync; echo 3 > /proc/sys/vm/drop_caches`. Needs root (and a /proc/sys
 /// that is writable, which some containers do not give).
 pub fn drop_page_cache() -> std::io::Result<()> {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    nix::unistd::sync();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/sys/vm/drop_caches")?;
@@ -65,21 +67,15 @@ pub fn cores() -> usize {
 
 /// "Linux 6.18.0 x86_64" from uname.
 pub fn kernel() -> String {
-    // SAFETY: utsname is plain old data; uname only writes into it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid utsname to write.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".into();
+    match nix::sys::utsname::uname() {
+        Ok(u) => format!(
+            "{} {} {}",
+            u.sysname().to_string_lossy(),
+            u.release().to_string_lossy(),
+            u.machine().to_string_lossy()
+        ),
+        Err(_) => "unknown".into(),
     }
-    let s = |f: &[libc::c_char]| {
-        let b: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&b).into_owned()
-    };
-    format!("{} {} {}", s(&u.sysname), s(&u.release), s(&u.machine))
 }
 
 /// The CPU model from /proc/cpuinfo, if it says.
@@ -124,15 +120,9 @@ pub fn filesystem_of(path: &std::path::Path) -> String {
 /// Bytes an unprivileged user may still write on the file system holding
 /// `path` (`statvfs`: `f_bavail * f_frsize`), `None` when it cannot say.
 pub fn free_space(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain old data; statvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid statvfs to write.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // A path with a NUL byte or that does not exist: an error, `None`.
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// Memory this process can still use, in bytes, and where the figure comes
@@ -151,10 +141,9 @@ pub fn available_memory() -> (u64, String) {
     let (mut avail, mut source) = match meminfo {
         Some(b) => (b, "MemAvailable".to_string()),
         None => {
-            // SAFETY: sysconf has no preconditions.
-            let pages = unsafe { libc::sysconf(libc::_SC_AVPHYS_PAGES) }.max(0) as u64;
-            // SAFETY: as above.
-            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+            let conf = |v: SysconfVar| sysconf(v).ok().flatten().unwrap_or(0).max(0) as u64;
+            let pages = conf(SysconfVar::_AVPHYS_PAGES);
+            let page = conf(SysconfVar::PAGE_SIZE);
             (pages * page, "free physical pages".to_string())
         }
     };
