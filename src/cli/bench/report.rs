@@ -1,0 +1,284 @@
+//! The table (stdout, or stderr with `--json`) and the JSON document.
+
+use serde_json::json;
+
+use super::data::{Budget, DataSet};
+use super::measure::{Figures, Row};
+use super::{Method, Opts, Res};
+use crate::cli::datagen::human;
+use crate::cli::sys;
+
+/// Prints the table and, with `--json`, the JSON document.
+pub(super) fn print(
+    o: &Opts,
+    ds: &DataSet,
+    budget: &Budget,
+    rows: &[Row],
+    cold: bool,
+    pool_threads: usize,
+) -> Res<()> {
+    let left_out_line = left_out_line(ds);
+    // Ratios compare rows that loaded the same files: a row that lost files
+    // (or failed verification) neither gets nor gives one.
+    let base = |m: Method| {
+        rows.iter()
+            .find(|r| r.method == m)
+            .and_then(|r| r.fig.as_ref())
+            .filter(|f| f.verified)
+            .map(|f| f.files_s)
+    };
+    let (seq_fs, pool_fs) = (base(Method::Seq), base(Method::Pool));
+    let ratio = |f: &Figures, b: Option<f64>| b.filter(|_| f.verified).map(|b| f.files_s / b);
+
+    // The table.
+    let mut out = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nmachine: {} cores ({}), {}",
+        sys::cores(),
+        sys::cpu_model(),
+        sys::kernel()
+    );
+    let _ = writeln!(
+        out,
+        "data: {} files, {:.1} MB, {}; {}{}",
+        ds.files.len(),
+        ds.total as f64 / 1e6,
+        ds.root.display(),
+        if cold { "cold" } else { "warm" },
+        if o.repeat > 1 {
+            format!(", median of {} runs", o.repeat)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(l) = &left_out_line {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = writeln!(
+        out,
+        "asyncloader: workers {}, queue_depth {}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        o.workers,
+        o.queue_depth,
+        ds.max.max(1),
+        human(ds.cap),
+        o.dispatch_n,
+        o.idle_iters,
+        if o.loader_threads == 0 {
+            format!("{} (cores)", sys::cores())
+        } else {
+            o.loader_threads.to_string()
+        },
+        if o.ring_window == 0 {
+            "default".to_string()
+        } else {
+            o.ring_window.to_string()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<38} {:>10} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7}  verify",
+        "method", "files/s", "MB/s", "CPU s/1k", "p50 us", "p99 us", "x seq", "x pool"
+    );
+    let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+    for r in rows {
+        let name = label(o, r.method, pool_threads);
+        match (&r.fig, &r.error) {
+            (Some(f), _) => {
+                let _ = writeln!(
+                    out,
+                    "{:<38} {:>10.0} {:>9.1} {:>10.4} {:>9.1} {:>9.1} {:>7} {:>7}  {}",
+                    name,
+                    f.files_s,
+                    f.mb_s,
+                    f.cpu_per_1k,
+                    f.p50_us,
+                    f.p99_us,
+                    fmt_ratio(ratio(f, seq_fs)),
+                    fmt_ratio(ratio(f, pool_fs)),
+                    if f.verified { "ok" } else { "FAILED" }
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    out,
+                    "{name:<38} failed: {}",
+                    e.as_deref().unwrap_or("no run")
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    for r in rows {
+        if let (Some(run), Some(s)) = (&r.run, r.run.as_ref().and_then(|r| r.stats.as_ref())) {
+            let files = s.completions.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "{}: backend {}, {} loader threads, {} batches ({:.1} files/batch), {} syscalls ({:.3}/file), direct reads {}, buffered fallbacks {}, errors {}",
+                r.method.name(),
+                s.backend,
+                s.loader_threads,
+                s.batches,
+                files / s.batches.max(1) as f64,
+                s.syscalls,
+                s.syscalls as f64 / files,
+                s.direct_reads,
+                s.buffered_fallbacks,
+                s.errors
+            );
+            let _ = run;
+        }
+    }
+    for r in rows {
+        if let Some(f) = &r.fig {
+            for p in &f.problems {
+                let _ = writeln!(out, "{}: {p}", r.method.name());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "verify: {} sampled files (every 97th, first, last) compared with std::fs::read; every row must load all {} files and {} bytes",
+        ds.sample.len(),
+        ds.files.len(),
+        ds.total
+    );
+    if o.json {
+        eprint!("{out}");
+    } else {
+        print!("{out}");
+    }
+
+    if o.json {
+        let jrows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = json!({
+                    "method": r.method.name(),
+                    "label": label(o, r.method, pool_threads),
+                    "error": r.error,
+                    "runs_files_per_s": r.all_files_s,
+                });
+                if let (Some(run), Some(f)) = (&r.run, &r.fig) {
+                    let m = v.as_object_mut().expect("object");
+                    let extra = json!({
+                        "parallel": run.parallel,
+                        "files": run.part.ok,
+                        "errors": run.part.errors,
+                        "bytes": run.part.bytes,
+                        "seconds": run.wall_s,
+                        "files_per_s": f.files_s,
+                        "mb_per_s": f.mb_s,
+                        "cpu_user_s": run.cpu.user,
+                        "cpu_sys_s": run.cpu.sys,
+                        "cpu_s_per_1k_files": f.cpu_per_1k,
+                        "p50_us": f.p50_us,
+                        "p99_us": f.p99_us,
+                        "ratio_to_seq": ratio(f, seq_fs),
+                        "ratio_to_pool": ratio(f, pool_fs),
+                        "verified": f.verified,
+                        "problems": f.problems,
+                        "loader": run.stats.as_ref().map(|s| json!({
+                            "backend": s.backend.name(),
+                            "loader_threads": s.loader_threads,
+                            "requests": s.requests,
+                            "completions": s.completions,
+                            "bytes": s.bytes,
+                            "errors": s.errors,
+                            "batches": s.batches,
+                            "syscalls": s.syscalls,
+                            "syscalls_per_file": s.syscalls as f64 / s.completions.max(1) as f64,
+                            "direct_reads": s.direct_reads,
+                            "buffered_fallbacks": s.buffered_fallbacks,
+                        })),
+                    });
+                    for (k, x) in extra.as_object().expect("object") {
+                        m.insert(k.clone(), x.clone());
+                    }
+                }
+                v
+            })
+            .collect();
+        let doc = json!({
+            "machine": {
+                "cores": sys::cores(),
+                "cpu": sys::cpu_model(),
+                "kernel": sys::kernel(),
+            },
+            "data": {
+                "dir": ds.root,
+                "filesystem": sys::filesystem_of(&ds.root),
+                "files": ds.files.len(),
+                "bytes": ds.total,
+                "max_file_size": ds.max,
+                "sampled": ds.sample.len(),
+                "left_out": {
+                    "files": ds.left_out.files,
+                    "bytes": ds.left_out.bytes,
+                    "largest": ds.left_out.largest,
+                    "over": ds.cap,
+                },
+            },
+            "memory": {
+                "available": budget.available,
+                "source": budget.source,
+                "budget": budget.total,
+                "budget_from": budget.how,
+                "entries": budget.entries,
+                "buffer_cap": budget.cap,
+            },
+            "cold": cold,
+            "cold_requested": o.cold,
+            "repeat": o.repeat,
+            "config": {
+                "workers": o.workers,
+                "queue_depth": o.queue_depth,
+                "dispatch_n": o.dispatch_n,
+                "idle_iters": o.idle_iters,
+                "loader_threads": o.loader_threads,
+                "ring_window": o.ring_window,
+                "pool_threads": pool_threads,
+            },
+            "rows": jrows,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
+}
+
+fn label(o: &Opts, m: Method, pool_threads: usize) -> String {
+    match m {
+        Method::Seq => "std::fs::read, 1 thread".into(),
+        Method::Pool => format!("std::fs::read, {pool_threads} threads"),
+        Method::Threads | Method::ThreadsDirect => format!(
+            "asyncloader threads, {} workers{}",
+            o.workers,
+            if m.direct() { ", direct" } else { "" }
+        ),
+        Method::Process | Method::ProcessDirect => format!(
+            "asyncloader process, {} workers{}",
+            o.workers,
+            if m.direct() { ", direct" } else { "" }
+        ),
+    }
+}
+
+/// The line that says which files no row loads, if any.
+pub(super) fn left_out_line(ds: &DataSet) -> Option<String> {
+    let l = &ds.left_out;
+    (l.files > 0).then(|| {
+        format!(
+            "left out: {} file{} over {} left out of every row ({:.1} MB, largest {} bytes): larger than an \
+             asyncloader buffer, they would complete with EFBIG (there is no chunked load yet)",
+            l.files,
+            if l.files == 1 { "" } else { "s" },
+            human(ds.cap),
+            l.bytes as f64 / 1e6,
+            l.largest
+        )
+    })
+}
