@@ -189,3 +189,27 @@ pub(super) fn median_rows(
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Part;
+
+    #[test]
+    fn a_worker_report_survives_the_pipe_encoding() {
+        let p = Part {
+            ok: 3,
+            errors: 1,
+            bytes: 12_345,
+            lat: vec![5, 7, 11, u64::MAX],
+            samples: vec![(0, 4096, u64::MAX), (97, 1, 42)],
+            first_error: Some("/x: No such file or directory (os error 2)".into()),
+            fatal: None,
+        };
+        let b = serde_json::to_vec(&p).unwrap();
+        let q: Part = serde_json::from_slice(&b).unwrap();
+        assert_eq!(format!("{p:?}"), format!("{q:?}"));
+        // A worker that died mid-report: an error, not a short Part.
+        assert!(serde_json::from_slice::<Part>(&b[..b.len() - 1]).is_err());
+        assert!(serde_json::from_slice::<Part>(b"").is_err());
+    }
+}
