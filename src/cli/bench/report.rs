@@ -41,6 +41,10 @@ pub(super) fn print(
     let ceiling_of = |m: Method| if m.direct() { ring_direct_fs } else { ring_fs };
     let ratio = |f: &Figures, b: Option<f64>| b.filter(|_| f.verified).map(|b| f.files_s / b);
     let label = |m: Method| label(o, m, pool_threads, rings);
+    let fmt_base = |b: Option<f64>| {
+        b.map(|fs| format!("{fs:.0} files/s"))
+            .unwrap_or_else(|| "not run or not verified".into())
+    };
 
     // The table.
     let mut out = String::new();
@@ -90,13 +94,12 @@ pub(super) fn print(
     );
     let _ = writeln!(
         out,
-        "x pool: over the best pool row, {}; x ceiling: over the ring row ({}), a direct row over ring-direct",
+        "x pool: over the best pool row, {}; x ceiling: over the ring row, {}; a direct row over ring-direct, {}",
         best_pool
             .map(|(m, fs)| format!("{} ({fs:.0} files/s)", label(m)))
             .unwrap_or_else(|| "none verified".into()),
-        ring_fs
-            .map(|fs| format!("{fs:.0} files/s"))
-            .unwrap_or_else(|| "not run or not verified".into())
+        fmt_base(ring_fs),
+        fmt_base(ring_direct_fs),
     );
     let _ = writeln!(
         out,
