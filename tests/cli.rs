@@ -25,6 +25,15 @@ fn bench_json(args: &[&str], envs: &[(&str, &Path)]) -> (serde_json::Value, Stri
     (v, stderr)
 }
 
+/// Rows without an asyncloader loader (no `loader` stats).
+const NO_LOADER: [&str; 6] = ["seq", "pool", "pread", "pread-2x", "ring", "ring-direct"];
+
+/// The default rows, and with `--direct`.
+const DEFAULT_ROWS: [&str; 7] = [
+    "seq", "pool", "pread", "pread-2x", "ring", "threads", "process",
+];
+const DIRECT_ROWS: [&str; 3] = ["ring-direct", "threads-direct", "process-direct"];
+
 fn check_rows(v: &serde_json::Value, files: u64, methods: &[&str]) {
     let rows = v["rows"].as_array().expect("rows");
     let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
@@ -38,7 +47,23 @@ fn check_rows(v: &serde_json::Value, files: u64, methods: &[&str]) {
         assert_eq!(r["verified"].as_bool(), Some(true), "{m}: {r}");
         assert!(r["files_per_s"].as_f64().unwrap() > 0.0, "{m}");
         assert!(r["cpu_s_per_1k_files"].as_f64().unwrap() >= 0.0, "{m}");
-        if m != "seq" && m != "pool" {
+        // Every verified row has a ratio to the ceiling (a direct row to
+        // ring-direct), when the ceiling row ran.
+        let ceiling = if m.ends_with("-direct") {
+            "ring-direct"
+        } else {
+            "ring"
+        };
+        if methods.contains(&ceiling) {
+            let x = r["ratio_to_ceiling"].as_f64();
+            assert!(x.is_some_and(|x| x > 0.0), "{m}: {r}");
+            if m == ceiling {
+                assert_eq!(x, Some(1.0), "{m}: {r}");
+            }
+        } else {
+            assert!(r["ratio_to_ceiling"].is_null(), "{m}: {r}");
+        }
+        if !NO_LOADER.contains(&m) {
             let l = &r["loader"];
             assert_eq!(l["completions"].as_u64(), Some(files), "{m}: {l}");
             assert_eq!(l["requests"].as_u64(), Some(files), "{m}: {l}");
@@ -64,17 +89,85 @@ fn gen_then_bench_every_method_loads_and_verifies_all_files() {
     );
     let (v, _) = bench_json(&[dir.to_str().unwrap(), "--direct"], &[]);
     assert_eq!(v["data"]["files"].as_u64(), Some(200));
+    let all: Vec<&str> = DEFAULT_ROWS.iter().chain(&DIRECT_ROWS).copied().collect();
+    check_rows(&v, 200, &all);
+    for r in v["rows"].as_array().unwrap() {
+        if NO_LOADER.contains(&r["method"].as_str().unwrap()) {
+            assert!(r["loader"].is_null(), "{r}");
+        }
+    }
+    // The ceiling rows are labelled with their shape; x pool is over the
+    // fastest pool row, which the JSON names.
+    let label = |m: &str| {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == m)
+            .unwrap()["label"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        label("ring").contains("x 32 in flight"),
+        "{}",
+        label("ring")
+    );
+    assert!(
+        label("ring-direct").contains("x 128 in flight, direct"),
+        "{}",
+        label("ring-direct")
+    );
+    let best = v["ratios"]["pool"].as_str().expect("best pool row");
+    assert!(["pool", "pread", "pread-2x"].contains(&best), "{best}");
+    let best_row = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == best)
+        .unwrap();
+    assert_eq!(best_row["ratio_to_pool"].as_f64(), Some(1.0));
+}
+
+/// Issue 12: the ring and pread rows on a directory that also holds a FIFO
+/// and a dangling symlink (a missing file): the listing keeps only regular
+/// files, so no row opens the FIFO (which would block) or fails on the
+/// missing file; every row loads the rest and verifies.
+#[test]
+fn ceiling_rows_skip_fifos_and_missing_files_like_the_other_rows() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("set");
+    gen_small(&dir, "40");
+    nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink(dir.join("gone.bin"), dir.join("missing.bin")).unwrap();
+    let o = run_child(
+        &[
+            "bench",
+            dir.to_str().unwrap(),
+            "--methods",
+            "ring,pread,pread-2x,threads,ring-direct",
+            "--json",
+            "--no-progress",
+        ],
+        &[],
+        None,
+        60,
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(!o.leftover);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON on stdout");
+    assert_eq!(v["data"]["files"].as_u64(), Some(40));
     check_rows(
         &v,
-        200,
-        &[
-            "seq",
-            "pool",
-            "threads",
-            "process",
-            "threads-direct",
-            "process-direct",
-        ],
+        40,
+        &["ring", "pread", "pread-2x", "threads", "ring-direct"],
+    );
+    // The table says what x pool and x ceiling are over.
+    assert!(
+        o.stderr.contains("x ceiling: over the ring row"),
+        "{}",
+        o.stderr
     );
 }
 
@@ -275,7 +368,7 @@ fn bench_leaves_out_files_over_the_buffer_cap_and_bounds_its_memory() {
     assert_eq!(v["data"]["files"].as_u64(), Some(60));
     assert_eq!(v["data"]["left_out"]["files"].as_u64(), Some(3));
     assert_eq!(v["memory"]["buffer_cap"].as_u64(), Some(508 << 10));
-    check_rows(&v, 60, &["seq", "pool", "threads", "process"]);
+    check_rows(&v, 60, &DEFAULT_ROWS);
     for r in v["rows"].as_array().unwrap() {
         assert!(r["ratio_to_seq"].as_f64().is_some(), "{r}");
     }
@@ -411,4 +504,46 @@ fn bench_reaps_forked_workers_when_the_fork_loop_fails() {
     assert!(k > 0, "{}", o.stderr);
     assert!(o.stderr.contains("Too many open files"), "{}", o.stderr);
     assert!(o.stdout.contains("failed: pipe for worker"), "{}", o.stdout);
+}
+
+/// Issue 12: on tmpfs the `ring-direct` row loads and verifies every file:
+/// with O_DIRECT where tmpfs accepts it (Linux 6.6 and later), else
+/// buffered, as the engine falls back to, with the label saying which.
+#[test]
+fn ring_direct_on_tmpfs_loads_every_file_direct_or_buffered() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm: skipped");
+        return;
+    }
+    let t = tempfile::tempdir_in(shm).unwrap();
+    let dir = t.path().join("set");
+    gen_small(&dir, "30");
+    let (v, _) = bench_json(
+        &[
+            dir.to_str().unwrap(),
+            "--methods",
+            "ring-direct,threads-direct",
+        ],
+        &[],
+    );
+    check_rows(&v, 30, &["ring-direct", "threads-direct"]);
+    use std::os::unix::fs::OpenOptionsExt;
+    let first = std::fs::read_dir(dir.join("d000"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let accepted = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(first.path())
+        .is_ok();
+    let label = v["rows"][0]["label"].as_str().unwrap();
+    let want = if accepted {
+        "in flight, direct"
+    } else {
+        "buffered (O_DIRECT refused)"
+    };
+    assert!(label.contains(want), "{label}");
 }

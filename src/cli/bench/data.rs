@@ -97,6 +97,8 @@ pub(super) struct LeftOut {
 pub(super) struct DataSet {
     pub(super) root: PathBuf,
     pub(super) files: Vec<PathBuf>,
+    /// Size of each file in `files` when it was listed (`metadata`).
+    pub(super) sizes: Vec<u64>,
     pub(super) total: u64,
     pub(super) max: u64,
     /// Files over `cap`, not in `files`.
@@ -143,6 +145,7 @@ impl DataSet {
             files.truncate(n);
         }
         let mut keep = Vec::with_capacity(files.len());
+        let mut sizes = Vec::with_capacity(files.len());
         let (mut total, mut max) = (0u64, 0u64);
         let mut left_out = LeftOut::default();
         for p in files {
@@ -157,6 +160,7 @@ impl DataSet {
                     total += m.len();
                     max = max.max(m.len());
                     keep.push(p);
+                    sizes.push(m.len());
                 }
                 _ => {}
             }
@@ -188,6 +192,7 @@ impl DataSet {
         Ok(DataSet {
             root,
             files: keep,
+            sizes,
             total,
             max,
             left_out,

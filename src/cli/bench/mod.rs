@@ -5,6 +5,12 @@
 //! - `seq`: `std::fs::read` in a loop on one thread;
 //! - `pool`: `std::fs::read` on a pool of `2 x cores` threads sharing an
 //!   atomic index;
+//! - `pread`, `pread-2x`: `open` + one `read` + `close` into a reused
+//!   buffer on `cores` / `2 x cores` threads (the pool a C programmer would
+//!   write; [`ceiling`]);
+//! - `ring`, `ring-direct`: the minimal io_uring loop, one ring per core,
+//!   no handoff: the ceiling the asyncloader rows are measured against
+//!   ([`ceiling`]);
 //! - `threads`: asyncloader with loader threads in this process
 //!   (`Loader::start`) and `--workers` worker threads;
 //! - `process`: asyncloader with a forked loader process (`Loader::spawn`)
@@ -31,6 +37,7 @@
 //! each method; [`measure`] turns a run into figures and verifies it;
 //! [`report`] prints the table and the JSON.
 
+mod ceiling;
 mod data;
 mod measure;
 mod report;
@@ -53,6 +60,16 @@ pub enum Method {
     Seq,
     /// `std::fs::read` on a thread pool (`--pool-threads`, default 2 x cores).
     Pool,
+    /// open + read + close into a reused buffer, `cores` threads.
+    Pread,
+    /// The same on `2 x cores` threads.
+    #[value(name = "pread-2x")]
+    Pread2x,
+    /// The minimal io_uring loop: one ring per core, OPENAT → READ → CLOSE
+    /// in a fixed slot, no handoff (the ceiling).
+    Ring,
+    /// `ring` with O_DIRECT.
+    RingDirect,
     /// asyncloader, loader threads in this process, worker threads.
     Threads,
     /// asyncloader, forked loader process, forked worker processes.
@@ -68,6 +85,10 @@ impl Method {
         match self {
             Method::Seq => "seq",
             Method::Pool => "pool",
+            Method::Pread => "pread",
+            Method::Pread2x => "pread-2x",
+            Method::Ring => "ring",
+            Method::RingDirect => "ring-direct",
             Method::Threads => "threads",
             Method::Process => "process",
             Method::ThreadsDirect => "threads-direct",
@@ -76,8 +97,23 @@ impl Method {
     }
 
     fn direct(self) -> bool {
-        matches!(self, Method::ThreadsDirect | Method::ProcessDirect)
+        matches!(
+            self,
+            Method::ThreadsDirect | Method::ProcessDirect | Method::RingDirect
+        )
     }
+
+    /// A thread-pool row (`x pool` compares with the best of them).
+    fn pool(self) -> bool {
+        matches!(self, Method::Pool | Method::Pread | Method::Pread2x)
+    }
+}
+
+/// The shapes of the `ring` rows (threads, window), for the rows and their
+/// labels.
+struct Rings {
+    buffered: ceiling::RingShape,
+    direct: ceiling::RingShape,
 }
 
 /// Everything `bench` is told.
@@ -193,12 +229,28 @@ pub fn run(o: Opts) -> Res<i32> {
     let methods: Vec<Method> = match &o.methods {
         Some(m) => m.clone(),
         None => {
-            let mut m = vec![Method::Seq, Method::Pool, Method::Threads, Method::Process];
+            let mut m = vec![
+                Method::Seq,
+                Method::Pool,
+                Method::Pread,
+                Method::Pread2x,
+                Method::Ring,
+                Method::Threads,
+                Method::Process,
+            ];
             if o.direct {
-                m.extend([Method::ThreadsDirect, Method::ProcessDirect]);
+                m.extend([
+                    Method::RingDirect,
+                    Method::ThreadsDirect,
+                    Method::ProcessDirect,
+                ]);
             }
             m
         }
+    };
+    let rings = Rings {
+        buffered: ceiling::RingShape::new(&ds, budget.total, false),
+        direct: ceiling::RingShape::new(&ds, budget.total, true),
     };
     // Probe the page-cache drop once.
     let mut cold = o.cold;
@@ -247,6 +299,10 @@ pub fn run(o: Opts) -> Res<i32> {
             let r = match m {
                 Method::Seq => Ok(rows::run_pool(&ds, 1, &pb)),
                 Method::Pool => Ok(rows::run_pool(&ds, pool_threads, &pb)),
+                Method::Pread => Ok(ceiling::run_pread(&ds, sys::cores(), &pb)),
+                Method::Pread2x => Ok(ceiling::run_pread(&ds, 2 * sys::cores(), &pb)),
+                Method::Ring => Ok(ceiling::run_ring(&ds, &rings.buffered, &pb)),
+                Method::RingDirect => Ok(ceiling::run_ring(&ds, &rings.direct, &pb)),
                 Method::Threads | Method::ThreadsDirect => rows::run_threads(&o, &ds, &pb, m),
                 Method::Process | Method::ProcessDirect => rows::run_process(&o, &ds, &pb, m),
             };
@@ -262,7 +318,7 @@ pub fn run(o: Opts) -> Res<i32> {
     }
 
     let rows = measure::median_rows(&ds, &methods, runs, row_errors);
-    report::print(&o, &ds, &budget, &rows, cold, pool_threads)?;
+    report::print(&o, &ds, &budget, &rows, cold, pool_threads, &rings)?;
     let all_ok = rows
         .iter()
         .all(|r| r.error.is_none() && r.fig.as_ref().is_some_and(|f| f.verified));

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::data::{Budget, DataSet};
 use super::measure::{Figures, Row};
-use super::{Method, Opts, Res};
+use super::{Method, Opts, Res, Rings};
 use crate::cli::datagen::human;
 use crate::cli::sys;
 
@@ -16,6 +16,7 @@ pub(super) fn print(
     rows: &[Row],
     cold: bool,
     pool_threads: usize,
+    rings: &Rings,
 ) -> Res<()> {
     let left_out_line = left_out_line(ds);
     // Ratios compare rows that loaded the same files: a row that lost files
@@ -27,8 +28,23 @@ pub(super) fn print(
             .filter(|f| f.verified)
             .map(|f| f.files_s)
     };
-    let (seq_fs, pool_fs) = (base(Method::Seq), base(Method::Pool));
+    let seq_fs = base(Method::Seq);
+    // `x pool`: over the fastest pool row (std::fs::read or pread).
+    let best_pool = rows
+        .iter()
+        .filter(|r| r.method.pool())
+        .filter_map(|r| Some((r.method, base(r.method)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let pool_fs = best_pool.map(|b| b.1);
+    // `x ceiling`: over the `ring` row; a direct row over `ring-direct`.
+    let (ring_fs, ring_direct_fs) = (base(Method::Ring), base(Method::RingDirect));
+    let ceiling_of = |m: Method| if m.direct() { ring_direct_fs } else { ring_fs };
     let ratio = |f: &Figures, b: Option<f64>| b.filter(|_| f.verified).map(|b| f.files_s / b);
+    let label = |m: Method| label(o, m, pool_threads, rings);
+    let fmt_base = |b: Option<f64>| {
+        b.map(|fs| format!("{fs:.0} files/s"))
+            .unwrap_or_else(|| "not run or not verified".into())
+    };
 
     // The table.
     let mut out = String::new();
@@ -78,17 +94,26 @@ pub(super) fn print(
     );
     let _ = writeln!(
         out,
-        "\n{:<38} {:>10} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7}  verify",
-        "method", "files/s", "MB/s", "CPU s/1k", "p50 us", "p99 us", "x seq", "x pool"
+        "x pool: over the best pool row, {}; x ceiling: over the ring row, {}; a direct row over ring-direct, {}",
+        best_pool
+            .map(|(m, fs)| format!("{} ({fs:.0} files/s)", label(m)))
+            .unwrap_or_else(|| "none verified".into()),
+        fmt_base(ring_fs),
+        fmt_base(ring_direct_fs),
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<44} {:>10} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7} {:>9}  verify",
+        "method", "files/s", "MB/s", "CPU s/1k", "p50 us", "p99 us", "x seq", "x pool", "x ceiling"
     );
     let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
     for r in rows {
-        let name = label(o, r.method, pool_threads);
+        let name = label(r.method);
         match (&r.fig, &r.error) {
             (Some(f), _) => {
                 let _ = writeln!(
                     out,
-                    "{:<38} {:>10.0} {:>9.1} {:>10.4} {:>9.1} {:>9.1} {:>7} {:>7}  {}",
+                    "{:<44} {:>10.0} {:>9.1} {:>10.4} {:>9.1} {:>9.1} {:>7} {:>7} {:>9}  {}",
                     name,
                     f.files_s,
                     f.mb_s,
@@ -97,13 +122,14 @@ pub(super) fn print(
                     f.p99_us,
                     fmt_ratio(ratio(f, seq_fs)),
                     fmt_ratio(ratio(f, pool_fs)),
+                    fmt_ratio(ratio(f, ceiling_of(r.method))),
                     if f.verified { "ok" } else { "FAILED" }
                 );
             }
             (None, e) => {
                 let _ = writeln!(
                     out,
-                    "{name:<38} failed: {}",
+                    "{name:<44} failed: {}",
                     e.as_deref().unwrap_or("no run")
                 );
             }
@@ -156,7 +182,7 @@ pub(super) fn print(
             .map(|r| {
                 let mut v = json!({
                     "method": r.method.name(),
-                    "label": label(o, r.method, pool_threads),
+                    "label": label(r.method),
                     "error": r.error,
                     "runs_files_per_s": r.all_files_s,
                 });
@@ -177,6 +203,7 @@ pub(super) fn print(
                         "p99_us": f.p99_us,
                         "ratio_to_seq": ratio(f, seq_fs),
                         "ratio_to_pool": ratio(f, pool_fs),
+                        "ratio_to_ceiling": ratio(f, ceiling_of(r.method)),
                         "verified": f.verified,
                         "problems": f.problems,
                         "loader": run.stats.as_ref().map(|s| json!({
@@ -240,6 +267,11 @@ pub(super) fn print(
                 "ring_window": o.ring_window,
                 "pool_threads": pool_threads,
             },
+            "ratios": {
+                "pool": best_pool.map(|b| b.0.name()),
+                "ceiling": "ring",
+                "ceiling_direct": "ring-direct",
+            },
             "rows": jrows,
         });
         println!(
@@ -250,10 +282,14 @@ pub(super) fn print(
     Ok(())
 }
 
-fn label(o: &Opts, m: Method, pool_threads: usize) -> String {
+fn label(o: &Opts, m: Method, pool_threads: usize, rings: &Rings) -> String {
     match m {
         Method::Seq => "std::fs::read, 1 thread".into(),
         Method::Pool => format!("std::fs::read, {pool_threads} threads"),
+        Method::Pread => format!("pread, {} threads", sys::cores()),
+        Method::Pread2x => format!("pread, {} threads", 2 * sys::cores()),
+        Method::Ring => format!("ring, {}", rings.buffered.describe()),
+        Method::RingDirect => format!("ring, {}", rings.direct.describe()),
         Method::Threads | Method::ThreadsDirect => format!(
             "asyncloader threads, {} workers{}",
             o.workers,
