@@ -143,3 +143,19 @@ def test_loader_death_while_awaiting_raises(files):
             assert ei.value.errno == errno.EOWNERDEAD
 
         run(main(), timeout=10)
+
+
+def test_asyncio_serve_example_checks_every_byte():
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    ex = os.path.join(here, "..", "..", "examples", "python", "asyncio_serve.py")
+    out = subprocess.run(
+        [sys.executable, ex, "--files", "300", "--clients", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "every byte equal" in out.stdout
