@@ -728,6 +728,55 @@ int al_worker_get_many(struct al_worker *w,
                        size_t *got);
 
 /**
+ * Stores in `*fd` an eventfd that is readable while this worker has
+ * completions to take, for `epoll`/`poll`/`select` loops. The first call
+ * starts one small notifier thread in the calling process (later calls on
+ * the same handle return the same descriptor); handles that never call it
+ * cost nothing. Works with loader threads, a spawned loader process and a
+ * loader attached by name.
+ *
+ * The descriptor belongs to the handle: do not close it; it is closed by
+ * `al_worker_free` (once the handle's entries are released). It is
+ * non-blocking, close-on-exec, `EFD_SEMAPHORE`. Contract (level-like):
+ * when it polls readable, `read` 8 bytes from it (`EAGAIN` is fine), then
+ * call `al_worker_try_get` (or `al_worker_dispatch`) until `-EAGAIN`; a
+ * completion landing after that read makes it readable again at once (no
+ * lost wake-up); a loop that stops before `-EAGAIN` sees it readable
+ * again within 20 ms; readiness may be spurious. Once the loader is shut
+ * down or dies it stays readable, and `al_worker_try_get` returns the
+ * entries left, then `-ESHUTDOWN`/`-EOWNERDEAD`. In a child forked after
+ * the call, call it again for the child's own descriptor.
+ *
+ * Returns 0; `-EINVAL` (NULL); `-EMFILE`/`-EAGAIN` when no descriptor or
+ * thread could be made.
+ *
+ * # Safety
+ *
+ * `w` is NULL or a worker handle that still exists; `fd` is NULL or valid
+ * for writing an `int`.
+ */
+int al_worker_eventfd(struct al_worker *w, int *fd);
+
+/**
+ * Takes up to `max` ready entries without waiting and calls `cb(entry,
+ * ctx)` for each (the callback owns the entry: release it with
+ * `al_entry_release`, now or later), from the calling thread (the one that owns the event
+ * loop; never a loader thread). Returns how many were delivered (0 when
+ * none was ready: the `-EAGAIN` of `al_worker_try_get`); `-ESHUTDOWN` /
+ * `-EOWNERDEAD` when none was ready and none will come; `-EINVAL` for
+ * NULL `w`/`cb` or `max == 0`. The callback may call any function on
+ * other handles and `al_worker_request`/`al_entry_*` on this one.
+ *
+ * # Safety
+ *
+ * `w` is NULL or a worker handle that still exists, not freed by the
+ * callback; `cb` is NULL or a function safe to call with each entry and
+ * `ctx`.
+ */
+int al_worker_dispatch(struct al_worker *w, uint32_t max, void (*cb)(struct al_entry *entry,
+                                                                     void *ctx), void *ctx);
+
+/**
  * The requested path, NUL-terminated, exactly the bytes that were
  * requested (not necessarily UTF-8). Owned by the entry, valid until
  * release. NULL for NULL or a released entry.

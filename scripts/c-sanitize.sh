@@ -48,6 +48,7 @@ echo "c-sanitize: building"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/errors.c "${LINK[@]}" -o "$OUT/errors"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/attach.c "${LINK[@]}" -o "$OUT/attach"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/hardening.c "${LINK[@]}" -o "$OUT/hardening"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/epoll.c "${LINK[@]}" -o "$OUT/epoll"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
 
@@ -75,7 +76,7 @@ T="timeout --kill-after=10 120"
 # hardening.c sit in heap blocks of exactly their size, so ASan reports any
 # access past them; its fork cases use a loader process (al_loader_spawn):
 # no threads when they fork.
-for prog in errors hardening; do
+for prog in errors hardening epoll; do
     echo "c-sanitize: tests/c/$prog.c"
     mkdir -p "$OUT/scratch-$prog"
     $T "$OUT/$prog" all "$OUT/scratch-$prog"

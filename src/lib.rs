@@ -40,6 +40,9 @@ pub(crate) mod futex;
 mod kinds;
 #[cfg(not(loom))]
 pub mod loader;
+
+mod notify;
+
 #[cfg(not(loom))]
 pub mod probe;
 #[cfg(not(loom))]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::kinds::LoaderState;
+use crate::notify::NotifyCell;
 use crate::process::{fork_epoch, pid_alive};
 use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
 
@@ -44,6 +45,9 @@ pub struct Worker {
     region: Arc<Region>,
     id: u32,
     qd: u32,
+    /// The completion eventfd's notifier, shared by clones (see
+    /// [`Worker::completion_fd`]); nothing runs until it is asked for.
+    notify: Arc<NotifyCell>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -107,7 +111,13 @@ impl Worker {
             ));
         }
         let qd = region.cfg().queue_depth;
-        Ok(Worker { region, id, qd })
+        let notify = Arc::new(NotifyCell::new(region.clone(), id));
+        Ok(Worker {
+            region,
+            id,
+            qd,
+            notify,
+        })
     }
 
     /// This worker's id.
@@ -326,6 +336,34 @@ impl Worker {
                 .parking
                 .sleep_unless(slice, || rings.comp.has_ready());
         }
+    }
+
+    /// An eventfd that is readable while this worker has completions to
+    /// take, for event loops (epoll, asyncio). The first call starts one
+    /// small notifier thread in this process (shared by this worker's
+    /// clones; other `Worker`s of the same id get their own); workers that
+    /// never call it pay nothing.
+    ///
+    /// The descriptor belongs to the worker: valid until the last clone is
+    /// dropped, never to be closed by the caller. It is `EFD_SEMAPHORE`,
+    /// non-blocking and close-on-exec. Contract (level-like):
+    ///
+    /// - when it polls readable, read 8 bytes from it (`EAGAIN` is fine),
+    ///   then call [`try_get`](Self::try_get) until it returns `None`;
+    /// - a completion that lands at any moment after that read makes it
+    ///   readable again at once (no lost wake-up); if the loop stops
+    ///   before the ring is empty, it is readable again within 20 ms;
+    ///   readiness may be spurious, never lasting without entries;
+    /// - once the loader is shut down or dies it stays readable for good,
+    ///   and `try_get` returns the completions left, then the loader's
+    ///   state tells why nothing else comes ([`Self::loader_state`];
+    ///   [`wait_get_timeout`](Self::wait_get_timeout) with a zero timeout
+    ///   returns the error).
+    ///
+    /// In a child forked after the call, calling it again starts a new
+    /// notifier with a new descriptor.
+    pub fn completion_fd(&self) -> Result<std::os::fd::RawFd> {
+        self.notify.fd()
     }
 
     /// `queue_depth`: the number of entries this worker owns.

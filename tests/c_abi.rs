@@ -429,3 +429,15 @@ c_cases!(
         fork_child_release_many_skips_inherited_entries,
     ]
 );
+
+c_cases!(
+    epoll_c,
+    "tests/c/epoll.c",
+    [
+        two_workers_on_one_epoll_loop_with_loader_threads,
+        two_workers_on_one_epoll_loop_with_a_loader_process,
+        dispatch_delivers_every_entry_to_the_callback,
+        dispatch_and_eventfd_reject_bad_arguments,
+        shutdown_wakes_the_loop_and_try_get_says_eshutdown,
+    ]
+);

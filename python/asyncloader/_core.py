@@ -472,13 +472,14 @@ class Worker:
     that created the loader lives).
     """
 
-    __slots__ = ("_h", "_loader", "_id", "_qd", "__weakref__")
+    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "__weakref__")
 
     def __init__(self, loader: "Loader", worker_id: int, h: Any):
         self._h = h
         self._loader = loader
         self._id = worker_id
         self._qd = loader.queue_depth
+        self._aio_waiters: Any = None
 
     @property
     def id(self) -> int:
@@ -757,6 +758,39 @@ class Worker:
             for h in hs:
                 lib.al_entry_release(h)
         hs.clear()
+
+    # -- event loops -----------------------------------------------------------
+
+    def fileno(self) -> int:
+        """An eventfd readable while this worker has completions to take,
+        for ``select``/``selectors``/``loop.add_reader`` (the first call
+        starts a small notifier thread in this process). It belongs to the
+        worker: never close it. Contract: when readable, ``os.read(fd, 8)``
+        (``BlockingIOError`` is fine), then ``try_get()`` until ``None``; a
+        completion after that read makes it readable again. Once the loader
+        is shut down or dies it stays readable and ``try_get`` raises.
+        ``await worker.get()`` and ``worker.aload()`` use it.
+        """
+        lib = _ffi.lib()
+        if lib.al_worker_eventfd is None:
+            raise _oserror(_errno.ENOSYS, "fileno: library without al_worker_eventfd")
+        fd = ctypes.c_int(-1)
+        _check(lib.al_worker_eventfd(self._h, byref(fd)), "fileno")
+        return fd.value
+
+    async def get(self) -> Entry:
+        """Awaits a completed entry (asyncio; see ``asyncloader.aio``).
+        Cancelling it loses nothing: the entry stays for the next call."""
+        from . import aio
+
+        return await aio.get(self)
+
+    def aload(self, paths: Iterable[PathLike], window: int = 64):
+        """``async for entry in worker.aload(paths)``: as ``load`` for
+        asyncio (see ``asyncloader.aio.aload``)."""
+        from . import aio
+
+        return aio.aload(self, paths, window)
 
     # -- misc ----------------------------------------------------------------
 

@@ -276,6 +276,9 @@ class Lib:
             "al_entry_release_many", c_size_t, [POINTER(EntryP), c_size_t], required=False
         )
         self.al_worker_outstanding = d("al_worker_outstanding", c_uint32, [WorkerP], required=False)
+        self.al_worker_eventfd = d(
+            "al_worker_eventfd", c_int, [WorkerP, POINTER(c_int)], required=False
+        )
         self.al_entry_latency_ns = d("al_entry_latency_ns", c_uint64, [EntryP], required=False)
         self.al_version = d("al_version", c_char_p, [], required=False)
         self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)

@@ -1,6 +1,6 @@
 //! `al_worker`: requesting files and getting entries.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
 use super::entry::al_entry;
@@ -329,4 +329,91 @@ pub unsafe extern "C" fn al_worker_get_many(
         }
         r
     })
+}
+
+/// Stores in `*fd` an eventfd that is readable while this worker has
+/// completions to take, for `epoll`/`poll`/`select` loops. The first call
+/// starts one small notifier thread in the calling process (later calls on
+/// the same handle return the same descriptor); handles that never call it
+/// cost nothing. Works with loader threads, a spawned loader process and a
+/// loader attached by name.
+///
+/// The descriptor belongs to the handle: do not close it; it is closed by
+/// `al_worker_free` (once the handle's entries are released). It is
+/// non-blocking, close-on-exec, `EFD_SEMAPHORE`. Contract (level-like):
+/// when it polls readable, `read` 8 bytes from it (`EAGAIN` is fine), then
+/// call `al_worker_try_get` (or `al_worker_dispatch`) until `-EAGAIN`; a
+/// completion landing after that read makes it readable again at once (no
+/// lost wake-up); a loop that stops before `-EAGAIN` sees it readable
+/// again within 20 ms; readiness may be spurious. Once the loader is shut
+/// down or dies it stays readable, and `al_worker_try_get` returns the
+/// entries left, then `-ESHUTDOWN`/`-EOWNERDEAD`. In a child forked after
+/// the call, call it again for the child's own descriptor.
+///
+/// Returns 0; `-EINVAL` (NULL); `-EMFILE`/`-EAGAIN` when no descriptor or
+/// thread could be made.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists; `fd` is NULL or valid
+/// for writing an `int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_eventfd(w: *mut al_worker, fd: *mut c_int) -> c_int {
+    ffi_boundary!(int {
+        let fd = try_out(fd)?;
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let f = w.payload().completion_fd()?;
+        // SAFETY: non-NULL and writable (caller).
+        unsafe { put(fd, f) };
+        Ok(())
+    })
+}
+
+/// Takes up to `max` ready entries without waiting and calls `cb(entry,
+/// ctx)` for each (the callback owns the entry: release it with
+/// `al_entry_release`, now or later), from the calling thread (the one that owns the event
+/// loop; never a loader thread). Returns how many were delivered (0 when
+/// none was ready: the `-EAGAIN` of `al_worker_try_get`); `-ESHUTDOWN` /
+/// `-EOWNERDEAD` when none was ready and none will come; `-EINVAL` for
+/// NULL `w`/`cb` or `max == 0`. The callback may call any function on
+/// other handles and `al_worker_request`/`al_entry_*` on this one.
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists, not freed by the
+/// callback; `cb` is NULL or a function safe to call with each entry and
+/// `ctx`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_dispatch(
+    w: *mut al_worker,
+    max: u32,
+    cb: Option<unsafe extern "C" fn(entry: *mut al_entry, ctx: *mut c_void)>,
+    ctx: *mut c_void,
+) -> c_int {
+    let mut n: c_int = 0;
+    let rc = ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let cb = cb.ok_or(Errno::INVAL)?;
+        if max == 0 {
+            return Err(Errno::INVAL);
+        }
+        let max = max.min(c_int::MAX as u32) as c_int;
+        while n < max {
+            let e = match try_get(w.payload()) {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            };
+            let e = deliver(w, e)?;
+            n += 1;
+            // SAFETY: `cb` is safe to call with an owned entry and `ctx`
+            // (caller).
+            unsafe { cb(e, ctx) };
+        }
+        Ok(())
+    });
+    if rc < 0 { rc } else { n }
 }
