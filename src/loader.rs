@@ -357,7 +357,11 @@ impl Loader {
     /// are waited for (up to 10 s), entries it held unreleased are freed, and
     /// its rings are rebuilt, so a new context for `id` starts with
     /// `queue_depth` free entries. Returns how many entries were taken back.
-    /// Also repairs a worker whose rings a broken process corrupted.
+    /// Also repairs a worker whose rings a broken process corrupted — but
+    /// not one whose entry state words were overwritten with LOADING: such
+    /// an entry looks exactly like a file in flight, and reclaim answers
+    /// `Busy` after 10 s rather than hand out a buffer the kernel might still
+    /// write.
     ///
     /// The loader and the other workers keep running meanwhile.
     ///
