@@ -50,6 +50,7 @@ cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/attach.c "${LINK[@]}" -o 
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/hardening.c "${LINK[@]}" -o "$OUT/hardening"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/epoll.c "${LINK[@]}" -o "$OUT/epoll"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/epoll_dir.c "${LINK[@]}" -o "$OUT/epoll_dir"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
 
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1
@@ -84,6 +85,9 @@ done
 
 echo "c-sanitize: examples/c/load_dir.c"
 $T "$OUT/load_dir" "$DATA" 3 2
+
+echo "c-sanitize: examples/c/epoll_dir.c"
+$T "$OUT/epoll_dir" "$DATA/a"
 
 echo "c-sanitize: examples/cpp/load_dir.cpp"
 # Only the "spawn" mode here: "start" forks worker processes while loader

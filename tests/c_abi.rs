@@ -217,6 +217,31 @@ fn c_example_loads_a_directory_with_threads() {
 }
 
 #[test]
+fn c_epoll_example_loads_a_directory_through_eventfds() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("epoll_dir");
+    compile("examples/c/epoll_dir.c", &exe, false, &[]);
+    // A flat directory (the example does not descend), sizes 0 to ~180 KiB.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let n = 500;
+    for i in 0..n {
+        let len = (i * 373) % 180_000;
+        let mut bytes = vec![0; len];
+        asyncloader::testkit::SplitMix64::new(i as u64).fill(&mut bytes);
+        std::fs::write(data.join(format!("f{i:04}")), bytes).unwrap();
+    }
+    let out = run(Command::new(&exe).arg(&data), "examples/c/epoll_dir.c");
+    assert!(
+        out.contains(&format!("verified: {n} ok, 0 differ, 0 failed to load")),
+        "{out}"
+    );
+}
+
+#[test]
 fn cpp_example_loads_a_directory_with_forked_workers() {
     if skip() {
         return;
