@@ -603,6 +603,21 @@ class Worker:
                 raise _oserror(_errno.ETIMEDOUT, "wait_get")
             # Loop: Python runs pending signal handlers here.
 
+    def _drain_in_flight(self, outstanding: int) -> None:
+        """Takes and releases ``outstanding`` entries still in flight (5 s at
+        most per batch; stops at an error), so their buffers come back when a
+        consumer leaves a loading loop early."""
+        while outstanding > 0:
+            try:
+                got = self.get_many(outstanding, timeout=5.0)
+            except OSError:
+                break
+            if not got:
+                break
+            outstanding -= len(got)
+            for e in got:
+                e._release_deferred()
+
     def get_many(self, max_n: int, timeout: Optional[float] = None) -> List[Entry]:
         """Waits (like :meth:`wait_get`) until at least one entry is ready,
         then returns up to ``max_n`` ready entries without waiting further.
@@ -735,17 +750,7 @@ class Worker:
                 held._release_deferred()
             for e in current:
                 e._release_deferred()
-            # Drain what is still in flight so the buffers come back.
-            while outstanding > 0:
-                try:
-                    got = self.get_many(outstanding, timeout=5.0)
-                except OSError:
-                    break
-                if not got:
-                    break
-                outstanding -= len(got)
-                for e in got:
-                    e._release_deferred()
+            self._drain_in_flight(outstanding)
 
     def _release_handles(self, hs: List[Any]) -> None:
         """Releases detached entry handles (one call when the library has

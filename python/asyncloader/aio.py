@@ -119,13 +119,4 @@ async def aload(worker: Any, paths: Iterable[Any], window: int = 64) -> AsyncIte
             finally:
                 e.release()
     finally:
-        while outstanding > 0:
-            try:
-                got = worker.get_many(outstanding, timeout=5.0)
-            except OSError:
-                break
-            if not got:
-                break
-            outstanding -= len(got)
-            for e in got:
-                e.release()
+        worker._drain_in_flight(outstanding)
