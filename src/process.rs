@@ -7,13 +7,13 @@
 //! must not hand the parent's buffer to someone else. Objects record the
 //! [`fork_epoch`] they were made in and refuse to act in another one.
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// Incremented in the child of every `fork` (by a `pthread_atfork` handler),
 /// so a copy of a process-local object can tell it was inherited.
 static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
-static REGISTER: Once = Once::new();
+/// 0: handler not registered; 1: a thread is registering it; 2: done.
+static REGISTERED: AtomicU8 = AtomicU8::new(0);
 
 extern "C" fn in_child() {
     // Async-signal-safe: one atomic add, no allocation, no lock.
@@ -21,22 +21,41 @@ extern "C" fn in_child() {
 }
 
 /// The current fork epoch: equal in a process and its threads, different in
-/// every child forked after the first call (the handler is installed then;
-/// a fork before any object exists needs no tracking). Costs one atomic load
-/// after the first call.
+/// every child forked after the handler was registered (on the first call;
+/// `Region::create` and `attach` make that call, so it happens before any
+/// loader or entry exists). Costs one atomic load after that.
 pub fn fork_epoch() -> u64 {
-    REGISTER.call_once(|| {
-        // SAFETY: `in_child` is an `extern "C" fn()` that stays valid for
-        // the life of the process and only touches an atomic, which is
-        // allowed in a child of a multi-threaded fork.
-        let r = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-        // pthread_atfork fails only with ENOMEM; without the handler a
-        // forked child would look like its parent, so say so loudly once.
-        if r != 0 {
-            log!("pthread_atfork failed ({r}); entries inherited across fork are not detected");
-        }
-    });
+    if REGISTERED.load(Ordering::Acquire) != 2 {
+        register_fork_handler();
+    }
     FORK_EPOCH.load(Ordering::Relaxed)
+}
+
+/// Registers `in_child` once. Never waits: not on a `Once`, whose state a
+/// child forked while another thread was inside it inherits as "running"
+/// forever (a deadlock seen in the tests, where many threads fork). A
+/// thread that finds the registration under way goes on without it; so does
+/// a child forked in the middle of it.
+#[cold]
+fn register_fork_handler() {
+    if REGISTERED
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    // SAFETY: `in_child` is an `extern "C" fn()` that stays valid for the
+    // life of the process and only touches an atomic, which is allowed in a
+    // child of a multi-threaded fork.
+    let r = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    // pthread_atfork fails only with ENOMEM; without the handler a forked
+    // child would look like its parent, so say so once.
+    if r != 0 {
+        log_line(format_args!(
+            "pthread_atfork failed ({r}); entries inherited across fork are not detected"
+        ));
+    }
+    REGISTERED.store(2, Ordering::Release);
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock entries are stamped with, and
@@ -109,6 +128,39 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert_eq!(fork_epoch(), before);
+    }
+
+    /// A child forked while another thread was registering the handler
+    /// inherits "registering" forever: fork_epoch must not wait for it (it
+    /// used a `Once`, and such a child hung in its first `try_get`).
+    #[test]
+    fn fork_epoch_never_waits_for_a_registration_under_way() {
+        fork_epoch();
+        // SAFETY: the child only touches atomics and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            REGISTERED.store(1, Ordering::Release); // as if caught mid-way
+            let _ = fork_epoch();
+            // SAFETY: ends the child without running the test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let t0 = std::time::Instant::now();
+        loop {
+            let mut status = 0;
+            // SAFETY: polls our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+                break;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(5) {
+                // SAFETY: our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("fork_epoch waited for a registration under way");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -375,6 +375,8 @@ impl Region {
     /// Creates and initialises a region for `cfg` (already validated).
     pub fn create(cfg: &Config) -> Result<Region> {
         cfg.validate()?;
+        // Register the fork handler now, before any entry or fork exists.
+        crate::process::fork_epoch();
         let raw = RawConfig::from_config(cfg);
         let layout = Layout::compute(&raw);
         let file = File::from(
@@ -430,6 +432,7 @@ impl Region {
 
     /// Maps the region named `name` (see [`Region::name`]).
     pub fn attach(name: &str) -> Result<Region> {
+        crate::process::fork_epoch();
         let bad = || Error::new(ErrorKind::InvalidArgument, "not an asyncloader name");
         let rest = name.strip_prefix("asyncloader-").ok_or_else(bad)?;
         let mut it = rest.split('-');
