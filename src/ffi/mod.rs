@@ -21,7 +21,7 @@
 #![allow(non_camel_case_types)]
 
 use std::ffi::{CString, c_char, c_int};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 pub(crate) mod handles;
 pub(crate) mod panic;
@@ -142,27 +142,38 @@ pub unsafe extern "C" fn al_last_error_message(buf: *mut c_char, len: usize) -> 
 #[unsafe(no_mangle)]
 pub extern "C" fn al_strerror(code: c_int) -> *const c_char {
     ffi_boundary!(c"unknown error".as_ptr() => {
-        static TABLE: OnceLock<Vec<CString>> = OnceLock::new();
+        // One leaked string per errno, made on first use and published with
+        // a compare-and-swap: no lock, so a child forked while another
+        // thread was filling the table never waits for it.
+        static TABLE: [AtomicPtr<c_char>; STRERROR_MAX] =
+            [const { AtomicPtr::new(std::ptr::null_mut()) }; STRERROR_MAX];
         let e = code.unsigned_abs() as usize;
         if e >= STRERROR_MAX {
             return c"unknown error".as_ptr();
         }
-        let table = TABLE.get_or_init(|| {
-            (0..STRERROR_MAX as c_int)
-                .map(|e| {
-                    let s = own_message(e).map(str::to_owned).unwrap_or_else(|| {
-                        let s = std::io::Error::from_raw_os_error(e).to_string();
-                        // Drop Rust's " (os error N)" suffix.
-                        match s.rfind(" (os error") {
-                            Some(i) => s[..i].to_owned(),
-                            None => s,
-                        }
-                    });
-                    CString::new(s).unwrap_or_default()
-                })
-                .collect()
+        let slot = &TABLE[e];
+        let p = slot.load(Ordering::Acquire);
+        if !p.is_null() {
+            return p;
+        }
+        let s = own_message(e as c_int).map(str::to_owned).unwrap_or_else(|| {
+            let s = std::io::Error::from_raw_os_error(e as c_int).to_string();
+            // Drop Rust's " (os error N)" suffix.
+            match s.rfind(" (os error") {
+                Some(i) => s[..i].to_owned(),
+                None => s,
+            }
         });
-        table[e].as_ptr()
+        let mine = CString::new(s).unwrap_or_default().into_raw();
+        match slot.compare_exchange(std::ptr::null_mut(), mine, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => mine,
+            Err(theirs) => {
+                // SAFETY: `mine` came from CString::into_raw just above and
+                // was never published.
+                drop(unsafe { CString::from_raw(mine) });
+                theirs
+            }
+        }
     })
 }
 
