@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-torch = pytest.importorskip("torch")
+if os.environ.get("ASYNCLOADER_REQUIRE_TORCH") == "1":  # scripts/torch-venv.sh
+    import torch
+else:
+    torch = pytest.importorskip("torch")
 from torch.utils.data import (  # noqa: E402
     BatchSampler,
     DataLoader,
