@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 
 from . import _core
 
-__all__ = ["FileDataset", "ShardedFileIterable", "BatchLoadError", "SKIP"]
+__all__ = ["FileDataset", "ShardedFileIterable", "BatchLoadError", "SKIP", "collate_bytes"]
 
 #: Returned by an ``on_error`` callable: leave the sample out.
 SKIP: Any = object()
@@ -258,41 +258,54 @@ def _failed(on_error, code: int, path: str, index: Optional[int]) -> Any:
 def _load_ordered(worker: _core.Worker, paths: Sequence[Any], on_done: Callable[[int, Any], None]) -> None:
     """Requests ``paths`` (a window of up to ``queue_depth``) and calls
     ``on_done(position, entry)`` as each completes; the entry is released
-    after the call. On any exception, what is in flight is waited for and
-    released before it propagates (no buffer stays claimed)."""
+    after the call (released in groups, one library call per group). On any
+    exception, what is in flight is waited for and released before it
+    propagates (no buffer stays claimed)."""
     qd = worker.loader.queue_depth
-    pos_of: Dict[bytes, deque] = {}
+    pos_of: Dict[bytes, Any] = {}
     bs = [_core._fspath_bytes(p) for p in paths]
     n = len(bs)
     nxt = 0
     outstanding = 0
     got: List[_core.Entry] = []
+    done: List[Any] = []  # detached handles, released together
     try:
         while nxt < n or outstanding:
-            room = qd - worker.outstanding if nxt < n else 0
-            if room > 0:
-                chunk = bs[nxt : nxt + room]
-                k = worker.request_many(chunk) if chunk else 0
+            if nxt < n and outstanding < qd:
+                k = worker.request_many(bs[nxt : nxt + qd - outstanding])
                 for j in range(nxt, nxt + k):
-                    pos_of.setdefault(bs[j], deque()).append(j)
+                    b = bs[j]
+                    q = pos_of.get(b)
+                    if q is None:
+                        pos_of[b] = j  # the common case: a path once per batch
+                    elif isinstance(q, deque):
+                        q.append(j)
+                    else:
+                        pos_of[b] = deque((q, j))
                 nxt += k
                 outstanding += k
             if outstanding == 0:
-                if nxt < n:
-                    raise RuntimeError(
-                        f"asyncloader worker {worker.id}: queue full with nothing of this batch "
-                        "in flight (entries held elsewhere in this process?)"
-                    )
-                break
+                raise RuntimeError(
+                    f"asyncloader worker {worker.id}: queue full with nothing of this batch "
+                    "in flight (entries held elsewhere in this process?)"
+                )
             got = worker.get_many(outstanding)
             outstanding -= len(got)
+            got.reverse()
             while got:
                 e = got.pop()
                 try:
-                    on_done(pos_of[e.path_bytes].popleft(), e)
+                    q = pos_of[e.path_bytes]
+                    on_done(q.popleft() if isinstance(q, deque) else q, e)
                 finally:
-                    e._release_deferred()
+                    h = e._detach() if not e.released else None
+                    if h is not None:
+                        done.append(h)
+            if done:
+                worker._release_handles(done)
     finally:
+        if done:
+            worker._release_handles(done)
         for e in got:
             e._release_deferred()
         while outstanding > 0:
