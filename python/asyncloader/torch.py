@@ -42,7 +42,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 
 from . import _core
 
-__all__ = ["FileDataset", "ShardedFileIterable", "BatchLoadError", "SKIP", "collate_bytes"]
+__all__ = [
+    "FileDataset",
+    "ShardedFileIterable",
+    "EpochBatchSampler",
+    "BatchLoadError",
+    "SKIP",
+    "collate_bytes",
+]
 
 #: Returned by an ``on_error`` callable: leave the sample out.
 SKIP: Any = object()
@@ -101,32 +108,32 @@ class BatchLoadError(OSError):
 # ---------------------------------------------------------------------------
 
 
-def _size_limit(paths: Sequence[Any]) -> int:
-    """The largest size among ``paths`` (stat), at least 1. Files that
-    cannot be stat'ed are left out: their load fails later, with the path
-    and errno, like any other failure."""
-    biggest = 0
+def _sizes(paths: Sequence[Any]) -> List[int]:
+    """The size of each path (stat); 0 for a path that cannot be stat'ed
+    or is not a regular file: its load fails later, with the path and
+    errno, like any other failure."""
+    out = []
     for p in paths:
         try:
             st = os.stat(p)
         except OSError:
+            out.append(0)
             continue
-        if _stat.S_ISREG(st.st_mode) and st.st_size > biggest:
-            biggest = st.st_size
-    return max(1, biggest)
+        out.append(st.st_size if _stat.S_ISREG(st.st_mode) else 0)
+    return out
 
 
-def _make_loader(paths, max_file_size, n_workers, queue_depth, loader_kwargs) -> _core.Loader:
+def _make_loader(paths, sizes, max_file_size, n_workers, queue_depth, loader_kwargs) -> _core.Loader:
     sized = max_file_size is None
     if sized:
-        max_file_size = _size_limit(paths)
+        max_file_size = max(sizes, default=0) or 1
     try:
         ld = _core.Loader(
             queue_depth=queue_depth, max_file_size=max_file_size, n_workers=n_workers, **loader_kwargs
         )
     except ValueError as e:
         if sized and "max_file_size" in str(e):
-            biggest = [os.fspath(p) for p in paths if _safe_size(p) == max_file_size][:3]
+            biggest = [os.fspath(p) for p, n in zip(paths, sizes) if n == max_file_size][:3]
             raise ValueError(
                 f"the largest file is {max_file_size} bytes ({', '.join(map(str, biggest))}), "
                 f"more than the library accepts: {e}"
@@ -134,13 +141,6 @@ def _make_loader(paths, max_file_size, n_workers, queue_depth, loader_kwargs) ->
         raise
     ld.start()
     return ld
-
-
-def _safe_size(p) -> int:
-    try:
-        return os.stat(p).st_size
-    except OSError:
-        return -1
 
 
 class _Claim:
@@ -159,6 +159,7 @@ class _Claim:
                 raise
             self.sock = s
             self.id = wid
+            self.lookahead: Optional[_Lookahead] = None
             self.pid = os.getpid()
             # A previous holder of this id is dead (its name is free): take
             # back whatever it left outstanding.
@@ -182,14 +183,21 @@ class _Claim:
 class _LoaderMixin:
     """Owns (or borrows) a Loader and hands each process its worker."""
 
-    def _init_loader(self, paths, loader, max_file_size, n_workers, queue_depth, loader_kwargs):
+    def _init_loader(self, paths, loader, max_file_size, n_workers, queue_depth, loader_kwargs,
+                     need_sizes=False):
+        # File sizes: for max_file_size=None and for the lookahead's budget.
+        self._file_sizes: Optional[List[int]] = None
+        if (max_file_size is None and loader is None) or need_sizes:
+            self._file_sizes = _sizes(paths)
         if loader is not None:
             self._loader = loader
             self._owns = False
         else:
             if n_workers is None:
                 n_workers = max(8, os.cpu_count() or 1) + 1
-            self._loader = _make_loader(paths, max_file_size, n_workers, queue_depth, loader_kwargs)
+            self._loader = _make_loader(
+                paths, self._file_sizes, max_file_size, n_workers, queue_depth, loader_kwargs
+            )
             self._owns = True
         self._claim: Optional[_Claim] = None
         self._lock = threading.Lock()
@@ -215,6 +223,8 @@ class _LoaderMixin:
         dataset created it, in the process that created it. Idempotent."""
         c, self._claim = self._claim, None
         if c is not None and c.pid == os.getpid():
+            if c.lookahead is not None:
+                c.lookahead.drop(c.worker)
             c.close()
         ld, self._loader = self._loader, None
         if ld is not None and self._owns:
@@ -321,6 +331,131 @@ def _load_ordered(worker: _core.Worker, paths: Sequence[Any], on_done: Callable[
 
 
 # ---------------------------------------------------------------------------
+# Batches the workers can predict, and the lookahead over them
+# ---------------------------------------------------------------------------
+
+
+class _Batch(list):
+    """A batch of indices that says where it is in its epoch (``spec``: the
+    sampler's parameters, ``epoch``, ``number``), so that the DataLoader
+    worker receiving it can compute its next batches. Pickles as a list
+    plus those three attributes."""
+
+    __slots__ = ("spec", "epoch", "number")
+
+    def __reduce__(self):
+        return (_make_batch, (list(self), self.spec, self.epoch, self.number))
+
+
+def _make_batch(items, spec, epoch, number) -> _Batch:
+    b = _Batch(items)
+    b.spec, b.epoch, b.number = spec, epoch, number
+    return b
+
+
+_orders: Dict[Any, List[int]] = {}  # (spec, epoch) -> this rank's order (last one only)
+
+
+def _rank_order(spec, epoch: int) -> List[int]:
+    key = (spec, epoch)
+    order = _orders.get(key)
+    if order is None:
+        n, _bs, shuffle, seed, drop_last, replicas, rank = spec
+        order = list(range(n))
+        if shuffle:
+            random.Random(seed + epoch).shuffle(order)
+        if drop_last:
+            order = order[: n - n % replicas]
+        elif n % replicas and n:
+            need = replicas - n % replicas
+            order += (order * (need // n + 1))[:need]
+        order = order[rank::replicas]
+        _orders.clear()
+        _orders[key] = order
+    return order
+
+
+def _batch_of(spec, epoch: int, number: int) -> Optional[List[int]]:
+    bs, drop_last = spec[1], spec[4]
+    order = _rank_order(spec, epoch)
+    part = order[number * bs : (number + 1) * bs]
+    if not part or (drop_last and len(part) < bs):
+        return None
+    return part
+
+
+class EpochBatchSampler:
+    """A batch sampler whose batches are a pure function of ``(seed,
+    epoch)``: ``DistributedSampler``'s order (shuffled with
+    ``random.Random(seed + epoch)``, padded to a multiple of
+    ``num_replicas`` or with ``drop_last`` the tail dropped, then
+    ``rank::num_replicas``) cut into batches of ``batch_size``. Call
+    :meth:`set_epoch` before each epoch.
+
+    Each batch tells the dataset where it is, so a DataLoader worker can
+    compute its next batches and :class:`FileDataset` can request them
+    ahead (``lookahead_bytes``). Made by :meth:`FileDataset.batch_sampler`.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.spec = (int(n), int(batch_size), bool(shuffle), int(seed), bool(drop_last),
+                     int(num_replicas), int(rank))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(_rank_order(self.spec, self.epoch))
+        bs = self.spec[1]
+        return n // bs if self.spec[4] else (n + bs - 1) // bs
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for k in range(len(self)):
+            yield _make_batch(_batch_of(self.spec, self.epoch, k), self.spec, self.epoch, k)
+
+
+class _Lookahead:
+    """Per process: requests issued ahead for predicted batches, and the
+    entries that completed for them, bounded by a byte budget."""
+
+    def __init__(self) -> None:
+        self.owners: Dict[bytes, deque] = {}  # path -> FIFO of owners in flight
+        self.ready: Dict[int, List[_core.Entry]] = {}  # index -> held entries
+        self.flying: Dict[int, int] = {}  # index -> lookahead requests in flight
+        self.bytes = 0  # sizes of ready + flying lookahead files
+        self.outstanding = 0  # this process's requests in flight (all)
+        self.wanted: set = set()  # indices of the predicted batches
+
+    def drop(self, worker: _core.Worker) -> None:
+        """Releases everything held and waits for what is in flight."""
+        for es in self.ready.values():
+            for e in es:
+                e._release_deferred()
+        self.ready.clear()
+        while self.outstanding > 0:
+            try:
+                more = worker.get_many(self.outstanding, timeout=10.0)
+            except OSError:
+                break
+            if not more:
+                break
+            self.outstanding -= len(more)
+            for e in more:
+                e._release_deferred()
+        self.owners.clear()
+        self.flying.clear()
+        self.bytes = 0
+        self.outstanding = 0
+        self.wanted = set()
+
+
+# ---------------------------------------------------------------------------
 # FileDataset
 # ---------------------------------------------------------------------------
 
@@ -366,12 +501,30 @@ class FileDataset(_LoaderMixin, _Dataset):
         queue_depth: int = _DEFAULT_QUEUE_DEPTH,
         on_error: Union[str, Callable[[str, OSError], Any]] = "raise",
         loader_kwargs: Optional[Dict[str, Any]] = None,
+        lookahead_bytes: int = 64 << 20,
     ):
         self.paths = list(paths)
         self.transform = transform
         self.on_error = _check_on_error(on_error)
         self.skipped = 0
-        self._init_loader(self.paths, loader, max_file_size, n_workers, queue_depth, loader_kwargs or {})
+        self.lookahead_bytes = int(lookahead_bytes)
+        self._init_loader(self.paths, loader, max_file_size, n_workers, queue_depth,
+                          loader_kwargs or {}, need_sizes=self.lookahead_bytes > 0)
+
+    def batch_sampler(self, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                      drop_last: bool = False, num_replicas: Optional[int] = None,
+                      rank: Optional[int] = None) -> EpochBatchSampler:
+        """An :class:`EpochBatchSampler` over this dataset, for
+        ``DataLoader(ds, batch_sampler=...)``: with it each worker requests
+        its next batches ahead, within ``lookahead_bytes``. ``num_replicas``
+        and ``rank`` default to ``torch.distributed`` when initialised (else
+        1 and 0), as ``DistributedSampler``'s do."""
+        if num_replicas is None or rank is None:
+            r, w = ShardedFileIterable._rank_world(self)  # type: ignore[arg-type]
+            num_replicas = w if num_replicas is None else num_replicas
+            rank = r if rank is None else rank
+        return EpochBatchSampler(len(self.paths), batch_size, shuffle=shuffle, seed=seed,
+                                 drop_last=drop_last, num_replicas=num_replicas, rank=rank)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -383,28 +536,177 @@ class FileDataset(_LoaderMixin, _Dataset):
         return out[0]
 
     def __getitems__(self, indices: Sequence[int]) -> List[Any]:
-        """The samples of ``indices``, in that order (one batched request)."""
+        """The samples of ``indices``, in that order (one batched request).
+        With batches from :meth:`batch_sampler`, the next batches of this
+        worker are requested ahead, within ``lookahead_bytes``."""
         idx = [int(i) for i in indices]
-        paths = [self.paths[i] for i in idx]  # IndexError before any request
+        paths = self.paths
+        bs = [_core._fspath_bytes(paths[i]) for i in idx]  # IndexError before any request
         worker = self._worker()
+        claim = self._claim
+        la = claim.lookahead
+        if la is None:
+            la = claim.lookahead = _Lookahead()
         out: List[Any] = [SKIP] * len(idx)
         transform = self.transform
         on_error = self.on_error
+        sizes = self._file_sizes
+        qd = worker.loader.queue_depth
+        done: List[Any] = []  # detached handles, released together
+        got: List[_core.Entry] = []  # received, not yet handed out
 
-        def done(pos: int, e: _core.Entry) -> None:
-            err = e.error
-            if err:
-                out[pos] = _failed(on_error, err, e.get_filepath(), idx[pos])
-                return
-            data = e.get_data()
-            out[pos] = transform(data) if transform is not None else data
+        def use(pos: int, e: _core.Entry) -> None:
+            try:
+                err = e.error
+                if err:
+                    out[pos] = _failed(on_error, err, e.get_filepath(), idx[pos])
+                else:
+                    data = e.get_data()
+                    out[pos] = transform(data) if transform is not None else data
+            finally:
+                h = e._detach()
+                if h is not None:
+                    done.append(h)
 
-        _load_ordered(worker, paths, done)
+        try:
+            # 1. What the lookahead already has or has in flight.
+            todo: List[int] = []
+            left = 0
+            for pos, i in enumerate(idx):
+                held = la.ready.get(i)
+                if held:
+                    e = held.pop()
+                    if not held:
+                        del la.ready[i]
+                    la.bytes -= sizes[i] if sizes else 0
+                    use(pos, e)
+                elif la.flying.get(i):
+                    q = la.owners[bs[pos]]
+                    q[q.index(("l", i))] = ("c", pos)  # it is this batch's now
+                    la.flying[i] -= 1
+                    la.bytes -= sizes[i] if sizes else 0
+                    left += 1
+                else:
+                    todo.append(pos)
+            # 2. Request the rest, then the next batches' files, then wait.
+            nxt = 0
+            plan = self._plan(indices, la)
+            while True:
+                while nxt < len(todo) and la.outstanding < qd:
+                    chunk = [bs[p] for p in todo[nxt : nxt + qd - la.outstanding]]
+                    k = worker.request_many(chunk)
+                    for p in todo[nxt : nxt + k]:
+                        la.owners.setdefault(bs[p], deque()).append(("c", p))
+                    nxt += k
+                    left += k
+                    la.outstanding += k
+                    if k == 0:
+                        break
+                if nxt == len(todo) and plan:
+                    self._ahead(worker, la, plan, qd)
+                if left == 0:
+                    break
+                if la.outstanding == 0:
+                    raise RuntimeError(
+                        f"asyncloader worker {worker.id}: queue full with nothing of this "
+                        "batch in flight (entries held elsewhere in this process?)"
+                    )
+                got = worker.get_many(la.outstanding)
+                la.outstanding -= len(got)
+                got.reverse()
+                while got:
+                    e = got.pop()
+                    kind, who = la.owners[e.path_bytes].popleft()
+                    if kind == "c":
+                        left -= 1
+                        use(who, e)
+                    else:
+                        la.flying[who] -= 1
+                        if who in la.wanted:
+                            la.ready.setdefault(who, []).append(e)
+                        else:  # no longer predicted
+                            la.bytes -= sizes[who] if sizes else 0
+                            e._release_deferred()
+                if done:
+                    worker._release_handles(done)
+        except BaseException:
+            if done:
+                worker._release_handles(done)
+            for e in got:
+                e._release_deferred()
+            # Waits for everything in flight (this batch's and the
+            # lookahead's) and releases it: nothing stays claimed.
+            la.drop(worker)
+            raise
+        if done:
+            worker._release_handles(done)
         if any(s is SKIP for s in out):
             kept = [s for s in out if s is not SKIP]
             self.skipped += len(out) - len(kept)
             return kept
         return out
+
+    def _plan(self, batch: Any, la: _Lookahead) -> List[int]:
+        """The indices of this worker's next batches, as far as the byte
+        budget goes (empty without a predictable batch). Releases held
+        lookahead entries that are no longer predicted."""
+        spec = getattr(batch, "spec", None)
+        if spec is None or self.lookahead_bytes <= 0 or not self._file_sizes or spec[0] != len(self.paths):
+            la.wanted = set()
+            plan: List[int] = []
+        else:
+            info = _worker_info()
+            step = info.num_workers if info is not None else 1
+            sizes = self._file_sizes
+            budget = self.lookahead_bytes
+            plan = []
+            total = 0
+            k = batch.number + step
+            while total < budget:
+                nb = _batch_of(spec, batch.epoch, k)
+                if nb is None:
+                    break
+                for i in nb:
+                    total += sizes[i]
+                    if total > budget:
+                        break
+                    plan.append(i)
+                k += step
+            la.wanted = set(plan)
+        for i in [i for i in la.ready if i not in la.wanted]:
+            for e in la.ready.pop(i):
+                la.bytes -= self._file_sizes[i] if self._file_sizes else 0
+                e._release_deferred()
+        return plan
+
+    def _ahead(self, worker: _core.Worker, la: _Lookahead, plan: List[int], qd: int) -> None:
+        """Requests the planned indices not yet held or in flight, while the
+        queue and the byte budget allow."""
+        sizes = self._file_sizes or []
+        have: Dict[int, int] = {}
+        want: List[int] = []
+        for i in plan:
+            have[i] = have.get(i, 0) + 1
+            if len(la.ready.get(i, ())) + la.flying.get(i, 0) < have[i]:
+                want.append(i)
+        # Keep room for a whole batch of the current kind to be requested.
+        room = qd - la.outstanding - sum(len(v) for v in la.ready.values())
+        picked = []
+        for i in want:
+            if room <= len(picked) or la.bytes + sizes[i] > self.lookahead_bytes:
+                break
+            picked.append(i)
+            la.bytes += sizes[i]
+        if not picked:
+            return
+        pb = [_core._fspath_bytes(self.paths[i]) for i in picked]
+        k = worker.request_many(pb)
+        for i, b in zip(picked[:k], pb[:k]):
+            la.owners.setdefault(b, deque()).append(("l", i))
+            la.flying[i] = la.flying.get(i, 0) + 1
+        for i in picked[k:]:
+            la.bytes -= sizes[i]
+        la.outstanding += k
 
 
 # ---------------------------------------------------------------------------
