@@ -384,6 +384,18 @@ def _batch_of(spec, epoch: int, number: int) -> Optional[List[int]]:
     return part
 
 
+def _dist_rank_world():
+    """(rank, world size) from ``torch.distributed`` when initialised, else (0, 1)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return 0, 1
+
+
 class EpochBatchSampler:
     """A batch sampler whose batches are a pure function of ``(seed,
     epoch)``: ``DistributedSampler``'s order (shuffled with
@@ -520,7 +532,7 @@ class FileDataset(_LoaderMixin, _Dataset):
         and ``rank`` default to ``torch.distributed`` when initialised (else
         1 and 0), as ``DistributedSampler``'s do."""
         if num_replicas is None or rank is None:
-            r, w = ShardedFileIterable._rank_world(self)  # type: ignore[arg-type]
+            r, w = _dist_rank_world()
             num_replicas = w if num_replicas is None else num_replicas
             rank = r if rank is None else rank
         return EpochBatchSampler(len(self.paths), batch_size, shuffle=shuffle, seed=seed,
@@ -782,14 +794,7 @@ class ShardedFileIterable(_LoaderMixin, _IterableDataset):
     def _rank_world(self):
         if self.world_size is not None:
             return self.rank, self.world_size
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                return dist.get_rank(), dist.get_world_size()
-        except ImportError:  # pragma: no cover
-            pass
-        return 0, 1
+        return _dist_rank_world()
 
     def rank_indices(self) -> List[int]:
         """The indices of this rank for the current epoch (all workers)."""

@@ -228,6 +228,60 @@ def test_max_file_size_from_the_files_and_limit(tmp_path):
         FileDataset([str(small), str(big)])
 
 
+# -- lookahead ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nw,method", [(0, None), (2, "fork"), (2, "spawn")])
+def test_lookahead_batch_sampler_epochs(data, nw, method):
+    paths, files = data
+    with FileDataset(paths, lookahead_bytes=1 << 20) as ds:
+        sampler = ds.batch_sampler(BATCH, shuffle=True, seed=4)
+        dl = DataLoader(ds, batch_sampler=sampler, num_workers=nw, collate_fn=as_list,
+                        persistent_workers=nw > 0, multiprocessing_context=method)
+        orders = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            batches = [list(b) for b in sampler]
+            assert sorted(i for b in batches for i in b) == list(range(N))
+            check_batches(dl, batches, paths, files)
+            orders.append(batches)
+        assert orders[0] != orders[1]
+
+
+def test_lookahead_in_process_requests_ahead_within_budget(data):
+    paths, files = data
+    budget = 100_000
+    with FileDataset(paths, lookahead_bytes=budget) as ds:
+        sampler = ds.batch_sampler(BATCH, shuffle=True, seed=2, num_replicas=2, rank=1)
+        batches = list(sampler)
+        la = None
+        for k, b in enumerate(batches):
+            assert ds.__getitems__(b) == [files[paths[i]] for i in b]
+            la = ds._claim.lookahead
+            assert 0 <= la.bytes <= budget
+            if k + 1 < len(batches):  # the next batch's files are on their way
+                assert set(la.ready) | {i for i, c in la.flying.items() if c} <= set(batches[k + 1])
+                assert la.ready or any(la.flying.values())
+        # every file was requested once: nothing predicted went unused
+        assert ds.loader.stats()["requests"] == sum(len(b) for b in batches)
+        # batches out of the predicted order: still right, nothing leaks
+        for b in reversed(batches):
+            assert ds.__getitems__(b) == [files[paths[i]] for i in b]
+        la.drop(ds._worker())
+        assert ds._worker().outstanding == 0
+
+
+def test_lookahead_exception_in_transform_releases_everything(data):
+    paths, files = data
+    with FileDataset(paths, transform=explode) as ds:
+        sampler = ds.batch_sampler(BATCH, shuffle=False)
+        with pytest.raises(ValueError, match="on purpose"):
+            for b in sampler:
+                ds.__getitems__(b)
+        assert ds._worker().outstanding == 0
+        assert not ds._claim.lookahead.ready and ds._claim.lookahead.outstanding == 0
+
+
 # -- cleanup -----------------------------------------------------------------
 
 CLEANUP_SCRIPT = textwrap.dedent(
