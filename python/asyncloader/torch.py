@@ -330,6 +330,23 @@ def _load_ordered(worker: _core.Worker, paths: Sequence[Any], on_done: Callable[
                 e._release_deferred()
 
 
+def collate_bytes(batch: Sequence[bytes]):
+    """A ``collate_fn`` for raw samples: packs a batch of ``bytes`` into one
+    ``uint8`` tensor and an ``int64`` tensor of ``len(batch) + 1`` offsets
+    (sample ``i`` is ``data[offsets[i]:offsets[i+1]]``). One tensor crosses
+    from a DataLoader worker to the main process (through shared memory)
+    instead of ``len(batch)`` pickled ``bytes`` objects."""
+    import torch
+
+    sizes = [len(b) for b in batch]
+    offsets = torch.zeros(len(batch) + 1, dtype=torch.int64)
+    if sizes:
+        torch.cumsum(torch.tensor(sizes, dtype=torch.int64), 0, out=offsets[1:])
+    buf = bytearray(b"".join(batch))
+    data = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
+    return data, offsets
+
+
 # ---------------------------------------------------------------------------
 # Batches the workers can predict, and the lookahead over them
 # ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch.utils.data import (  # noqa: E402
 from asyncloader.torch import (  # noqa: E402
     SKIP,
     BatchLoadError,
+    collate_bytes,
     FileDataset,
     ShardedFileIterable,
 )
@@ -148,6 +149,19 @@ def test_persistent_and_non_persistent_workers_over_epochs(data):
             del dl
         # the main process still gets an id
         assert ds.__getitems__([0, 1]) == [files[paths[0]], files[paths[1]]]
+
+
+def test_collate_bytes_packs_a_batch(data):
+    paths, files = data
+    with FileDataset(paths) as ds:
+        dl = DataLoader(ds, batch_size=BATCH, num_workers=2, collate_fn=collate_bytes,
+                        multiprocessing_context="fork")
+        got = []
+        for buf, off in dl:
+            got += [bytes(buf[off[i]:off[i + 1]].numpy()) for i in range(len(off) - 1)]
+        assert got == [files[p] for p in paths]
+    buf, off = collate_bytes([])
+    assert buf.numel() == 0 and off.tolist() == [0]
 
 
 def test_too_few_worker_ids_is_a_clear_error(data):
