@@ -688,16 +688,19 @@ class FileDataset(_LoaderMixin, _Dataset):
             step = info.num_workers if info is not None else 1
             sizes = self._file_sizes
             budget = self.lookahead_bytes
+            # No more than the queue can hold next to a batch like this one.
+            cap = self._loader.queue_depth - len(batch)
             plan = []
             total = 0
             k = batch.number + step
-            while total < budget:
+            while total < budget and len(plan) < cap:
                 nb = _batch_of(spec, batch.epoch, k)
                 if nb is None:
                     break
                 for i in nb:
                     total += sizes[i]
-                    if total > budget:
+                    if total > budget or len(plan) >= cap:
+                        total = budget
                         break
                     plan.append(i)
                 k += step
