@@ -328,13 +328,20 @@ CLEANUP_SCRIPT = textwrap.dedent(
         del dl
         ds.close()
         del ds
-        import gc; gc.collect()
-        t1, f1, m1 = ntasks(), memfds(), maps()
-        kids = [k for k in open(f"/proc/self/task/{{os.getpid()}}/children").read().split()
-                # multiprocessing's own helper (spawn), not a DataLoader worker
-                if b"resource_tracker" not in open(f"/proc/{{k}}/cmdline", "rb").read()]
-        print("tasks", t0, t1, "memfds", f0, f1, "maps", m0, m1, "children", kids)
-        assert f1 == f0 and m1 == m0 and t1 <= t0 and not kids, (t0, t1, f0, f1, m0, m1, kids)
+        import gc, time; gc.collect()
+        def state():
+            kids = [k for k in open(f"/proc/self/task/{{os.getpid()}}/children").read().split()
+                    # multiprocessing's own helper (spawn), not a DataLoader worker
+                    if b"resource_tracker" not in open(f"/proc/{{k}}/cmdline", "rb").read()]
+            loaders = [t for t in os.listdir("/proc/self/task")
+                       if open(f"/proc/self/task/{{t}}/comm").read().startswith("al-")]
+            return memfds(), maps(), loaders, kids
+        # DataLoader shutdown may SIGTERM a worker without waiting: allow it a moment
+        deadline = time.monotonic() + 10
+        while state() != (f0, m0, [], []) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print("before", f0, m0, "after (memfds, maps, loader threads, children)", state())
+        assert state() == (f0, m0, [], []), state()
         print("OK")
     """
 )
