@@ -370,7 +370,7 @@ def _make_batch(items, spec, epoch, number) -> _Batch:
     return b
 
 
-_orders: Dict[Any, List[int]] = {}  # (spec, epoch) -> this rank's order (last one only)
+_orders: Dict[Any, List[int]] = {}  # (spec, epoch) -> this rank's order (the last 4)
 
 
 def _rank_order(spec, epoch: int) -> List[int]:
@@ -387,7 +387,8 @@ def _rank_order(spec, epoch: int) -> List[int]:
             need = replicas - n % replicas
             order += (order * (need // n + 1))[:need]
         order = order[rank::replicas]
-        _orders.clear()
+        while len(_orders) >= 4:  # a few samplers (train, val...) over a dataset
+            del _orders[next(iter(_orders))]
         _orders[key] = order
     return order
 
