@@ -636,6 +636,17 @@ class FileDataset(_LoaderMixin, _Dataset):
                     self._ahead(worker, la, plan, qd)
                 if left == 0:
                     break
+                if la.outstanding == 0 and la.ready:
+                    # Held lookahead entries fill the queue (a batch larger
+                    # than predicted): give them back and go on.
+                    for i, es in la.ready.items():
+                        for e in es:
+                            la.bytes -= sizes[i] if sizes else 0
+                            e._release_deferred()
+                    la.ready.clear()
+                    la.wanted = set()
+                    plan = []
+                    continue
                 if la.outstanding == 0:
                     raise RuntimeError(
                         f"asyncloader worker {worker.id}: queue full with nothing of this "

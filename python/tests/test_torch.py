@@ -285,6 +285,17 @@ def test_lookahead_in_process_requests_ahead_within_budget(data):
         assert ds._worker().outstanding == 0
 
 
+def test_lookahead_held_entries_never_block_a_bigger_batch(data):
+    paths, files = data
+    with FileDataset(paths, queue_depth=16) as ds:
+        sampler = ds.batch_sampler(2, shuffle=False)
+        first = next(iter(sampler))
+        assert ds.__getitems__(first) == [files[paths[i]] for i in first]
+        assert any(ds._claim.lookahead.flying.values())  # the next batch is on its way
+        big = list(range(100, 140))  # 40 files > queue_depth, none predicted
+        assert ds.__getitems__(big) == [files[paths[i]] for i in big]
+
+
 def test_lookahead_exception_in_transform_releases_everything(data):
     paths, files = data
     with FileDataset(paths, transform=explode) as ds:
