@@ -51,6 +51,11 @@ fi
 if [ -f python/pyproject.toml ]; then
     echo "== Python package"
     $T 900 bash scripts/test-python.sh
+    # PyTorch integration (asyncloader.torch) with real torch, from a cached
+    # venv (~/.cache/asyncloader-torch-venv, created the first time); skipped
+    # loudly only when torch cannot be installed.
+    echo "== Python package with PyTorch (scripts/torch-venv.sh)"
+    $T 1500 bash scripts/torch-venv.sh
 fi
 
 # Packaging: the C library installed with cargo cinstall into a temporary
