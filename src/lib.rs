@@ -40,7 +40,7 @@ pub(crate) mod futex;
 mod kinds;
 #[cfg(not(loom))]
 pub mod loader;
-
+#[cfg(not(loom))]
 mod notify;
 
 #[cfg(not(loom))]
