@@ -42,24 +42,42 @@ cargo_tsan() {
 # tests/engine.rs: every test whose loader runs as threads of the test
 # process (Mode::Threads, Mode::Become, Loader::start) and that does not fork.
 engine_tests=(
-    sizes_threads_buffered
-    sizes_threads_direct
-    sizes_become_loader
+    sizes_threads_buffered_dispatch_1
+    sizes_threads_buffered_dispatch_8
+    sizes_threads_direct_dispatch_1
+    sizes_threads_direct_dispatch_8
+    sizes_become_loader_buffered_dispatch_1
+    sizes_become_loader_direct_dispatch_4
     direct_on_a_file_system_that_may_refuse_it
     direct_reads_are_direct_on_ext4
     several_worker_threads
     stress_20k_requests_random_release_order
-    bad_inputs_are_error_entries_with_exact_errno
+    missing_file_is_enoent
+    directory_is_eisdir
+    fifo_is_einval
+    dev_zero_is_einval
+    dev_null_is_einval
+    symlink_loop_is_eloop
+    missing_directory_in_the_path_is_enoent
+    file_used_as_a_directory_in_the_path_is_enotdir
+    symlink_to_a_file_loads
     procfs_file_with_zero_stat_size_loads_its_content
-    request_errors_fail_fast_and_queue_nothing
+    empty_path_is_invalid_path_and_queues_nothing
+    path_over_path_max_is_enametoolong_and_queues_nothing
+    path_with_a_nul_inside_is_invalid_path_and_queues_nothing
+    requests_queue_before_start_until_queue_depth_then_queue_full
+    worker_id_out_of_range_is_invalid_argument
+    start_twice_is_busy
     path_of_exactly_path_max_minus_one_is_accepted
     wait_get_times_out_without_requests
     attach_by_name_shares_the_loader
+    attach_to_a_gone_or_malformed_name_is_an_error
     file_that_grows_past_the_limit_while_queued_is_efbig
     requests_wait_for_dispatch_n_then_go_in_one_batch
     idle_iters_dispatches_a_partial_batch
     uncached_and_partly_cached_files_load_whole
-    fifo_with_a_silent_writer_and_a_tty_do_not_block
+    fifo_with_a_silent_writer_does_not_block
+    terminal_with_nothing_to_read_does_not_block
     empty_files_and_dev_null_are_told_apart
     fifo_holding_data_from_a_writer_that_left_is_not_a_file
     file_that_shrinks_after_its_request_loads_what_is_left
