@@ -291,7 +291,9 @@ def test_lookahead_held_entries_never_block_a_bigger_batch(data):
         sampler = ds.batch_sampler(2, shuffle=False)
         first = next(iter(sampler))
         assert ds.__getitems__(first) == [files[paths[i]] for i in first]
-        assert any(ds._claim.lookahead.flying.values())  # the next batch is on its way
+        la = ds._claim.lookahead
+        # The next batch is on its way, or (a fast loader) already here.
+        assert any(la.flying.values()) or la.ready
         big = list(range(100, 140))  # 40 files > queue_depth, none predicted
         assert ds.__getitems__(big) == [files[paths[i]] for i in big]
 
