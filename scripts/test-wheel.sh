@@ -32,8 +32,12 @@ echo "== fresh venv without cargo on PATH"
 "$PY" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip -q --disable-pip-version-check install pytest
 "$tmp/venv/bin/python" -m pip -q --disable-pip-version-check install --no-deps "$whl"
-cp -r python/tests "$tmp/tests"
-cd "$tmp/tests"
+# The tests and the examples they run, in the same relative places as in the
+# repository (tests/ find examples/ at ../../examples), but no package source.
+mkdir -p "$tmp/python" "$tmp/examples"
+cp -r python/tests "$tmp/python/tests"
+cp -r examples/python "$tmp/examples/python"
+cd "$tmp/python/tests"
 run() {
     env -u ASYNCLOADER_LIB -u CARGO_TARGET_DIR -u CARGO -u PYTHONPATH \
         PATH="$tmp/venv/bin:/usr/bin:/bin" "$@"
