@@ -20,3 +20,33 @@ pub fn bar(show: bool, len: u64, msg: &str) -> ProgressBar {
     pb.set_message(msg.to_string());
     pb
 }
+
+/// Steps of a bar, handed to it 64 at a time (drawing on every file would
+/// cost more than a warm file load); the rest when it is dropped.
+pub struct Ticks<'a> {
+    pb: &'a ProgressBar,
+    n: u64,
+}
+
+impl<'a> Ticks<'a> {
+    pub fn new(pb: &'a ProgressBar) -> Self {
+        Ticks { pb, n: 0 }
+    }
+
+    /// One more step.
+    pub fn step(&mut self) {
+        self.n += 1;
+        if self.n >= 64 {
+            self.pb.inc(self.n);
+            self.n = 0;
+        }
+    }
+}
+
+impl Drop for Ticks<'_> {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.pb.inc(self.n);
+        }
+    }
+}

@@ -31,6 +31,7 @@ use memmap2::MmapOptions;
 
 use super::data::DataSet;
 use super::measure::{Part, Run};
+use crate::cli::progress::Ticks;
 use crate::cli::sys::{self, Cpu};
 
 /// Files in flight per ring: buffered, and `O_DIRECT` (the engine's
@@ -233,7 +234,8 @@ fn ring_thread(
     let mut paths: Vec<Vec<u8>> = vec![Vec::new(); window as usize];
     let mut slots = vec![Slot::default(); window as usize];
     let mut free: Vec<u32> = (0..window).rev().collect();
-    let (mut inflight, mut exhausted, mut since_tick) = (0usize, false, 0u64);
+    let (mut inflight, mut exhausted) = (0usize, false);
+    let mut ticks = Ticks::new(pb);
     let mut done: Vec<u32> = Vec::with_capacity(window as usize);
     let open_flags = libc::O_RDONLY | if shape.direct { libc::O_DIRECT } else { 0 };
     loop {
@@ -349,14 +351,10 @@ fn ring_thread(
             }
             free.push(s);
             inflight -= 1;
-            since_tick += 1;
-        }
-        if since_tick >= 64 {
-            pb.inc(since_tick);
-            since_tick = 0;
+            ticks.step();
         }
     }
-    pb.inc(since_tick);
+    drop(ticks);
     // Nothing in flight: the mapping may go.
     drop(ManuallyDrop::into_inner(bufs));
     part
@@ -375,7 +373,7 @@ pub(super) fn run_pread(ds: &DataSet, threads: usize, pb: &ProgressBar) -> Run {
             ..Part::default()
         };
         start();
-        let mut since_tick = 0u64;
+        let mut ticks = Ticks::new(pb);
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(p) = ds.files.get(i) else { break };
@@ -389,13 +387,8 @@ pub(super) fn run_pread(ds: &DataSet, threads: usize, pb: &ProgressBar) -> Run {
                 Ok(n) => part.loaded_at(ds, i, &buf[..n], lat),
                 Err(e) => part.failed(p.as_os_str().as_bytes(), e, lat),
             }
-            since_tick += 1;
-            if since_tick == 64 {
-                pb.inc(since_tick);
-                since_tick = 0;
-            }
+            ticks.step();
         }
-        pb.inc(since_tick);
         part
     });
     Run {

@@ -17,6 +17,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use super::data::DataSet;
 use super::measure::{Part, Run};
 use super::{Method, Opts, Res};
+use crate::cli::progress::Ticks;
 use crate::cli::sys::{self, Cpu};
 
 /// Reads files `next..` (shared index) with std::fs::read.
@@ -25,7 +26,7 @@ fn read_files(ds: &DataSet, next: &AtomicUsize, pb: &ProgressBar) -> Part {
         lat: Vec::with_capacity(ds.files.len()),
         ..Part::default()
     };
-    let mut since_tick = 0u64;
+    let mut ticks = Ticks::new(pb);
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(p) = ds.files.get(i) else { break };
@@ -37,13 +38,8 @@ fn read_files(ds: &DataSet, next: &AtomicUsize, pb: &ProgressBar) -> Part {
             Ok(d) => part.loaded(ds, pb_, &d, lat),
             Err(e) => part.failed(pb_, e, lat),
         }
-        since_tick += 1;
-        if since_tick == 64 {
-            pb.inc(since_tick);
-            since_tick = 0;
-        }
+        ticks.step();
     }
-    pb.inc(since_tick);
     part
 }
 
@@ -82,7 +78,7 @@ fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressB
         ..Part::default()
     };
     let (mut next, mut done) = (0usize, 0usize);
-    let mut since_tick = 0u64;
+    let mut ticks = Ticks::new(pb);
     let take = |e: asyncloader::Entry, part: &mut Part| {
         let lat = e.latency_ns();
         match e.error() {
@@ -110,18 +106,13 @@ fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressB
             }
         }
         done += 1;
-        since_tick += 1;
+        ticks.step();
         while let Some(e) = w.try_get() {
             take(e, &mut part);
             done += 1;
-            since_tick += 1;
-        }
-        if since_tick >= 64 {
-            pb.inc(since_tick);
-            since_tick = 0;
+            ticks.step();
         }
     }
-    pb.inc(since_tick);
     part
 }
 
