@@ -124,6 +124,49 @@ typedef uint32_t al_backend;
 #endif // __cplusplus
 
 /**
+ * Who takes a worker's requests to the kernel (Rust `Config::drive`, C
+ * `al_config.drive`). Named by `Drive::name` and `al_drive_name`.
+ */
+enum al_drive
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * `Worker` when the loader starts in this process (`start`) with at
+     * least one worker per online core, so that every core has a worker to
+     * drive it; `Loader` otherwise (fewer workers than cores leave cores
+     * that loader threads use; `spawn` and `become_loader` ask for a
+     * loader process or thread by name). The stats say what was chosen.
+     */
+    AL_DRIVE_AUTO = 0,
+    /**
+     * Loader threads (in this process, or in the process `spawn` forked)
+     * take requests from every worker's ring, load them and hand the
+     * entries back: loading goes on in the background while the worker's
+     * thread does something else.
+     */
+    AL_DRIVE_LOADER = 1,
+    /**
+     * Each worker loads its own requests, in the thread that calls it, on
+     * an io_uring of its own: `request` submits a batch once `dispatch_n`
+     * wait, `try_get` and `wait_get` submit the rest and reap. No loader
+     * thread runs and nothing is handed between threads: the fastest way
+     * on few cores (see docs/bench.md). The kernel reads cold data in the
+     * background meanwhile; steps that need the worker (a file the kernel
+     * could not read in one go) wait for its next call.
+     */
+    AL_DRIVE_WORKER = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum al_drive al_drive;
+#else
+typedef uint32_t al_drive;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A loaded (or failed) file, delivered by `al_worker_try_get`,
  * `al_worker_wait_get` or `al_worker_get_many`.
  *
@@ -245,6 +288,25 @@ typedef struct al_config {
      * `AL_BACKEND_THREADS` (`al_backend_name` names it).
      */
     uint32_t backend;
+    /**
+     * Padding of the 48-byte struct of older versions, where a caller may
+     * have left garbage: never read.
+     */
+    uint32_t pad0;
+    /**
+     * An `al_drive`: who loads a worker's requests. `AL_DRIVE_AUTO` (0,
+     * the default): the workers themselves when `al_loader_start` starts
+     * a loader with at least one worker per core, loader threads
+     * otherwise; `AL_DRIVE_LOADER`: loader threads (or the loader process)
+     * in the background; `AL_DRIVE_WORKER`: each worker in the thread that
+     * calls it, on an io_uring of its own (`al_drive_name` names it; see
+     * docs/architecture.md).
+     */
+    uint32_t drive;
+    /**
+     * Zero.
+     */
+    uint32_t reserved;
 } al_config;
 
 /**
@@ -313,6 +375,15 @@ typedef struct al_stats {
      * Pid of the process running the loader (0 before it starts).
      */
     int32_t loader_pid;
+    /**
+     * An `al_drive`: `AL_DRIVE_LOADER` or `AL_DRIVE_WORKER` once the
+     * loader started (`AL_DRIVE_AUTO` resolved); the config's before.
+     */
+    uint32_t drive;
+    /**
+     * Zero.
+     */
+    uint32_t reserved;
 } al_stats;
 
 /**
@@ -598,6 +669,13 @@ int al_loader_stats(const struct al_loader *l, struct al_stats *out);
  * Bindings read the names from here instead of restating them.
  */
 const char *al_state_name(uint32_t state);
+
+/**
+ * The name of drive `drive` (an `al_drive`, as in `al_config.drive` and
+ * `al_stats.drive`): "auto", "loader", "worker"; NULL for a value that is
+ * not a drive. The string is static. Thread-safe.
+ */
+const char *al_drive_name(uint32_t drive);
 
 /**
  * The name of backend `backend` (an `al_backend`, as in

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-pub use crate::kinds::BackendKind;
+pub use crate::kinds::{BackendKind, Drive};
 
 /// How a loader is sized and how it batches.
 ///
@@ -35,6 +35,12 @@ pub struct Config {
     pub ring_window: u32,
     /// I/O backend.
     pub backend: BackendKind,
+    /// Who loads a worker's requests: loader threads in the background
+    /// (`Loader`), each worker itself in the thread that calls it
+    /// (`Worker`), or the faster of the two for this machine (`Auto`, the
+    /// default; see [`Drive`]). With `Worker`, `loader_threads` is not
+    /// used and `ring_window` is per worker.
+    pub drive: Drive,
 }
 
 impl Default for Config {
@@ -49,6 +55,7 @@ impl Default for Config {
             loader_threads: 0,
             ring_window: 0,
             backend: BackendKind::Auto,
+            drive: Drive::Auto,
         }
     }
 }
@@ -163,10 +170,17 @@ impl Config {
         if self.loader_threads != 0 {
             return self.loader_threads;
         }
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-            .clamp(1, limits::MAX_LOADER_THREADS)
+        online_cores().clamp(1, limits::MAX_LOADER_THREADS)
+    }
+
+    /// The drive a loader started with `start` uses (`Auto` resolved: see
+    /// [`Drive::Auto`]).
+    pub fn effective_drive(&self) -> Drive {
+        match self.drive {
+            Drive::Auto if self.n_workers >= online_cores() => Drive::Worker,
+            Drive::Auto => Drive::Loader,
+            d => d,
+        }
     }
 
     /// `ring_window` with 0 resolved to the default.
@@ -179,14 +193,22 @@ impl Config {
     }
 }
 
+fn online_cores() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
 /// Environment variables that override the configuration, for tests and
 /// measurements (documented in the README):
 /// `ASYNCLOADER_BACKEND=io_uring|threads|auto`,
 /// `ASYNCLOADER_STATX=sync|async` (pin where the io_uring backend's statx
-/// runs) and `ASYNCLOADER_FAST=0` (no optimistic chain).
-#[derive(Clone, Copy, Debug, Default)]
+/// runs), `ASYNCLOADER_FAST=0` (no optimistic chain) and
+/// `ASYNCLOADER_DRIVE=loader|worker` (who loads: see [`Drive`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct EnvOverrides {
     pub backend: Option<BackendKind>,
+    pub drive: Option<Drive>,
     /// `Some(true)`: statx always called directly; `Some(false)`: always
     /// through io_uring.
     pub statx_sync: Option<bool>,
@@ -213,6 +235,34 @@ pub(crate) fn env_overrides() -> EnvOverrides {
                 _ => None,
             },
             fast_off: var("ASYNCLOADER_FAST").as_deref() == Some("0"),
+            drive: var("ASYNCLOADER_DRIVE")
+                .as_deref()
+                .and_then(Drive::from_name),
+        }
+    }
+}
+
+impl EnvOverrides {
+    /// Packed into one word, for the region's header: a loader started in
+    /// one process hands them to workers driving in others (which must not
+    /// read the environment after a fork; see above).
+    pub fn to_bits(self) -> u32 {
+        let opt = |v: Option<u32>| v.map_or(0, |v| v + 1);
+        opt(self.backend.map(|b| b as u32))
+            | opt(self.statx_sync.map(u32::from)) << 4
+            | (self.fast_off as u32) << 8
+            | opt(self.drive.map(|d| d as u32)) << 12
+    }
+
+    /// Back from [`to_bits`](Self::to_bits); bits no participant writes
+    /// (a scribbled header) read as no override.
+    pub fn from_bits(b: u32) -> Self {
+        let opt = |shift: u32| (b >> shift & 0xf).checked_sub(1);
+        EnvOverrides {
+            backend: opt(0).and_then(BackendKind::from_u32),
+            statx_sync: opt(4).and_then(|v| (v <= 1).then_some(v == 1)),
+            fast_off: b >> 8 & 1 == 1,
+            drive: opt(12).and_then(Drive::from_u32),
         }
     }
 }
@@ -289,5 +339,26 @@ mod tests {
         assert_eq!(buffer_size(4095), 4096);
         assert_eq!(buffer_size(4096), 8192);
         assert_eq!(buffer_size(1 << 20), (1 << 20) + 4096);
+    }
+
+    #[test]
+    fn env_overrides_round_trip_through_their_header_word() {
+        assert_eq!(EnvOverrides::default().to_bits(), 0);
+        for backend in [None, Some(BackendKind::IoUring), Some(BackendKind::Threads)] {
+            for statx_sync in [None, Some(true), Some(false)] {
+                for fast_off in [false, true] {
+                    for drive in [None, Some(Drive::Auto), Some(Drive::Worker)] {
+                        let e = EnvOverrides {
+                            backend,
+                            drive,
+                            statx_sync,
+                            fast_off,
+                        };
+                        assert_eq!(EnvOverrides::from_bits(e.to_bits()), e);
+                    }
+                }
+            }
+        }
+        assert_eq!(EnvOverrides::from_bits(0xffff_ffff).drive, None);
     }
 }

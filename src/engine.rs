@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::backend::threads::ThreadsBackend;
 use crate::backend::uring::UringBackend;
 use crate::backend::{Backend, Done, Job, KeepAlive};
-use crate::config::BackendKind;
+use crate::config::{BackendKind, EnvOverrides};
 use crate::error::{Error, Result};
 use crate::region::{Region, ThreadStats, entry_state, now_ns, state};
 
@@ -58,23 +58,29 @@ pub(crate) struct ThreadCtx {
     pub env: crate::config::EnvOverrides,
 }
 
-fn make_backend(region: &Arc<Region>, ctx: &ThreadCtx) -> Result<Box<dyn Backend>> {
-    let (tid, env) = (ctx.tid, &ctx.env);
+/// A backend of `window` files in flight for a loader thread or a worker's
+/// driver. `keep` keeps the memory the jobs point into mapped for as long as
+/// an abandoned read may still write into it; `log` says whether this one
+/// reports a fallback (the first loader thread does).
+pub(crate) fn make_backend(
+    region: &Region,
+    window: u32,
+    keep: KeepAlive,
+    env: &EnvOverrides,
+    log: bool,
+) -> Result<Box<dyn Backend>> {
     let cfg = region.cfg();
-    let (window, direct, max) = (cfg.ring_window, cfg.direct != 0, cfg.max_file_size);
+    let (direct, max) = (cfg.direct != 0, cfg.max_file_size);
     // ASYNCLOADER_BACKEND wins over the config.
     let kind = env
         .backend
         .unwrap_or_else(|| BackendKind::from_u32(cfg.backend).unwrap_or_default());
-    // Jobs point into the region: the backend keeps it mapped for as long
-    // as an abandoned read may still write into it.
-    let keep: KeepAlive = region.clone();
     let chosen: Box<dyn Backend> = match kind {
         BackendKind::Auto | BackendKind::IoUring => {
             match UringBackend::new(window, direct, max, keep.clone(), env) {
                 Ok(b) => Box::new(b),
                 Err(e) if kind == BackendKind::Auto => {
-                    if tid == 0 {
+                    if log {
                         crate::process::log!(
                             "io_uring unavailable ({e}); using the thread-pool backend"
                         );
@@ -119,10 +125,10 @@ fn threads_backend(window: u32, direct: bool, max: u64, keep: KeepAlive) -> Resu
 /// `SeqCst`: flag store then epoch load, epoch increment then flag load), so
 /// once the wait ends no loader thread pops from, or pushes to, that worker's
 /// rings until the flag is cleared.
-struct RingPass<'a>(&'a AtomicU64);
+pub(crate) struct RingPass<'a>(&'a AtomicU64);
 
 impl<'a> RingPass<'a> {
-    fn enter(epoch: &'a AtomicU64) -> Self {
+    pub(crate) fn enter(epoch: &'a AtomicU64) -> Self {
         epoch.fetch_add(1, Ordering::SeqCst);
         RingPass(epoch)
     }
@@ -137,14 +143,14 @@ impl Drop for RingPass<'_> {
 }
 
 /// Whether a loader thread may use worker `w`'s rings in this pass.
-fn usable(region: &Region, w: u32) -> bool {
+pub(crate) fn usable(region: &Region, w: u32) -> bool {
     region.worker(w).block.reclaiming.load(Ordering::SeqCst) == 0
 }
 
 /// Moves entry `g` from `from` to `to` (same generation) if it is in `from`
 /// and returns the new state word; `None` when someone else moved it, or a
 /// worker pushed an index it never requested: then the entry is not ours.
-fn take_entry(region: &Region, g: u32, from: u32, to: u32) -> Option<u64> {
+pub(crate) fn take_entry(region: &Region, g: u32, from: u32, to: u32) -> Option<u64> {
     let meta = region.entry(g);
     let word = meta.state.load(Ordering::Acquire);
     let new = (word & !0xffff_ffff) | to as u64;
@@ -167,7 +173,8 @@ fn requests_ready(region: &Region) -> bool {
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
 pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
-    let mut backend = make_backend(region, &ctx)?;
+    let window = region.cfg().ring_window;
+    let mut backend = make_backend(region, window, region.clone(), &ctx.env, ctx.tid == 0)?;
     let cfg = *region.cfg();
     let h = region.header();
     let stats = &h.thread_stats[ctx.tid as usize];
@@ -332,7 +339,7 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
     Ok(())
 }
 
-fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
+pub(crate) fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
     let c = backend.take_counters();
     stats
         .buffered_fallbacks
@@ -352,18 +359,18 @@ fn flush_counters(backend: &mut dyn Backend, stats: &ThreadStats) {
 /// kept in `deferred` and retried on later passes, never dropped and never
 /// waited for while other workers' files are ready.
 #[derive(Default)]
-struct Completions {
+pub(crate) struct Completions {
     /// Workers that got an entry in this call (woken once each).
     touched: Vec<u32>,
     /// (entry, its DONE state word) still to push.
-    deferred: Vec<(u32, u64)>,
+    pub(crate) deferred: Vec<(u32, u64)>,
 }
 
 impl Completions {
     /// Stores each result in its entry and hands the entry to its worker;
     /// then wakes each worker that got something once (not once per entry:
     /// a sleeping worker costs the loader one FUTEX_WAKE per batch).
-    fn complete(&mut self, region: &Region, stats: &ThreadStats, done: &[Done]) {
+    pub(crate) fn complete(&mut self, region: &Region, stats: &ThreadStats, done: &[Done]) {
         let t = now_ns();
         self.touched.clear();
         let _pass = RingPass::enter(&stats.ring_epoch);
@@ -394,7 +401,7 @@ impl Completions {
     }
 
     /// Pushes the deferred completions that now fit.
-    fn retry(&mut self, region: &Region, stats: &ThreadStats) {
+    pub(crate) fn retry(&mut self, region: &Region, stats: &ThreadStats) {
         self.touched.clear();
         let _pass = RingPass::enter(&stats.ring_epoch);
         for (g, word) in std::mem::take(&mut self.deferred) {

@@ -53,12 +53,16 @@ fn load_and_check(w: &Worker, set: &[(PathBuf, Vec<u8>)]) {
     }
 }
 
+/// Loader threads, which pop concurrently with the scribbling (the drive
+/// these tests were written against; a worker's own driver pops the same
+/// way, through the same checks: `drive`).
 fn cfg(loader_threads: u32) -> Config {
     Config {
         n_workers: 4,
         queue_depth: 4,
         max_file_size: 16 << 10,
         loader_threads,
+        drive: crate::Drive::Loader,
         ..Config::default()
     }
 }

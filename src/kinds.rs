@@ -1,4 +1,5 @@
-//! The two enums every layer names: the loader's state and the I/O backend.
+//! The enums every layer names: the loader's state, the I/O backend and who
+//! drives the loads.
 //!
 //! Defined here once, for all three languages: the Rust API uses them
 //! directly ([`crate::LoaderState`], [`crate::BackendKind`]), the shared
@@ -27,6 +28,33 @@ pub enum BackendKind {
     IoUring = 1,
     /// The `pread` thread-pool fallback.
     Threads = 2,
+}
+
+/// Who takes a worker's requests to the kernel (Rust `Config::drive`, C
+/// `al_config.drive`). Named by `Drive::name` and `al_drive_name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u32)]
+pub enum Drive {
+    /// `Worker` when the loader starts in this process (`start`) with at
+    /// least one worker per online core, so that every core has a worker to
+    /// drive it; `Loader` otherwise (fewer workers than cores leave cores
+    /// that loader threads use; `spawn` and `become_loader` ask for a
+    /// loader process or thread by name). The stats say what was chosen.
+    #[default]
+    Auto = 0,
+    /// Loader threads (in this process, or in the process `spawn` forked)
+    /// take requests from every worker's ring, load them and hand the
+    /// entries back: loading goes on in the background while the worker's
+    /// thread does something else.
+    Loader = 1,
+    /// Each worker loads its own requests, in the thread that calls it, on
+    /// an io_uring of its own: `request` submits a batch once `dispatch_n`
+    /// wait, `try_get` and `wait_get` submit the rest and reap. No loader
+    /// thread runs and nothing is handed between threads: the fastest way
+    /// on few cores (see docs/bench.md). The kernel reads cold data in the
+    /// background meanwhile; steps that need the worker (a file the kernel
+    /// could not read in one go) wait for its next call.
+    Worker = 2,
 }
 
 /// Where a loader is in its life (Rust `Stats::state`, C `al_stats.state`).
@@ -60,6 +88,7 @@ const BACKENDS: [BackendKind; 3] = [
     BackendKind::IoUring,
     BackendKind::Threads,
 ];
+const DRIVES: [Drive; 3] = [Drive::Auto, Drive::Loader, Drive::Worker];
 const STATES: [LoaderState; 5] = [
     LoaderState::Created,
     LoaderState::Running,
@@ -96,6 +125,32 @@ impl BackendKind {
             BackendKind::Auto => c"auto",
             BackendKind::IoUring => c"io_uring",
             BackendKind::Threads => c"threads",
+        }
+    }
+}
+
+impl Drive {
+    pub fn all() -> &'static [Drive] {
+        &DRIVES
+    }
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        DRIVES.get(v as usize).copied()
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        DRIVES.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or_default()
+    }
+
+    pub fn c_name(self) -> &'static CStr {
+        match self {
+            Drive::Auto => c"auto",
+            Drive::Loader => c"loader",
+            Drive::Worker => c"worker",
         }
     }
 }
@@ -156,6 +211,7 @@ macro_rules! named {
 }
 named!(BackendKind);
 named!(LoaderState);
+named!(Drive);
 
 #[cfg(test)]
 mod tests {
@@ -175,6 +231,12 @@ mod tests {
             assert_eq!(LoaderState::from_name(s.name()), Some(s));
             assert_eq!(s, s.name());
         }
+        for (i, d) in Drive::all().iter().copied().enumerate() {
+            assert_eq!(d as u32, i as u32);
+            assert_eq!(Drive::from_u32(i as u32), Some(d));
+            assert_eq!(Drive::from_name(d.name()), Some(d));
+        }
+        assert_eq!(Drive::from_u32(3), None);
         assert_eq!(BackendKind::from_u32(3), None);
         assert_eq!(LoaderState::from_u32(5), None);
         assert_eq!(LoaderState::from_name("none"), None);

@@ -29,6 +29,9 @@ pub(crate) mod backend;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
+// Workers that load their own requests (Drive::Worker).
+pub(crate) mod drive;
+#[cfg(not(loom))]
 pub(crate) mod engine;
 #[cfg(not(loom))]
 pub mod error;
@@ -62,7 +65,7 @@ pub mod testkit;
 mod hostile_tests;
 
 #[cfg(not(loom))]
-pub use config::{BackendKind, Config, ConfigError};
+pub use config::{BackendKind, Config, ConfigError, Drive};
 #[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};
 #[cfg(not(loom))]

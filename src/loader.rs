@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{BackendKind, Config, EnvOverrides, env_overrides};
+use crate::config::{BackendKind, Config, Drive, EnvOverrides, env_overrides};
 use crate::engine::{ThreadCtx, thread_main};
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::kinds::LoaderState;
@@ -53,8 +53,11 @@ pub struct Stats {
     /// Backend in use: `IoUring` or `Threads`; `Auto` until a running
     /// loader chose one.
     pub backend: BackendKind,
-    /// Loader threads configured.
+    /// Loader threads configured (0 when the workers drive their loads).
     pub loader_threads: u32,
+    /// Who loads: `Loader` or `Worker` once the loader started (`Auto`
+    /// resolved); the config's value before.
+    pub drive: Drive,
     /// Loader threads running now.
     pub loader_threads_alive: u32,
     /// Where the loader is in its life.
@@ -142,8 +145,15 @@ impl Loader {
         self.region.header().loader_state()
     }
 
-    fn claim(&self) -> Result<u32> {
+    /// Moves the loader from CREATED to RUNNING and records how it runs:
+    /// the drive (the config's unless `ASYNCLOADER_DRIVE` overrides it) and
+    /// the environment overrides, for workers that drive their own loads.
+    /// Returns the loader threads to start (none with `Drive::Worker`).
+    fn claim(&self, env: &EnvOverrides) -> Result<u32> {
         let h = self.region.header();
+        let drive = self.drive_for_start(env);
+        h.drive_in_use.store(drive as u32, Ordering::Release);
+        h.env_bits.store(env.to_bits(), Ordering::Release);
         h.state
             .compare_exchange(
                 state::CREATED,
@@ -164,9 +174,29 @@ impl Loader {
                     ),
                 )
             })?;
-        let n = self.region.cfg().loader_threads;
+        let n = match drive {
+            Drive::Worker => 0,
+            _ => self.region.cfg().loader_threads,
+        };
         h.loader_threads_alive.store(n, Ordering::Release);
         Ok(n)
+    }
+
+    /// The drive `start` uses: `ASYNCLOADER_DRIVE`, else the config's,
+    /// with `Auto` resolved for this machine.
+    fn drive_for_start(&self, env: &EnvOverrides) -> Drive {
+        let mut cfg = self.region.cfg().to_config();
+        cfg.drive = env.drive.unwrap_or(cfg.drive);
+        cfg.effective_drive()
+    }
+
+    /// The drive `spawn` and `become_loader` use: as `start`, but `Auto`
+    /// means loader threads (they ask for a loader process or thread).
+    fn drive_for_loader(&self, env: &EnvOverrides) -> Drive {
+        match env.drive.unwrap_or(self.region.cfg().to_config().drive) {
+            Drive::Worker => Drive::Worker,
+            _ => Drive::Loader,
+        }
     }
 
     fn unclaim(&self) {
@@ -206,23 +236,32 @@ impl Loader {
     }
 
     /// Runs the loader in background threads of this process.
+    /// With `Drive::Worker` no thread starts: the loader is running, and
+    /// each worker loads its own requests.
     pub fn start(&self) -> Result<()> {
-        let n = self.claim()?;
+        let env = env_overrides();
+        let n = self.claim(&env)?;
         self.region
             .header()
             .loader_pid
             .store(std::process::id() as i32, Ordering::Release);
-        let hs = Self::spawn_threads(&self.region, 0..n, None, env_overrides())?;
+        let hs = Self::spawn_threads(&self.region, 0..n, None, env)?;
         self.local.lock().unwrap_or_else(|e| e.into_inner()).threads = hs;
         Ok(())
     }
 
     /// Forks a loader process. Returns in the parent; the child never returns.
+    /// With `Drive::Worker` nothing is forked (there is nothing for a loader
+    /// process to do): it is [`start`](Self::start).
     pub fn spawn(&self) -> Result<()> {
-        let n = self.claim()?;
-        let parent = std::process::id() as i32;
         // Read before the fork: the child must not take locks (below).
-        let env = env_overrides();
+        let mut env = env_overrides();
+        env.drive = Some(self.drive_for_loader(&env));
+        if env.drive == Some(Drive::Worker) {
+            return self.start();
+        }
+        let n = self.claim(&env)?;
+        let parent = std::process::id() as i32;
         // SAFETY: the fork-in-a-threaded-process rule: the child has only
         // this thread, and any lock another thread held at the fork stays
         // locked in it forever. The child takes none that can be held: it
@@ -283,14 +322,24 @@ impl Loader {
     }
 
     /// Runs the loader in this thread (plus `loader_threads - 1` more) until
-    /// some participant calls [`shutdown`](Self::shutdown).
+    /// some participant calls [`shutdown`](Self::shutdown). With
+    /// `Drive::Worker` the thread only waits for that shutdown.
     pub fn become_loader(&self) -> Result<()> {
-        let n = self.claim()?;
-        self.region
-            .header()
-            .loader_pid
+        let mut env = env_overrides();
+        env.drive = Some(self.drive_for_loader(&env));
+        let n = self.claim(&env)?;
+        let h = self.region.header();
+        h.loader_pid
             .store(std::process::id() as i32, Ordering::Release);
-        let env = env_overrides();
+        if h.drive() == Drive::Worker {
+            while h.state.load(Ordering::Acquire) == state::RUNNING {
+                h.loader_parking
+                    .sleep_unless(Duration::from_millis(100), || {
+                        h.state.load(Ordering::Acquire) != state::RUNNING
+                    });
+            }
+            return Ok(());
+        }
         let hs = Self::spawn_threads(&self.region, 1..n, None, env)?;
         thread_main(
             self.region.clone(),
@@ -325,6 +374,16 @@ impl Loader {
                 state::RUNNING => Some(state::STOPPING),
                 _ => None,
             });
+        if h.drive() == Drive::Worker {
+            // No loader thread has to finish: the workers finish their own
+            // files in flight (their wait_get still reaps them).
+            let _ = h.state.compare_exchange(
+                state::STOPPING,
+                state::STOPPED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         h.loader_parking.notify_all();
         for w in 0..self.region.cfg().n_workers {
             self.region.worker(w).block.parking.notify_all();
@@ -425,8 +484,18 @@ impl Loader {
         };
         // 1. Every loader thread out of the passes that may not have seen
         //    the flag.
+        //    With the workers driving, the worker's own driver is one more
+        //    such thread (its epoch is in the worker block); one in a
+        //    process that died will never leave its pass, nor load again.
         let h = r.header();
-        let threads = &h.thread_stats[..r.cfg().loader_threads as usize];
+        let driver_pid = rings.block.driver_pid.load(Ordering::Acquire);
+        let driver_gone = || driver_pid != 0 && !crate::process::pid_alive(driver_pid);
+        let threads: Vec<&crate::region::ThreadStats> = h.thread_stats
+            [..r.cfg().loader_threads as usize]
+            .iter()
+            .chain(std::iter::once(&rings.block.stats))
+            .collect();
+        let driver_t = threads.len() - 1;
         let odd: Vec<(usize, u64)> = threads
             .iter()
             .enumerate()
@@ -435,7 +504,10 @@ impl Loader {
             .collect();
         for (t, e) in odd {
             while threads[t].ring_epoch.load(Ordering::Acquire) == e {
-                if loader_health(r).is_err() {
+                if t == driver_t && driver_gone() {
+                    break;
+                }
+                if t != driver_t && loader_health(r).is_err() {
                     break; // a dead loader's thread will never leave its pass
                 }
                 if Instant::now() >= deadline {
@@ -450,8 +522,19 @@ impl Loader {
         let base = id * qd;
         let loading =
             |e: u32| r.entry(base + e).state.load(Ordering::Acquire) as u32 == entry_state::LOADING;
+        let worker_drive = h.drive() == Drive::Worker;
         while (0..qd).any(loading) {
-            if loader_health(r).is_err() {
+            if worker_drive {
+                if driver_gone() {
+                    // Its io_uring requests all ended before it exited.
+                    break;
+                }
+                if driver_pid == me as i32 {
+                    // Our own driver holds them: reap them (its passes take
+                    // no request and hand nothing over while the flag is up).
+                    let _ = crate::drive::drive(r, id, Some(Duration::from_millis(1)));
+                }
+            } else if loader_health(r).is_err() {
                 break; // a dead loader will not complete it
             }
             if Instant::now() >= deadline {
@@ -486,12 +569,21 @@ impl Loader {
         let cfg = self.region.cfg();
         let mut s = Stats {
             backend: h.backend_in_use(),
-            loader_threads: cfg.loader_threads,
+            loader_threads: if h.drive() == Drive::Worker {
+                0
+            } else {
+                cfg.loader_threads
+            },
+            drive: h.drive(),
             loader_threads_alive: h.loader_threads_alive.load(Ordering::Relaxed),
             state: h.loader_state(),
             ..Stats::default()
         };
-        for t in &h.thread_stats[..cfg.loader_threads as usize] {
+        let workers = (0..cfg.n_workers).map(|w| &self.region.worker(w).block.stats);
+        for t in h.thread_stats[..cfg.loader_threads as usize]
+            .iter()
+            .chain(workers)
+        {
             s.completions += t.completions.load(Ordering::Relaxed);
             s.bytes += t.bytes.load(Ordering::Relaxed);
             s.errors += t.errors.load(Ordering::Relaxed);

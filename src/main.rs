@@ -68,9 +68,15 @@ struct BenchArgs {
     /// Loader threads, one io_uring each (0 = one per core).
     #[arg(long, default_value_t = 0)]
     loader_threads: u32,
-    /// Files in flight per loader thread (0 = engine default: 32, 128 direct).
+    /// Files in flight per loader thread, or per worker with `--drive
+    /// worker` (0 = engine default: 32, 128 direct).
     #[arg(long, default_value_t = 0)]
     ring_window: u32,
+    /// Who loads: auto (the engine's choice: the workers when there is one
+    /// per core), loader (loader threads / process), worker (each worker
+    /// in its own thread).
+    #[arg(long, default_value = "auto", value_parser = parse_drive)]
+    drive: asyncloader::Drive,
     /// Memory all buffers of one loader may take (e.g. 512M); each entry's
     /// buffer is this / (workers x queue_depth), at most 1 GiB, and larger
     /// files are left out of every row. Default: a quarter of the memory
@@ -177,6 +183,7 @@ fn main() -> ExitCode {
                 idle_iters: a.idle_iters,
                 loader_threads: a.loader_threads,
                 ring_window: a.ring_window,
+                drive: a.drive,
                 pool_threads: a.pool_threads,
                 memory_budget: a.memory_budget,
                 direct: a.direct,
@@ -199,4 +206,8 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn parse_drive(s: &str) -> Result<asyncloader::Drive, String> {
+    asyncloader::Drive::from_name(s).ok_or_else(|| format!("{s:?} is not auto, loader or worker"))
 }

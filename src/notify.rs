@@ -39,8 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::drive::Drove;
 use crate::error::{Error, Result};
-use crate::kinds::LoaderState;
+use crate::kinds::{Drive, LoaderState};
 use crate::process::fork_epoch;
 use crate::region::Region;
 use crate::worker::loader_health;
@@ -178,6 +179,9 @@ fn gone(region: &Region, check_process: bool) -> bool {
     }
 }
 
+/// Longest wait in the kernel of a notifier that drives its worker's loads.
+const DRIVE_SLICE: Duration = Duration::from_millis(1);
+
 /// The notifier thread (see the module docs).
 fn run(region: &Region, id: u32, fd: RawFd, stop: &AtomicBool) {
     let rings = region.worker(id);
@@ -190,17 +194,37 @@ fn run(region: &Region, id: u32, fd: RawFd, stop: &AtomicBool) {
         if check {
             last_health = Instant::now();
         }
-        if gone(region, check) {
+        // Workers that drive their own loads: the notifier drives this
+        // one's while the program waits on the fd (briefly, so that the
+        // program's own calls find the driver free most of the time).
+        let worker_drive = region.header().drive() == Drive::Worker;
+        let drove = if worker_drive {
+            crate::drive::drive(region, id, Some(DRIVE_SLICE)).unwrap_or(Drove::Idle)
+        } else {
+            Drove::Idle
+        };
+        // Files in flight are still delivered after a shutdown.
+        if gone(region, check) && matches!(drove, Drove::Idle) {
             add(fd, FINAL);
             return;
         }
         if rings.comp.has_ready() && !readable(fd) {
             add(fd, 1);
         }
+        let slice = match drove {
+            Drove::Passed => continue,
+            // The program's own thread drives: look again soon.
+            Drove::Busy => DRIVE_SLICE,
+            Drove::Idle => SLICE,
+        };
+        let wake_on_request = worker_drive && matches!(drove, Drove::Idle);
         // Sleep unless there is something to do: registered as a sleeper
         // first, so a completion after this check wakes us.
-        rings.block.parking.sleep_unless(SLICE, || {
+        rings.block.parking.sleep_unless(slice, || {
             stop.load(Ordering::SeqCst)
+                || (wake_on_request
+                    && rings.req.has_ready()
+                    && region.header().loader_state() == LoaderState::Running)
                 || matches!(
                     region.header().loader_state(),
                     LoaderState::Stopped | LoaderState::Dead

@@ -40,7 +40,7 @@ use crate::ring::{Ring, RingIndices};
 /// `b"ASYNCLDR"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ASYNCLDR");
 /// Bumped whenever the layout below changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Bytes of path an entry holds, including the terminating NUL (Linux
 /// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
 pub const PATH_CAP: usize = 4096;
@@ -101,6 +101,9 @@ pub struct RawConfig {
     pub direct: u32,
     pub backend: u32,
     pub max_file_size: u64,
+    /// A [`Drive`](crate::Drive).
+    pub drive: u32,
+    pub _pad: u32,
 }
 
 impl RawConfig {
@@ -115,6 +118,8 @@ impl RawConfig {
             direct: c.direct as u32,
             backend: c.backend as u32,
             max_file_size: c.max_file_size,
+            drive: c.drive as u32,
+            _pad: 0,
         }
     }
 
@@ -127,6 +132,12 @@ impl RawConfig {
         }
         if self.ring_window == 0 {
             return Err(ConfigError::new("ring_window", "0 in a stored config"));
+        }
+        if crate::Drive::from_u32(self.drive).is_none() {
+            return Err(ConfigError::new(
+                "drive",
+                "unknown value in a stored config",
+            ));
         }
         if BackendKind::from_u32(self.backend).is_none() || self.direct > 1 {
             return Err(ConfigError::new(
@@ -149,6 +160,7 @@ impl RawConfig {
             loader_threads: self.loader_threads,
             ring_window: self.ring_window,
             backend: BackendKind::from_u32(self.backend).unwrap_or_default(),
+            drive: crate::Drive::from_u32(self.drive).unwrap_or_default(),
         }
     }
 }
@@ -201,12 +213,24 @@ pub struct Header {
     pub backend_in_use: AtomicU32,
     /// errno of the failure that stopped a loader thread (0 if none).
     pub loader_error: AtomicI32,
+    /// The [`Drive`](crate::Drive) of the running loader: the config's,
+    /// unless `ASYNCLOADER_DRIVE` overrode it where the loader started.
+    pub drive_in_use: AtomicU32,
+    /// The environment overrides read where the loader started
+    /// (`EnvOverrides::to_bits`), for workers that drive their own loads.
+    pub env_bits: AtomicU32,
     /// Loader threads sleep here when idle; workers notify after a request.
     pub loader_parking: Parking,
     pub thread_stats: [ThreadStats; limits::MAX_LOADER_THREADS as usize],
 }
 
 impl Header {
+    /// Who drives the loads of the running loader (its config's choice
+    /// until one started).
+    pub fn drive(&self) -> crate::Drive {
+        crate::Drive::from_u32(self.drive_in_use.load(Ordering::Acquire)).unwrap_or_default()
+    }
+
     /// The state word, decoded. A value no participant writes (the region
     /// was scribbled on) reads as `Dead`: nothing can be relied on then.
     pub fn loader_state(&self) -> LoaderState {
@@ -234,13 +258,21 @@ pub struct WorkerBlock {
     pub parking: Parking,
     /// Requests accepted from this worker.
     pub requests: AtomicU64,
+    /// Pid of the process whose driver last took this worker's requests
+    /// (`Drive::Worker`; 0 before). `reclaim_worker` waits for its loads
+    /// only while it lives: a process's io_uring requests all end before
+    /// it exits.
+    pub driver_pid: AtomicI32,
     /// Non-zero while `Loader::reclaim_worker` rebuilds this worker's rings:
     /// loader threads then leave its rings alone. The reclaimer writes
     /// [`Region::reclaim_token`] of its pid, so that a leftover of a dead
     /// reclaimer, or garbage a broken worker wrote, is told apart from a
     /// reclaim under way.
     pub reclaiming: AtomicU64,
-    _pad: [u32; 12],
+    /// The counters of this worker's driver (`Drive::Worker`), including
+    /// its ring epoch, which `reclaim_worker` waits on like a loader
+    /// thread's.
+    pub stats: ThreadStats,
 }
 
 /// Metadata of one entry. Its data buffer lives in the buffers area.
@@ -326,8 +358,10 @@ pub struct Region {
     /// `map.as_mut_ptr()`, kept at hand: every access computes from it.
     base: *mut u8,
     len: usize,
-    /// The shared mapping (unmapped when the Region drops).
-    map: MmapRaw,
+    /// The shared mapping, unmapped when the Region and every backend that
+    /// may still write into it are gone (a worker's driver keeps a clone as
+    /// its backend's keep-alive: see `drive`).
+    map: std::sync::Arc<MmapRaw>,
     /// The memfd, kept open for the region's life: it is what
     /// [`Region::attach`] reopens through `/proc/<creator>/fd/<n>`.
     #[allow(dead_code)] // held, not read (and read by tests)
@@ -338,6 +372,9 @@ pub struct Region {
     /// When this process last checked that the loader process is alive
     /// (ns, CLOCK_MONOTONIC); process-local, rate-limits that check.
     pub(crate) last_health_check: AtomicU64,
+    /// The drivers of this process's workers when they drive their own
+    /// loads (`Drive::Worker`); process-local.
+    pub(crate) drivers: crate::drive::Drivers,
 }
 
 // SAFETY: the region is plain memory whose shared parts are only accessed
@@ -397,12 +434,13 @@ impl Region {
         let region = Region {
             base,
             len: layout.total_size as usize,
-            map,
+            map: std::sync::Arc::new(map),
             file,
             name,
             layout,
             cfg: raw,
             last_health_check: AtomicU64::new(0),
+            drivers: crate::drive::Drivers::new(raw.n_workers),
         };
         // SAFETY: the mapping is fresh, zero-filled, large enough for a
         // Header at offset 0 (Layout puts the workers after it) and
@@ -415,6 +453,7 @@ impl Region {
             (&raw mut (*h).total_size).write(layout.total_size);
             (&raw mut (*h).nonce).write(nonce);
             (&raw mut (*h).cfg).write(raw);
+            (&raw mut (*h).drive_in_use).write(AtomicU32::new(raw.drive));
             (&raw mut (*h).ring_cap).write(layout.ring_cap);
             (&raw mut (*h).creator_pid).write(std::process::id() as i32);
             (&raw mut (*h).buf_size).write(layout.buf_size);
@@ -528,12 +567,13 @@ impl Region {
         Ok(Region {
             base,
             len: size as usize,
-            map,
+            map: std::sync::Arc::new(map),
             file,
             name: name.to_owned(),
             layout,
             cfg,
             last_health_check: AtomicU64::new(0),
+            drivers: crate::drive::Drivers::new(cfg.n_workers),
         })
     }
 
@@ -703,6 +743,12 @@ impl Region {
         self.map
             .advise_range(Advice::PopulateWrite, off, self.len - off)
             .map_err(|e| io_error(&e, "madvise(MADV_POPULATE_WRITE) of the buffers"))
+    }
+
+    /// A guard that keeps the mapping alive (and mapped) while it lives,
+    /// for a backend whose reads may land after this Region is gone.
+    pub(crate) fn mapping_guard(&self) -> crate::backend::KeepAlive {
+        self.map.clone()
     }
 
     /// The whole mapping as raw memory, for tests that play a broken or

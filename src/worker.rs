@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::drive::Drove;
 use crate::error::{Error, ErrorKind, Result};
-use crate::kinds::LoaderState;
+use crate::kinds::{Drive, LoaderState};
 use crate::notify::NotifyCell;
 use crate::process::{fork_epoch, pid_alive};
 use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
@@ -34,6 +35,8 @@ const SLEEP_SLICE: Duration = Duration::from_millis(20);
 /// How long a push into a ring that has room waits for a consumer caught
 /// between claiming a slot and freeing it (see `Ring::push_patiently`).
 pub(crate) const RING_PATIENCE: Duration = Duration::from_secs(1);
+/// Longest sleep of a worker whose driver another thread holds.
+const BUSY_SLICE: Duration = Duration::from_millis(1);
 /// How often `request` looks at the loader process itself.
 const HEALTH_EVERY_NS: u64 = 20_000_000;
 
@@ -64,6 +67,8 @@ pub(crate) fn loader_health(region: &Region) -> Result<()> {
     let h = region.header();
     match h.loader_state() {
         LoaderState::Created => Ok(()),
+        // Workers drive their own loads: there is no loader to die.
+        LoaderState::Running if h.drive() == Drive::Worker => Ok(()),
         LoaderState::Running => {
             let pid = h.loader_pid.load(Ordering::Acquire);
             let dead = h.loader_threads_alive.load(Ordering::Acquire) == 0
@@ -250,8 +255,24 @@ impl Worker {
             return Err(corrupt("request ring"));
         }
         rings.block.requests.fetch_add(1, Ordering::Relaxed);
-        self.region.header().loader_parking.notify(i32::MAX);
+        if self.region.header().drive() == Drive::Worker {
+            // A batch goes out once dispatch_n wait (the rest when the
+            // worker asks for entries).
+            if rings.req.len() >= self.region.cfg().dispatch_n {
+                self.drive(None)?;
+            }
+            // A thread of this process waiting on this worker drives it.
+            rings.block.parking.notify(i32::MAX);
+        } else {
+            self.region.header().loader_parking.notify(i32::MAX);
+        }
         Ok(())
+    }
+
+    /// With `Drive::Worker`: one pass of this worker's driver, waiting up
+    /// to `wait` in the kernel for a completion (see `drive::drive`).
+    fn drive(&self, wait: Option<Duration>) -> Result<Drove> {
+        crate::drive::drive(&self.region, self.id, wait)
     }
 
     /// Requests that are queued, in flight, or delivered and not released.
@@ -259,8 +280,23 @@ impl Worker {
         self.qd - self.region.worker(self.id).free.len()
     }
 
-    /// Takes a completed entry if one is ready.
+    /// Takes a completed entry if one is ready. With `Drive::Worker` it
+    /// first submits what is queued and reaps what completed, without
+    /// waiting.
     pub fn try_get(&self) -> Option<Entry> {
+        if let Some(e) = self.pop_completed() {
+            return Some(e);
+        }
+        if self.region.header().drive() == Drive::Worker {
+            // An error here (the kernel refused a submit) shows up in
+            // wait_get; try_get has no way to say it.
+            let _ = self.drive(None);
+            return self.pop_completed();
+        }
+        None
+    }
+
+    fn pop_completed(&self) -> Option<Entry> {
         let comp = self.region.worker(self.id).comp;
         loop {
             let g = comp.pop()?;
@@ -299,6 +335,9 @@ impl Worker {
         if let Some(e) = self.try_get() {
             return Ok(e);
         }
+        if self.region.header().drive() == Drive::Worker {
+            return self.drive_until(deadline);
+        }
         for _ in 0..SPIN_BEFORE_SLEEP {
             std::hint::spin_loop();
             if let Some(e) = self.try_get() {
@@ -335,6 +374,51 @@ impl Worker {
                 .block
                 .parking
                 .sleep_unless(slice, || rings.comp.has_ready());
+        }
+    }
+
+    /// `wait_get` with `Drive::Worker`: drives this worker's loads, waiting
+    /// in the kernel, until an entry is ready; sleeps on the futex only
+    /// while another thread drives them (or nothing is in flight here).
+    fn drive_until(&self, deadline: Option<Instant>) -> Result<Entry> {
+        let rings = self.region.worker(self.id);
+        loop {
+            if let Some(e) = self.pop_completed() {
+                return Ok(e);
+            }
+            let mut slice = SLEEP_SLICE;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(Error::new(ErrorKind::TimedOut, "wait_get timed out"));
+                }
+                slice = slice.min(d - now);
+            }
+            // Files in flight finish after a shutdown too (the pass takes
+            // no new request then): deliver them before saying why nothing
+            // else comes.
+            match self.drive(Some(slice))? {
+                Drove::Passed => continue,
+                // Another thread is in a pass: it wakes us when it completes
+                // entries; look again soon in case they are not ours.
+                Drove::Busy => {
+                    rings
+                        .block
+                        .parking
+                        .sleep_unless(slice.min(BUSY_SLICE), || rings.comp.has_ready());
+                }
+                Drove::Idle => {
+                    if let Err(e) = loader_state(&self.region) {
+                        return self.pop_completed().ok_or(e);
+                    }
+                    // Nothing here to drive: another process (or a thread
+                    // that requests now) completes this worker's entries.
+                    rings
+                        .block
+                        .parking
+                        .sleep_unless(slice, || rings.comp.has_ready() || rings.req.has_ready());
+                }
+            }
         }
     }
 

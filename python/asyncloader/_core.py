@@ -860,9 +860,14 @@ def default_config() -> Dict[str, Any]:
 
 
 def _config_dict(cfg: _ffi.al_config) -> Dict[str, Any]:
-    out = {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if n != "struct_size"}
+    out = {
+        n: getattr(cfg, n)
+        for n, _t in _ffi.al_config._fields_
+        if n not in ("struct_size", "pad0", "reserved")
+    }
     out["direct"] = bool(out["direct"])
     out["backend"] = _ffi.lib().backends.get(cfg.backend, str(cfg.backend))
+    out["drive"] = _ffi.lib().drives.get(cfg.drive, str(cfg.drive))
     return out
 
 
@@ -889,6 +894,13 @@ class Loader:
       32 buffered, 128 direct).
     * ``backend`` - ``"auto"`` (io_uring, else a ``pread`` thread pool),
       ``"io_uring"`` or ``"threads"``.
+    * ``drive`` - who loads a worker's requests: ``"loader"`` (loader
+      threads, or the loader process, in the background), ``"worker"``
+      (each worker in the thread that calls it, on an io_uring of its own:
+      ``request`` submits, ``get``/``try_get`` reap; no thread hand-off) or
+      ``"auto"`` (the default: ``"worker"`` when :meth:`start` runs a loader
+      with at least one worker per core, ``"loader"`` otherwise). ``stats()``
+      says which one runs.
 
     Nothing loads until the loader runs: call :meth:`start` (threads in this
     process), :meth:`spawn_loader` (a forked loader process) or
@@ -909,6 +921,7 @@ class Loader:
         loader_threads: Optional[int] = None,
         ring_window: Optional[int] = None,
         backend: str = DEFAULT,  # type: ignore[assignment]
+        drive: str = DEFAULT,  # type: ignore[assignment]
     ):
         if idle_iters is not None:
             idle_iters = _u32(idle_iters, "idle_iters")
@@ -947,6 +960,13 @@ class Loader:
             if backend not in codes:
                 raise ValueError(f"backend must be one of {sorted(codes)}, not {backend!r}")
             cfg.backend = codes[backend]
+        if drive is not DEFAULT:
+            codes = {v: k for k, v in lib.drives.items()}
+            if not isinstance(drive, str):
+                raise TypeError(f"drive must be a str, not {type(drive).__name__}")
+            if drive not in codes:
+                raise ValueError(f"drive must be one of {sorted(codes)}, not {drive!r}")
+            cfg.drive = codes[drive]
         h = LoaderP()
         rc = lib.al_loader_new(byref(cfg), byref(h))
         if rc in (-_errno.EINVAL, -_errno.E2BIG):
@@ -1164,8 +1184,9 @@ def _stats(h: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         name: getattr(st, name)
         for name, _t in _ffi.al_stats._fields_
-        if name != "struct_size"
+        if name not in ("struct_size", "reserved")
     }
     out["backend"] = lib.backends.get(st.backend, str(st.backend))
+    out["drive"] = lib.drives.get(st.drive, str(st.drive))
     out["state"] = lib.states.get(st.state, str(st.state))
     return out

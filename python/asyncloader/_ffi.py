@@ -122,11 +122,14 @@ class al_config(_Sized):
         ("loader_threads", c_uint32),
         ("ring_window", c_uint32),
         ("backend", c_uint32),
+        ("pad0", c_uint32),
+        ("drive", c_uint32),
+        ("reserved", c_uint32),
     ]
 
 
 class al_stats(_Sized):
-    """Mirror of the C ``al_stats`` (88 bytes)."""
+    """Mirror of the C ``al_stats`` (96 bytes)."""
 
     _fields_ = [
         ("struct_size", c_uint32),
@@ -143,6 +146,8 @@ class al_stats(_Sized):
         ("loader_threads", c_uint32),
         ("loader_threads_alive", c_uint32),
         ("loader_pid", ctypes.c_int32),
+        ("drive", c_uint32),
+        ("reserved", c_uint32),
     ]
 
 
@@ -222,6 +227,9 @@ class Lib:
         self.states: Dict[int, str] = _names(al_state_name)
         #: ``al_backend`` value -> name ("auto", "io_uring", "threads").
         self.backends: Dict[int, str] = _names(al_backend_name)
+        al_drive_name = d("al_drive_name", c_char_p, [c_uint32])
+        #: ``al_drive`` value -> name ("auto", "loader", "worker").
+        self.drives: Dict[int, str] = _names(al_drive_name)
         self.al_loader_new = d("al_loader_new", c_int, [POINTER(al_config), POINTER(LoaderP)])
         self.al_loader_start = d("al_loader_start", c_int, [LoaderP])
         self.al_loader_spawn = d("al_loader_spawn", c_int, [LoaderP])

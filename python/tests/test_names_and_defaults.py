@@ -39,7 +39,11 @@ def _raw_defaults() -> dict:
     """``al_config_default`` called directly: the C defaults, field by field."""
     cfg = _ffi.al_config()
     assert _ffi.lib().cdll.al_config_default(ctypes.byref(cfg)) == 0
-    return {n: getattr(cfg, n) for n, _t in _ffi.al_config._fields_ if n != "struct_size"}
+    return {
+        n: getattr(cfg, n)
+        for n, _t in _ffi.al_config._fields_
+        if n not in ("struct_size", "pad0", "reserved")
+    }
 
 
 def test_state_names_are_the_headers_enumerators():
@@ -52,10 +56,40 @@ def test_backend_names_are_the_headers_enumerators():
     assert _ffi.lib().backends == {v: name.lower() for name, v in hdr.items()}
 
 
+def test_drive_names_are_the_headers_enumerators():
+    hdr = _header_enum("AL_DRIVE")
+    assert _ffi.lib().drives == {v: name.lower() for name, v in hdr.items()}
+    assert set(_ffi.lib().drives.values()) == {"auto", "loader", "worker"}
+
+
+def test_drive_argument_takes_exactly_the_library_names_and_stats_say_which_runs():
+    for name in _ffi.lib().drives.values():
+        with asyncloader.Loader(drive=name, n_workers=1, loader_threads=1) as ld:
+            assert ld.config()["drive"] == name
+            ld.start()
+            w = ld.get_worker_context(0)
+            w.request(__file__)
+            e = w.wait_get(timeout=10)
+            assert bytes(e.get_data()) == Path(__file__).read_bytes()
+            e.release()
+            st = ld.stats()
+            # One worker on this machine's cores: auto means loader threads
+            # unless the machine has a single core.
+            assert st["drive"] in ("loader", "worker")
+            if name != "auto":
+                assert st["drive"] == name
+            assert st["loader_threads"] == (0 if st["drive"] == "worker" else 1)
+    with pytest.raises(ValueError):
+        asyncloader.Loader(drive="none")
+    with pytest.raises(TypeError):
+        asyncloader.Loader(drive=1)
+
+
 def test_name_functions_refuse_values_past_the_enums():
     for symbol, known in (
         ("al_state_name", _ffi.lib().states),
         ("al_backend_name", _ffi.lib().backends),
+        ("al_drive_name", _ffi.lib().drives),
     ):
         f = _name_fn(symbol)
         assert f(len(known)) is None
@@ -101,6 +135,8 @@ def test_default_config_is_al_config_default():
     for field, value in raw.items():
         if field == "backend":
             assert d[field] == _ffi.lib().backends[value]
+        elif field == "drive":
+            assert d[field] == _ffi.lib().drives[value]
         else:
             assert d[field] == value, field
 
@@ -117,6 +153,8 @@ def test_loader_without_arguments_uses_al_config_default_field_by_field():
         got = eff[field]
         if field == "backend":
             assert got == _ffi.lib().backends[value]
+        elif field == "drive":
+            assert got == _ffi.lib().drives[value]
         elif field == "direct":
             assert got == bool(value)
         elif value == 0:

@@ -7,7 +7,7 @@ use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_cstr, try_out, try_ref};
 use super::sized::{self, give, span, take};
 use super::worker::{al_worker, new_handle};
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, Config, Drive};
 use crate::loader::{Loader, LoaderState};
 
 /// How a loader is sized and how it batches.
@@ -54,13 +54,26 @@ pub struct al_config {
     /// An `al_backend`: `AL_BACKEND_AUTO`, `AL_BACKEND_IO_URING` or
     /// `AL_BACKEND_THREADS` (`al_backend_name` names it).
     pub backend: u32,
+    /// Padding of the 48-byte struct of older versions, where a caller may
+    /// have left garbage: never read.
+    pub pad0: u32,
+    /// An `al_drive`: who loads a worker's requests. `AL_DRIVE_AUTO` (0,
+    /// the default): the workers themselves when `al_loader_start` starts
+    /// a loader with at least one worker per core, loader threads
+    /// otherwise; `AL_DRIVE_LOADER`: loader threads (or the loader process)
+    /// in the background; `AL_DRIVE_WORKER`: each worker in the thread that
+    /// calls it, on an io_uring of its own (`al_drive_name` names it; see
+    /// docs/architecture.md).
+    pub drive: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<al_config>() == 48);
+const _: () = assert!(std::mem::size_of::<al_config>() == 56);
 const _: () = assert!(std::mem::align_of::<al_config>() == 8);
 
 /// Byte ranges of `al_config`'s fields.
-fn config_spans() -> [(usize, usize); 10] {
+fn config_spans() -> [(usize, usize); 13] {
     [
         span!(al_config, struct_size),
         span!(al_config, queue_depth),
@@ -72,6 +85,9 @@ fn config_spans() -> [(usize, usize); 10] {
         span!(al_config, loader_threads),
         span!(al_config, ring_window),
         span!(al_config, backend),
+        span!(al_config, pad0),
+        span!(al_config, drive),
+        span!(al_config, reserved),
     ]
 }
 
@@ -90,6 +106,9 @@ impl al_config {
             loader_threads: c.loader_threads,
             ring_window: c.ring_window,
             backend: c.backend as u32,
+            pad0: 0,
+            drive: c.drive as u32,
+            reserved: 0,
         }
     }
 
@@ -123,6 +142,22 @@ impl al_config {
                 ),
             )
         })?;
+        let drive = take!(p, n, al_config, drive).unwrap_or(d.drive as u32);
+        let drive = Drive::from_u32(drive).ok_or_else(|| {
+            Errno::msg(
+                libc::EINVAL,
+                format!(
+                    "invalid config: drive: {drive} is not one of AL_DRIVE_AUTO (0), \
+                     AL_DRIVE_LOADER (1), AL_DRIVE_WORKER (2)"
+                ),
+            )
+        })?;
+        if take!(p, n, al_config, reserved).unwrap_or(0) != 0 {
+            return Err(Errno::msg(
+                libc::EINVAL,
+                "invalid config: reserved: must be 0",
+            ));
+        }
         let (off, end) = span!(al_config, direct);
         let direct = if end <= n {
             // SAFETY: inside the caller's `n` readable bytes; read as a byte
@@ -144,6 +179,7 @@ impl al_config {
             loader_threads: take!(p, n, al_config, loader_threads).unwrap_or(d.loader_threads),
             ring_window: take!(p, n, al_config, ring_window).unwrap_or(d.ring_window),
             backend,
+            drive,
             ..d.clone()
         })
     }
@@ -168,6 +204,7 @@ impl al_config {
         give!(p, n, al_config, loader_threads, self.loader_threads);
         give!(p, n, al_config, ring_window, self.ring_window);
         give!(p, n, al_config, backend, self.backend);
+        give!(p, n, al_config, drive, self.drive);
         Ok(())
     }
 }
@@ -210,9 +247,14 @@ pub struct al_stats {
     pub loader_threads_alive: u32,
     /// Pid of the process running the loader (0 before it starts).
     pub loader_pid: i32,
+    /// An `al_drive`: `AL_DRIVE_LOADER` or `AL_DRIVE_WORKER` once the
+    /// loader started (`AL_DRIVE_AUTO` resolved); the config's before.
+    pub drive: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<al_stats>() == 88);
+const _: () = assert!(std::mem::size_of::<al_stats>() == 96);
 const _: () = assert!(std::mem::align_of::<al_stats>() == 8);
 
 const STATS_SIZE: usize = std::mem::size_of::<al_stats>();
@@ -239,6 +281,8 @@ impl al_stats {
             span!(al_stats, loader_threads),
             span!(al_stats, loader_threads_alive),
             span!(al_stats, loader_pid),
+            span!(al_stats, drive),
+            span!(al_stats, reserved),
         ];
         // SAFETY: at least the 4 bytes of struct_size are readable (caller).
         let size = unsafe { sized::struct_size(p.cast_const().cast()) };
@@ -262,6 +306,7 @@ impl al_stats {
             self.loader_threads_alive
         );
         give!(p, n, al_stats, loader_pid, self.loader_pid);
+        give!(p, n, al_stats, drive, self.drive);
         Ok(())
     }
 }
@@ -605,6 +650,8 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
             loader_threads: s.loader_threads,
             loader_threads_alive: s.loader_threads_alive,
             loader_pid: l.loader.loader_pid(),
+            drive: s.drive as u32,
+            reserved: 0,
         };
         // SAFETY: non-NULL, struct_size set and that many bytes writable
         // (caller).
@@ -620,6 +667,16 @@ pub unsafe extern "C" fn al_loader_stats(l: *const al_loader, out: *mut al_stats
 pub extern "C" fn al_state_name(state: u32) -> *const c_char {
     ffi_boundary!(std::ptr::null() => {
         LoaderState::from_u32(state).map_or(std::ptr::null(), |s| s.c_name().as_ptr())
+    })
+}
+
+/// The name of drive `drive` (an `al_drive`, as in `al_config.drive` and
+/// `al_stats.drive`): "auto", "loader", "worker"; NULL for a value that is
+/// not a drive. The string is static. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn al_drive_name(drive: u32) -> *const c_char {
+    ffi_boundary!(std::ptr::null() => {
+        Drive::from_u32(drive).map_or(std::ptr::null(), |d| d.c_name().as_ptr())
     })
 }
 
@@ -650,6 +707,12 @@ mod tests {
             let n = unsafe { std::ffi::CStr::from_ptr(al_state_name(s as u32)) };
             assert_eq!(n.to_str().unwrap(), s.name());
         }
+        for &d in Drive::all() {
+            // SAFETY: as above.
+            let n = unsafe { std::ffi::CStr::from_ptr(al_drive_name(d as u32)) };
+            assert_eq!(n.to_str().unwrap(), d.name());
+        }
+        assert!(al_drive_name(Drive::all().len() as u32).is_null());
         assert!(al_backend_name(BackendKind::all().len() as u32).is_null());
         assert!(al_state_name(LoaderState::all().len() as u32).is_null());
         assert!(al_state_name(u32::MAX).is_null());
@@ -668,5 +731,16 @@ mod tests {
         let bad = al_config { backend: 9, ..c };
         // SAFETY: as above.
         assert_eq!(unsafe { al_config::read(&bad) }, Err(Errno::INVAL));
+        for bad in [al_config { drive: 3, ..c }, al_config { reserved: 1, ..c }] {
+            // SAFETY: as above.
+            assert_eq!(unsafe { al_config::read(&bad) }, Err(Errno::INVAL));
+        }
+        let worker = al_config {
+            drive: Drive::Worker as u32,
+            ..c
+        };
+        // SAFETY: as above.
+        let read = unsafe { al_config::read(&worker) };
+        assert_eq!(read.unwrap().drive, Drive::Worker);
     }
 }

@@ -127,6 +127,7 @@ pub struct Opts {
     pub idle_iters: u32,
     pub loader_threads: u32,
     pub ring_window: u32,
+    pub drive: asyncloader::Drive,
     pub pool_threads: usize,
     /// Bytes all buffers of a loader may take; `None`: available / 4.
     pub memory_budget: Option<u64>,

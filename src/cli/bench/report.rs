@@ -74,8 +74,9 @@ pub(super) fn print(
     }
     let _ = writeln!(
         out,
-        "asyncloader: workers {}, queue_depth {}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        "asyncloader: workers {}, drive {}, queue_depth {}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
         o.workers,
+        o.drive,
         o.queue_depth,
         ds.max.max(1),
         human(ds.cap),
@@ -141,10 +142,13 @@ pub(super) fn print(
             let files = s.completions.max(1) as f64;
             let _ = writeln!(
                 out,
-                "{}: backend {}, {} loader threads, {} batches ({:.1} files/batch), {} syscalls ({:.3}/file), direct reads {}, buffered fallbacks {}, errors {}",
+                "{}: backend {}, {}, {} batches ({:.1} files/batch), {} syscalls ({:.3}/file), direct reads {}, buffered fallbacks {}, errors {}",
                 r.method.name(),
                 s.backend,
-                s.loader_threads,
+                match s.drive {
+                    asyncloader::Drive::Worker => "each worker drives its own loads".to_string(),
+                    _ => format!("{} loader threads", s.loader_threads),
+                },
                 s.batches,
                 files / s.batches.max(1) as f64,
                 s.syscalls,
@@ -208,6 +212,7 @@ pub(super) fn print(
                         "problems": f.problems,
                         "loader": run.stats.as_ref().map(|s| json!({
                             "backend": s.backend.name(),
+                            "drive": s.drive.name(),
                             "loader_threads": s.loader_threads,
                             "requests": s.requests,
                             "completions": s.completions,
@@ -265,6 +270,7 @@ pub(super) fn print(
                 "idle_iters": o.idle_iters,
                 "loader_threads": o.loader_threads,
                 "ring_window": o.ring_window,
+                "drive": o.drive.name(),
                 "pool_threads": pool_threads,
             },
             "ratios": {

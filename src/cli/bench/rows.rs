@@ -128,6 +128,7 @@ pub(super) fn loader_config(o: &Opts, max_file_size: u64, direct: bool) -> Confi
         direct,
         loader_threads: o.loader_threads,
         ring_window: o.ring_window,
+        drive: o.drive,
         ..Config::default()
     }
 }
@@ -249,7 +250,17 @@ fn worker_child(
 pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Method) -> Res<Run> {
     let loader = new_loader(o, ds, method)?;
     let cpu0 = Cpu::now();
-    loader.spawn().map_err(|e| e.to_string())?;
+    // Workers that drive their own loads need no loader process: the
+    // forked workers drive themselves (and `start` runs no thread here).
+    let workers_drive = loader.config().effective_drive() == asyncloader::Drive::Worker;
+    if workers_drive {
+        loader.start().map_err(|e| e.to_string())?;
+        if loader.stats().loader_threads_alive > 0 {
+            return Err("ASYNCLOADER_DRIVE=loader contradicts the drive of this row".into());
+        }
+    } else {
+        loader.spawn().map_err(|e| e.to_string())?;
+    }
     let n = o.workers as usize;
     // The children wait for EOF on `go_r`: the parent's closing `go_w`.
     // `forked` is declared after the start pipe so that on an early return
@@ -268,7 +279,8 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
         // held a lock (the allocator's) at the fork. This process has one
         // thread here: rows run one at a time, the earlier rows' threads
         // are joined (scoped), the loader of this row runs in its own
-        // forked process (`spawn`), and progress bars draw in this thread
+        // forked process (`spawn`) or in the workers (`start` with the
+        // workers driving starts no thread), and progress bars draw in this thread
         // (no ticker). So the child may run the worker loop (the engine's
         // API, allocation, write) and then `_exit`s.
         match unsafe { fork() } {

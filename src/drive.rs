@@ -1,0 +1,269 @@
+//! Workers that load their own requests (`Drive::Worker`).
+//!
+//! With loader threads (`Drive::Loader`) every file crosses two threads: the
+//! worker pushes the request and wakes a loader thread, which submits it,
+//! reaps it and wakes the worker. On a machine with few cores the loader
+//! threads and the workers take turns on the same cores, and each turn is a
+//! futex wake and a context switch (measured in docs/bench.md). With
+//! `Drive::Worker` the worker's own thread does the loader's part, on an
+//! io_uring of its own: `request` submits once `dispatch_n` requests wait,
+//! `try_get` and `wait_get` submit the rest, reap, and wait in
+//! `io_uring_enter` instead of on a futex. Warm files are read inside the
+//! submitting system call; cold ones are read by the kernel in the
+//! background, as with the loader threads.
+//!
+//! The requests still go through the worker's request ring and the entries
+//! through the same FREE → QUEUED → LOADING → DONE states and the completion
+//! ring: a driver is a loader thread that serves one worker, so everything
+//! that holds for the loader threads (entry ownership, the untrusted-region
+//! checks, `reclaim_worker`'s ring epochs) holds here unchanged.
+//!
+//! One driver per worker and process, kept in the process's [`Region`]: the
+//! threads of a process that share a worker (clones of a `Worker`, several
+//! C handles) share its driver, so files one of them submitted are reaped by
+//! whichever waits next. Only one thread drives at a time ([`Drivers::hold`]
+//! never blocks: a thread that finds the driver busy sleeps on the worker's
+//! futex, which the driving thread wakes when it completes entries).
+//!
+//! Fork: a driver belongs to the process that made it (its io_uring and its
+//! files in flight are that process's). A forked child that uses the worker
+//! makes its own and never touches, drops or waits for the inherited one —
+//! also when a thread of the parent was driving at the fork, which leaves
+//! the lock word held by a thread that does not exist in the child.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::backend::{Backend, Done, Job};
+use crate::config::EnvOverrides;
+use crate::engine::{Completions, RingPass, flush_counters, make_backend, take_entry, usable};
+use crate::error::{Error, Result};
+use crate::process::fork_epoch;
+use crate::region::{Region, entry_state, state};
+
+/// The drivers of one process's workers, one slot per worker id.
+pub(crate) struct Drivers {
+    slots: Box<[Slot]>,
+}
+
+struct Slot {
+    /// 0 when free; otherwise `fork_epoch() + 1` of the process whose
+    /// thread holds the slot.
+    lock: AtomicU64,
+    driver: UnsafeCell<Option<Driver>>,
+}
+
+// SAFETY: `driver` is only touched through a `Held`, which exists for at
+// most one thread of a process at a time (the `lock` word, taken by
+// compare-and-swap); a thread of another process touches its own copy.
+unsafe impl Sync for Slot {}
+
+/// Exclusive use of one worker's driver slot, until dropped.
+pub(crate) struct Held<'a> {
+    slot: &'a Slot,
+}
+
+impl Drivers {
+    pub(crate) fn new(n_workers: u32) -> Self {
+        Drivers {
+            slots: (0..n_workers)
+                .map(|_| Slot {
+                    lock: AtomicU64::new(0),
+                    driver: UnsafeCell::new(None),
+                })
+                .collect(),
+        }
+    }
+
+    /// The driver slot of worker `w`, unless another thread of this process
+    /// holds it now. Never waits.
+    pub(crate) fn hold(&self, w: u32) -> Option<Held<'_>> {
+        let slot = self.slots.get(w as usize)?;
+        let me = fork_epoch() + 1;
+        let cur = slot.lock.load(Ordering::Relaxed);
+        if cur == me {
+            return None;
+        }
+        // `cur` is 0 (free) or the mark of a process this one was forked
+        // from: a thread that does not exist here, which will never let go.
+        slot.lock
+            .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        // SAFETY: we hold the slot (above).
+        let d = unsafe { &mut *slot.driver.get() };
+        if d.as_ref().is_some_and(|d| d.epoch != fork_epoch()) {
+            // The parent's driver: its ring and its files are the parent's.
+            // Dropping it could wait for threads that do not exist here.
+            std::mem::forget(d.take());
+        }
+        Some(Held { slot })
+    }
+}
+
+impl Drop for Drivers {
+    fn drop(&mut self) {
+        let me = fork_epoch();
+        for slot in self.slots.iter_mut() {
+            if slot
+                .driver
+                .get_mut()
+                .as_ref()
+                .is_some_and(|d| d.epoch != me)
+            {
+                std::mem::forget(slot.driver.get_mut().take());
+            }
+        }
+    }
+}
+
+impl Held<'_> {
+    /// The driver, made on first use in this process.
+    pub(crate) fn driver(&mut self, region: &Region) -> Result<&mut Driver> {
+        // SAFETY: we hold the slot: no other thread touches its driver.
+        let d = unsafe { &mut *self.slot.driver.get() };
+        if d.is_none() {
+            *d = Some(Driver::new(region)?);
+        }
+        Ok(d.as_mut().expect("made above"))
+    }
+
+    /// The driver if this process made one.
+    pub(crate) fn existing(&mut self) -> Option<&mut Driver> {
+        // SAFETY: we hold the slot: no other thread touches its driver.
+        unsafe { &mut *self.slot.driver.get() }.as_mut()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.slot.lock.store(0, Ordering::Release);
+    }
+}
+
+/// What [`drive`] did.
+pub(crate) enum Drove {
+    /// Another thread of this process holds the driver.
+    Busy,
+    /// Nothing queued (while the loader runs) and nothing in flight in
+    /// this process's driver.
+    Idle,
+    /// A pass ran.
+    Passed,
+}
+
+/// One pass of worker `w`'s driver in this process, waiting up to `wait`
+/// in the kernel for a completion when none is ready (see
+/// [`Driver::pass`]); made on first use.
+pub(crate) fn drive(region: &Region, w: u32, wait: Option<Duration>) -> Result<Drove> {
+    let Some(mut held) = region.drivers.hold(w) else {
+        return Ok(Drove::Busy);
+    };
+    let running = region.header().state.load(Ordering::Acquire) == state::RUNNING;
+    let queued = running && region.worker(w).req.has_ready();
+    if !queued && held.existing().is_none_or(|d| d.in_flight() == 0) {
+        return Ok(Drove::Idle);
+    }
+    held.driver(region)?.pass(region, w, wait)?;
+    Ok(Drove::Passed)
+}
+
+/// One worker's loader: a backend (its own io_uring, or the thread-pool
+/// fallback) and the engine's completion hand-over.
+pub(crate) struct Driver {
+    epoch: u64,
+    backend: Box<dyn Backend>,
+    done: Vec<Done>,
+    out: Completions,
+}
+
+impl Driver {
+    fn new(region: &Region) -> Result<Driver> {
+        let h = region.header();
+        let env = EnvOverrides::from_bits(h.env_bits.load(Ordering::Acquire));
+        let cfg = region.cfg();
+        let window = cfg.ring_window.min(cfg.queue_depth).max(1);
+        // The mapping, not the Region, keeps the jobs' memory alive: the
+        // Region owns this driver.
+        let backend = make_backend(region, window, region.mapping_guard(), &env, false)?;
+        Ok(Driver {
+            epoch: fork_epoch(),
+            backend,
+            done: Vec::with_capacity(window as usize * 2),
+            out: Completions::default(),
+        })
+    }
+
+    /// Files in the backend (submitted or queued in it).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.backend.in_flight()
+    }
+
+    /// Takes worker `w`'s queued requests (while the loader runs and the
+    /// backend has room), submits them with any follow-up steps, reaps what
+    /// completed — waiting up to `wait` for a completion when none is there
+    /// and files are in flight — and hands the completed entries to the
+    /// worker's completion ring.
+    pub(crate) fn pass(&mut self, region: &Region, w: u32, wait: Option<Duration>) -> Result<()> {
+        let block = region.worker(w).block;
+        let stats = &block.stats;
+        let qd = region.cfg().queue_depth;
+        let running = region.header().state.load(Ordering::Acquire) == state::RUNNING;
+        let mut got = 0u32;
+        if running {
+            let _pass = RingPass::enter(&stats.ring_epoch);
+            if usable(region, w) {
+                let req = region.worker(w).req;
+                // Bounded: a ring scribbled on by a broken process must not
+                // keep us here.
+                let mut budget = 2 * qd as u64;
+                while self.backend.room() > 0 && budget > 0 {
+                    let Some(g) = req.pop() else { break };
+                    budget -= 1;
+                    // As in the loader loop: only this worker's entries that
+                    // are QUEUED (see engine::run_thread).
+                    if g / qd != w
+                        || take_entry(region, g, entry_state::QUEUED, entry_state::LOADING)
+                            .is_none()
+                    {
+                        continue;
+                    }
+                    // SAFETY: we moved `g` from QUEUED to LOADING, so the
+                    // entry is ours until we complete it.
+                    let path = unsafe { region.queued_path(g) };
+                    // SAFETY: the entry is ours until we complete it (above);
+                    // its path and buffer (`buf_size` bytes in the region)
+                    // are touched by nobody else until the backend reports
+                    // its Done, and the backend holds the mapping guard for
+                    // as long as it may write later.
+                    let job = unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) };
+                    self.backend.push(job);
+                    got += 1;
+                }
+            }
+        }
+        if got > 0 {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            block
+                .driver_pid
+                .store(std::process::id() as i32, Ordering::Relaxed);
+        }
+        if got > 0 || self.backend.has_followups() {
+            self.backend
+                .submit()
+                .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "submit"))?;
+        }
+        self.backend
+            .reap(&mut self.done, wait)
+            .map_err(|e| Error::os(e.raw_os_error().unwrap_or(libc::EIO), "reap"))?;
+        if !self.done.is_empty() {
+            flush_counters(self.backend.as_mut(), stats);
+            self.out.complete(region, stats, &self.done);
+            self.done.clear();
+        }
+        if !self.out.deferred.is_empty() {
+            self.out.retry(region, stats);
+        }
+        Ok(())
+    }
+}
