@@ -21,6 +21,10 @@ ASYNCLOADER_BACKEND=threads $T 600 cargo test --test engine --test lifecycle 2>&
 # And on the io_uring backend's other paths: every statx through io_uring
 # (what cold metadata takes), and statx before every file (no optimistic
 # chain: what cold data and O_DIRECT take).
+# With a worker per core `start()` lets the workers drive their own loads
+# (Drive::Auto): run the suites that use it once more with loader threads.
+echo "== integration tests with loader threads (ASYNCLOADER_DRIVE=loader)"
+ASYNCLOADER_DRIVE=loader $T 600 cargo test --test engine --test lifecycle --test hardening --test eventfd --test c_abi 2>&1
 echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
 ASYNCLOADER_STATX=async $T 600 cargo test --test engine 2>&1
 echo "== integration tests without the optimistic chain (ASYNCLOADER_FAST=0)"

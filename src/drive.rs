@@ -119,11 +119,11 @@ impl Drop for Drivers {
 
 impl Held<'_> {
     /// The driver, made on first use in this process.
-    pub(crate) fn driver(&mut self, region: &Region) -> Result<&mut Driver> {
+    pub(crate) fn driver(&mut self, region: &Region, w: u32) -> Result<&mut Driver> {
         // SAFETY: we hold the slot: no other thread touches its driver.
         let d = unsafe { &mut *self.slot.driver.get() };
         if d.is_none() {
-            *d = Some(Driver::new(region)?);
+            *d = Some(Driver::new(region, w)?);
         }
         Ok(d.as_mut().expect("made above"))
     }
@@ -164,7 +164,7 @@ pub(crate) fn drive(region: &Region, w: u32, wait: Option<Duration>) -> Result<D
     if !queued && held.existing().is_none_or(|d| d.in_flight() == 0) {
         return Ok(Drove::Idle);
     }
-    held.driver(region)?.pass(region, w, wait)?;
+    held.driver(region, w)?.pass(region, w, wait)?;
     Ok(Drove::Passed)
 }
 
@@ -178,7 +178,7 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    fn new(region: &Region) -> Result<Driver> {
+    fn new(region: &Region, w: u32) -> Result<Driver> {
         let h = region.header();
         let env = EnvOverrides::from_bits(h.env_bits.load(Ordering::Acquire));
         let cfg = region.cfg();
@@ -186,6 +186,9 @@ impl Driver {
         // The mapping, not the Region, keeps the jobs' memory alive: the
         // Region owns this driver.
         let backend = make_backend(region, window, region.mapping_guard(), &env, false)?;
+        // This process writes the worker's buffers from now on: map them
+        // in its page tables once, if they exist (see map_prefaulted).
+        region.map_prefaulted(Some(w));
         Ok(Driver {
             epoch: fork_epoch(),
             backend,

@@ -173,6 +173,10 @@ fn requests_ready(region: &Region) -> bool {
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
 pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
+    if ctx.tid == 0 && ctx.parent.is_some() {
+        // A forked loader process writes every buffer: map them here once.
+        region.map_prefaulted(None);
+    }
     let window = region.cfg().ring_window;
     let mut backend = make_backend(region, window, region.clone(), &ctx.env, ctx.tid == 0)?;
     let cfg = *region.cfg();

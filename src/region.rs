@@ -219,6 +219,8 @@ pub struct Header {
     /// The environment overrides read where the loader started
     /// (`EnvOverrides::to_bits`), for workers that drive their own loads.
     pub env_bits: AtomicU32,
+    /// 1 once `prefault_buffers` ran: every buffer page exists.
+    pub prefaulted: AtomicU32,
     /// Loader threads sleep here when idle; workers notify after a request.
     pub loader_parking: Parking,
     pub thread_stats: [ThreadStats; limits::MAX_LOADER_THREADS as usize],
@@ -742,7 +744,33 @@ impl Region {
         let off = self.layout.buffers_off as usize;
         self.map
             .advise_range(Advice::PopulateWrite, off, self.len - off)
-            .map_err(|e| io_error(&e, "madvise(MADV_POPULATE_WRITE) of the buffers"))
+            .map_err(|e| io_error(&e, "madvise(MADV_POPULATE_WRITE) of the buffers"))?;
+        self.header().prefaulted.store(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// After [`prefault_buffers`](Self::prefault_buffers) (in any process):
+    /// maps worker `w`'s buffers (or all of them, `None`) into this
+    /// process's page tables. A process forked after the prefault, or
+    /// attached, shares the pages but not the page-table entries, and would
+    /// otherwise take a fault on every buffer page it first touches (see
+    /// docs/bench.md). The pages exist, so nothing is allocated; best
+    /// effort (a failure only costs those faults later).
+    pub(crate) fn map_prefaulted(&self, w: Option<u32>) {
+        if self.header().prefaulted.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let qd = self.cfg.queue_depth as u64;
+        let (first, n) = match w {
+            Some(w) if w < self.cfg.n_workers => (w as u64 * qd, qd),
+            Some(_) => return,
+            None => (0, self.n_entries() as u64),
+        };
+        let off = self.layout.buffers_off + first * self.layout.buf_size;
+        let len = n * self.layout.buf_size;
+        let _ = self
+            .map
+            .advise_range(Advice::PopulateWrite, off as usize, len as usize);
     }
 
     /// A guard that keeps the mapping alive (and mapped) while it lives,

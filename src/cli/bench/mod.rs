@@ -11,10 +11,12 @@
 //! - `ring`, `ring-direct`: the minimal io_uring loop, one ring per core,
 //!   no handoff: the ceiling the asyncloader rows are measured against
 //!   ([`ceiling`]);
-//! - `threads`: asyncloader with loader threads in this process
-//!   (`Loader::start`) and `--workers` worker threads;
-//! - `process`: asyncloader with a forked loader process (`Loader::spawn`)
-//!   and `--workers` forked worker processes that report through pipes;
+//! - `threads`: asyncloader started in this process (`Loader::start`: the
+//!   workers drive their own loads, or loader threads, per `--drive`) and
+//!   `--workers` worker threads;
+//! - `process`: asyncloader with `--workers` forked worker processes that
+//!   report through pipes; loaded by the workers themselves (`start`, no
+//!   thread in this process) or by a forked loader process (`spawn`);
 //! - `threads-direct`, `process-direct`: the same with `O_DIRECT`.
 //!
 //! Every asyncloader worker keeps a window of requests in flight: it requests
@@ -70,9 +72,9 @@ pub enum Method {
     Ring,
     /// `ring` with O_DIRECT.
     RingDirect,
-    /// asyncloader, loader threads in this process, worker threads.
+    /// asyncloader, worker threads (loads driven by the workers or by loader threads: --drive).
     Threads,
-    /// asyncloader, forked loader process, forked worker processes.
+    /// asyncloader, forked worker processes (driving their own loads, or a forked loader process).
     Process,
     /// `threads` with O_DIRECT.
     ThreadsDirect,
