@@ -383,6 +383,74 @@ fn forked_child_uses_a_worker_the_parent_drove() {
     l.shutdown().unwrap();
 }
 
+/// A child forked while a thread of the parent may be inside worker 0's
+/// driver (a thread that calls `try_get` without pause holds the driver's
+/// lock most of the time) takes the lock over: the thread holding it does
+/// not exist in the child. The child starts only after the parent's thread
+/// stopped, so the two never use worker 0 at the same time.
+#[test]
+fn forked_child_takes_over_a_driver_held_at_the_fork() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &varied_sizes(40, 9));
+    let want = expected_digest(&paths);
+    let disk = on_disk(&paths);
+    let l = Arc::new(started(Config {
+        dispatch_n: 4,
+        ..wcfg(1, 8)
+    }));
+    let w = l.worker(0).unwrap();
+    // The parent's driver exists (made by a load).
+    assert_eq!(load_window(&w, &paths, 8, &disk), paths.len());
+    for round in 0..20 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinner = {
+            let (w, stop) = (w.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(w.try_get().is_none(), "nothing was requested");
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        let (go_r, go_w) = pipe();
+        let (rfd, wfd) = pipe();
+        let (lc, p) = (l.clone(), paths.clone());
+        let pid = in_child(move || {
+            let mut b = [0u8; 1];
+            // SAFETY: reads one byte from our pipe into a local.
+            assert_eq!(unsafe { libc::read(go_r, b.as_mut_ptr().cast(), 1) }, 1);
+            let w = lc.worker(0).unwrap();
+            let (mut next, mut count, mut sum) = (0, 0u64, 0u64);
+            while (count as usize) < p.len() {
+                while next < p.len() && w.request(&p[next]).is_ok() {
+                    next += 1;
+                }
+                let e = w.wait_get_timeout(Duration::from_secs(5)).unwrap();
+                check_entry(&e);
+                sum = sum.wrapping_add(digest(e.path(), e.data()));
+                count += 1;
+            }
+            report(wfd, count, sum);
+        });
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        // SAFETY: writes one byte to our pipe, then closes our ends.
+        unsafe {
+            assert_eq!(libc::write(go_w, [1u8].as_ptr().cast(), 1), 1);
+            libc::close(go_w);
+            libc::close(go_r);
+            libc::close(wfd);
+        }
+        let got = read_report(rfd);
+        assert!(child_ok(pid), "round {round}: child failed");
+        assert_eq!(got, Some((paths.len() as u64, want)), "round {round}");
+    }
+    // And the parent's driver still works.
+    assert_eq!(load_window(&w, &paths, 8, &disk), paths.len());
+    l.shutdown().unwrap();
+}
+
 fn mkfifo(p: &Path) {
     nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
 }
