@@ -17,7 +17,7 @@ $T 1500 cargo test --all-targets --no-fail-fast 2>&1
 $T 600 cargo test --doc 2>&1
 # The whole integration suite again on the thread-pool fallback backend.
 echo "== integration tests on the fallback backend (ASYNCLOADER_BACKEND=threads)"
-ASYNCLOADER_BACKEND=threads $T 600 cargo test --test engine --test lifecycle 2>&1
+ASYNCLOADER_BACKEND=threads $T 600 cargo test --test engine --test lifecycle --test drive 2>&1
 # And on the io_uring backend's other paths: every statx through io_uring
 # (what cold metadata takes), and statx before every file (no optimistic
 # chain: what cold data and O_DIRECT take).

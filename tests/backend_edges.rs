@@ -191,6 +191,49 @@ fn failed_fifo_request_leaves_no_reader_on_both_backends() {
     }
 }
 
+/// A FIFO holding bytes whose writer has left reads like a small file
+/// (data, then end of file) to a non-blocking reader. It must still be
+/// refused as not a regular file — on kernels where FIFOs accept
+/// `RWF_NOWAIT` the optimistic chain's FADVISE guard does it, elsewhere
+/// the read's `EOPNOTSUPP` (the engine asks the kernel which: see
+/// `fifo_accepts_nowait` in src/backend/uring.rs).
+#[test]
+fn fifo_with_bytes_and_no_writer_is_refused_on_both_backends() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    for kind in BACKENDS {
+        let r = start(kind, Config::default());
+        let w = r.worker(0);
+        for round in 0..8 {
+            // A reader keeps the pipe (and its bytes) alive; the writer
+            // writes and leaves.
+            let _holder = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap();
+            let mut writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap();
+            writer.write_all(b"not a regular file").unwrap();
+            drop(writer);
+            let e = load(&w, &fifo);
+            assert_eq!(
+                (e.error(), e.data()),
+                (libc::EINVAL, &b""[..]),
+                "{kind:?} round {round}"
+            );
+        }
+        r.stop();
+    }
+}
+
 /// A file another thread keeps appending to while it loads.
 struct Grower {
     stop: Arc<AtomicBool>,

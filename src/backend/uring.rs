@@ -81,6 +81,46 @@ fn ud(slot: u32, kind: u64) -> u64 {
 /// Offset -1: read at (and advance) the file position, like `read(2)`.
 const CUR_POS: u64 = u64::MAX;
 
+/// Whether a FIFO opened by path accepts `RWF_NOWAIT` reads on this
+/// kernel (then the optimistic chain needs its FADVISE guard: see
+/// `queue_fast`). Asked once per process, of a pipe reopened through
+/// `/proc/self/fd` (the same `fifo_open` as a named FIFO) with one byte in
+/// it: a read that is refused with `EOPNOTSUPP` says no. Anything unexpected
+/// (no /proc, an error) says yes, which keeps the guard.
+pub(crate) fn fifo_accepts_nowait() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: not asked yet; 1: accepts; 2: refuses. A race asks twice.
+    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    match ANSWER.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let refuses = (|| -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (rd, wr) = std::io::pipe()?;
+        std::io::Write::write_all(&mut &wr, b"x")?;
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", rd.as_raw_fd()))?;
+        let mut byte = 0u8;
+        let iov = libc::iovec {
+            iov_base: (&raw mut byte).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: one iovec naming one writable byte that outlives the
+        // call; the descriptor is open (owned by `fifo`).
+        let r = unsafe { libc::preadv2(fifo.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        Ok(r < 0 && err == Some(libc::EOPNOTSUPP))
+    })()
+    .unwrap_or(false);
+    ANSWER.store(if refuses { 2 } else { 1 }, Ordering::Relaxed);
+    !refuses
+}
+
 /// Where a file's statx runs.
 ///
 /// io_uring always hands `IORING_OP_STATX` to an io-wq worker thread
@@ -289,6 +329,8 @@ pub struct UringBackend {
     statx: StatxPolicy,
     ready: Vec<Done>,
     fast: FastPolicy,
+    /// The optimistic chain needs its FADVISE guard against FIFOs here.
+    fifo_guard: bool,
     /// One byte per slot for the EOF probe read.
     probe_buf: Box<[u64]>,
     /// `cancel_all` was called: nothing is retried or continued.
@@ -332,6 +374,7 @@ impl UringBackend {
             statx: StatxPolicy::new(env),
             ready: Vec::new(),
             fast: FastPolicy::new(direct, env),
+            fifo_guard: fifo_accepts_nowait(),
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
             keep_alive,
@@ -660,12 +703,14 @@ impl UringBackend {
             .user_data(ud(s, K_OPEN));
         // POSIX_FADV_NORMAL changes nothing for a fresh file, but fails with
         // ESPIPE on a FIFO, cancelling the reads: a FIFO whose writer already
-        // wrote and left would otherwise read like a small file. (Kernel
-        // 6.18 also refuses RWF_NOWAIT on a named FIFO with EOPNOTSUPP, which
-        // sends it to the careful path anyway; the fadvise keeps that true
-        // where FIFOs accept RWF_NOWAIT. Its cost in warm CPU: see
-        // docs/bench.md.) Its failure also cancels the CLOSE: the completion
+        // wrote and left would otherwise read like a small file. Needed only
+        // where a FIFO opened by path accepts RWF_NOWAIT
+        // ([`fifo_accepts_nowait`]); kernel 6.18 refuses it with EOPNOTSUPP,
+        // which sends the FIFO to the careful path anyway, and there the
+        // chain goes without it (4-5% of warm small-file throughput: see
+        // docs/bench.md). Its failure also cancels the CLOSE: the completion
         // then closes the slot explicitly (`on_fast_done`).
+        let guard = self.fifo_guard;
         let fadvise = opcode::Fadvise::new(types::Fixed(s), 0, libc::POSIX_FADV_NORMAL)
             .build()
             .flags(squeue::Flags::IO_LINK)
@@ -689,7 +734,7 @@ impl UringBackend {
         let op = &mut self.ops[s as usize];
         op.step = Step::Fast;
         op.t_fast = now_ns();
-        op.pending = 5;
+        op.pending = if guard { 5 } else { 4 };
         op.open_res = 0;
         op.read_res = 0;
         op.probe_res = 0;
@@ -700,7 +745,9 @@ impl UringBackend {
         // CQEs of the five SQEs are reaped.
         unsafe {
             self.push_sqe(open);
-            self.push_sqe(fadvise);
+            if guard {
+                self.push_sqe(fadvise);
+            }
             self.push_sqe(read);
             self.push_sqe(probe);
             self.push_sqe(close);
