@@ -239,7 +239,7 @@ impl Worker {
         meta.load_len.store(load_len as u32, Ordering::Relaxed);
         meta.status.store(0, Ordering::Relaxed);
         meta.size.store(0, Ordering::Relaxed);
-        meta.t_request.store(now_ns(), Ordering::Relaxed);
+        meta.t_request.store(now, Ordering::Relaxed);
         meta.state.store(
             (word & !0xffff_ffff) | entry_state::QUEUED as u64,
             Ordering::Relaxed,

@@ -331,6 +331,11 @@ pub struct UringBackend {
     fast: FastPolicy,
     /// The optimistic chain needs its FADVISE guard against FIFOs here.
     fifo_guard: bool,
+    /// When the chains queued since the last submit were queued (one clock
+    /// read per batch, not per file; the chains are timed to 1 ms).
+    clock: Option<u64>,
+    /// When the completions being drained were seen.
+    drained_at: u64,
     /// One byte per slot for the EOF probe read.
     probe_buf: Box<[u64]>,
     /// `cancel_all` was called: nothing is retried or continued.
@@ -375,6 +380,8 @@ impl UringBackend {
             ready: Vec::new(),
             fast: FastPolicy::new(direct, env),
             fifo_guard: fifo_accepts_nowait(),
+            clock: None,
+            drained_at: 0,
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
             keep_alive,
@@ -733,7 +740,7 @@ impl UringBackend {
             .user_data(ud(s, K_CLOSE));
         let op = &mut self.ops[s as usize];
         op.step = Step::Fast;
-        op.t_fast = now_ns();
+        op.t_fast = *self.clock.get_or_insert_with(now_ns);
         op.pending = if guard { 5 } else { 4 };
         op.open_res = 0;
         op.read_res = 0;
@@ -765,7 +772,7 @@ impl UringBackend {
         // reads blocking (correct, but a thread hop per file: cold small
         // files cost much more CPU than on the statx path, see
         // docs/bench.md). Count it as a miss so cold data goes the statx way.
-        let quick = now_ns().saturating_sub(op.t_fast) < FAST_CHAIN_NS;
+        let quick = self.drained_at.saturating_sub(op.t_fast) < FAST_CHAIN_NS;
         let then = if op.open_res >= 0 && op.read_res == -libc::EISDIR {
             self.fast.record(quick);
             Then::Finish(Err(libc::EISDIR))
@@ -784,6 +791,10 @@ impl UringBackend {
     }
 
     fn drain_cq(&mut self, out: &mut Vec<Done>) {
+        if self.ring.completion().is_empty() {
+            return;
+        }
+        self.drained_at = now_ns();
         loop {
             let cqe = match self.ring.completion().next() {
                 Some(c) => c,
@@ -866,6 +877,7 @@ impl Backend for UringBackend {
 
     fn submit(&mut self) -> std::io::Result<()> {
         self.followups = false;
+        self.clock = None;
         if self.ring.submission().is_empty() {
             return Ok(());
         }
