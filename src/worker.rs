@@ -96,6 +96,21 @@ pub(crate) fn loader_health(region: &Region) -> Result<()> {
     }
 }
 
+/// How long a waiting `wait_get` may sleep or wait at once: a
+/// [`SLEEP_SLICE`], shortened to the deadline; `TimedOut` once it passed.
+fn sleep_slice(deadline: Option<Instant>) -> Result<Duration> {
+    match deadline {
+        None => Ok(SLEEP_SLICE),
+        Some(d) => {
+            let now = Instant::now();
+            if now >= d {
+                return Err(Error::new(ErrorKind::TimedOut, "wait_get timed out"));
+            }
+            Ok(SLEEP_SLICE.min(d - now))
+        }
+    }
+}
+
 /// The cheap part of [`loader_health`]: the state word alone, no system call.
 fn loader_state(region: &Region) -> Result<()> {
     match region.header().loader_state() {
@@ -362,14 +377,7 @@ impl Worker {
                 // Deliver what completed before the shutdown first.
                 return self.try_get().ok_or(e);
             }
-            let mut slice = SLEEP_SLICE;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(Error::new(ErrorKind::TimedOut, "wait_get timed out"));
-                }
-                slice = slice.min(d - now);
-            }
+            let slice = sleep_slice(deadline)?;
             slept = !rings
                 .block
                 .parking
@@ -386,14 +394,7 @@ impl Worker {
             if let Some(e) = self.pop_completed() {
                 return Ok(e);
             }
-            let mut slice = SLEEP_SLICE;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(Error::new(ErrorKind::TimedOut, "wait_get timed out"));
-                }
-                slice = slice.min(d - now);
-            }
+            let slice = sleep_slice(deadline)?;
             // Files in flight finish after a shutdown too (the pass takes
             // no new request then): deliver them before saying why nothing
             // else comes.

@@ -723,27 +723,6 @@ fn reclaim_a_worker_whose_driver_died_with_its_process() {
     l.shutdown().unwrap();
 }
 
-/// poll(2) for POLLIN, up to `ms`.
-fn poll_in(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
-    n > 0 && p.revents & libc::POLLIN != 0
-}
-
-/// Reads the eventfd once; false on EAGAIN.
-fn read_fd(fd: i32) -> bool {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-    n == 8
-}
-
 /// With an eventfd the notifier thread drives the worker's loads while
 /// the program only polls: requests below dispatch_n are loaded too.
 #[test]

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use asyncloader::{Config, ErrorKind, Loader, Worker};
-use common::{Mode, Running, check_entry, make_files};
+use common::{Mode, Running, check_entry, make_files, poll_in, read_fd};
 
 fn cfg(n_workers: u32, qd: u32) -> Config {
     Config {
@@ -20,27 +19,6 @@ fn cfg(n_workers: u32, qd: u32) -> Config {
         loader_threads: 2,
         ..Config::default()
     }
-}
-
-/// poll(2) for POLLIN, up to `ms`.
-fn poll_in(fd: RawFd, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
-    n > 0 && p.revents & libc::POLLIN != 0
-}
-
-/// Reads the eventfd once; false on EAGAIN.
-fn read_fd(fd: RawFd) -> bool {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-    n == 8
 }
 
 /// Loads every path through `w`, waiting only with poll(2) on the fd;

@@ -859,6 +859,16 @@ def default_config() -> Dict[str, Any]:
     return _config_dict(_ffi.lib().config_default())
 
 
+def _enum_value(name: Any, names: Dict[int, str], what: str) -> int:
+    """The library's value of enum name ``name`` (``names``: value -> name)."""
+    codes = {v: k for k, v in names.items()}
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if name not in codes:
+        raise ValueError(f"{what} must be one of {sorted(codes)}, not {name!r}")
+    return codes[name]
+
+
 def _config_dict(cfg: _ffi.al_config) -> Dict[str, Any]:
     out = {
         n: getattr(cfg, n)
@@ -954,19 +964,9 @@ class Loader:
         if ring_window is not None:
             cfg.ring_window = _u32(ring_window, "ring_window")
         if backend is not DEFAULT:
-            codes = {v: k for k, v in lib.backends.items()}
-            if not isinstance(backend, str):
-                raise TypeError(f"backend must be a str, not {type(backend).__name__}")
-            if backend not in codes:
-                raise ValueError(f"backend must be one of {sorted(codes)}, not {backend!r}")
-            cfg.backend = codes[backend]
+            cfg.backend = _enum_value(backend, lib.backends, "backend")
         if drive is not DEFAULT:
-            codes = {v: k for k, v in lib.drives.items()}
-            if not isinstance(drive, str):
-                raise TypeError(f"drive must be a str, not {type(drive).__name__}")
-            if drive not in codes:
-                raise ValueError(f"drive must be one of {sorted(codes)}, not {drive!r}")
-            cfg.drive = codes[drive]
+            cfg.drive = _enum_value(drive, lib.drives, "drive")
         h = LoaderP()
         rc = lib.al_loader_new(byref(cfg), byref(h))
         if rc in (-_errno.EINVAL, -_errno.E2BIG):

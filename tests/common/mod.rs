@@ -178,3 +178,24 @@ pub fn install_seccomp(prog: &[libc::sock_filter]) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// poll(2) for POLLIN on `fd`, up to `ms` milliseconds.
+pub fn poll_in(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// Reads an eventfd once; false on EAGAIN.
+pub fn read_fd(fd: i32) -> bool {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a live u64.
+    let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    n == 8
+}
