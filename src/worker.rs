@@ -274,7 +274,10 @@ impl Worker {
             // A batch goes out once dispatch_n wait (the rest when the
             // worker asks for entries).
             if rings.req.len() >= self.region.cfg().dispatch_n {
-                self.drive(None)?;
+                // The request is queued whatever the pass says: a failed
+                // submit is reported by the wait_get that needs it, not as
+                // a failed request (which a caller would retry: twice).
+                let _ = self.drive(None);
             }
             // A thread of this process waiting on this worker drives it.
             rings.block.parking.notify(i32::MAX);
