@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check pytest
+# numpy: the optional dependency of Entry.numpy(), whose tests skip without it.
+"$PY" -m pip install -q --disable-pip-version-check pytest numpy
 "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./python
 # Run from outside the source tree so `import asyncloader` is the installed one.
 cd python/tests

@@ -153,6 +153,8 @@ class Entry:
     * :meth:`get_data` copies the bytes into a ``bytes`` object (safe to keep).
     * :meth:`memoryview` gives a read-only view on the shared buffer itself,
       without copying. See :meth:`memoryview` for its lifetime rules.
+    * :meth:`numpy` gives a read-only ``numpy.ndarray`` over the same bytes
+      (same rules).
 
     After :meth:`release`, every accessor raises ``ValueError``.
     """
@@ -356,6 +358,32 @@ class Entry:
         m0.release()
         self._views.append(mv)  # type: ignore[union-attr]
         return mv
+
+    def numpy(self) -> Any:
+        """A read-only ``numpy.ndarray`` of ``uint8`` over the loaded bytes,
+        without copying (``numpy`` is needed for this method only).
+
+        The array is a buffer derived from :meth:`memoryview`, so the same
+        rules hold: while the array (or a view or slice of it) is alive,
+        :meth:`release` raises ``BufferError`` and keeps the entry, its data
+        unchanged; an entry garbage-collected meanwhile is released when the
+        last such array is gone. Nothing can read the buffer after it went
+        back to the worker. Copy what you keep (``arr.copy()``).
+
+        For PyTorch: ``torch.frombuffer(entry.numpy(), dtype=torch.uint8)``
+        (torch warns that the array is not writable: the tensor must not be
+        written) or ``torch.from_numpy(entry.numpy().copy())`` for a tensor
+        that owns its bytes. Decoders that take a buffer (``PIL.Image.open``
+        over ``io.BytesIO(entry.memoryview())``, ``cv2.imdecode(arr, ...)``)
+        read it in place.
+
+        Raises the load's error (as :meth:`get_data`) for a failed load.
+        """
+        try:
+            import numpy as np
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("Entry.numpy() needs numpy (pip install numpy)") from e
+        return np.frombuffer(self.memoryview(), dtype=np.uint8)
 
     def _exports(self) -> int:
         """Buffers still exported after releasing our own views."""
