@@ -21,6 +21,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Tuple,
     Union,
 )
 
@@ -779,6 +780,66 @@ class Worker:
             for e in current:
                 e._release_deferred()
             self._drain_in_flight(outstanding)
+
+    def load_into(self, paths: Sequence[PathLike], out: Any, window: int = 64) -> List[Tuple[int, int]]:
+        """Loads every path and copies each file's bytes into ``out`` — any
+        writable C-contiguous buffer: ``bytearray``, a ``numpy`` array, an
+        ``array.array``, a ``memoryview`` of pinned memory — one file after
+        another in completion order, with one ``memmove`` per file from the
+        shared buffer (no ``bytes`` object in between). Returns
+        ``[(offset, size)]``, one pair per path, in the order of ``paths``.
+
+        Every entry is released before this returns or raises: nothing is
+        lost to the worker. Raises, after all loads finished:
+
+        * ``ValueError`` when the files do not fit in ``out`` (it says how
+          many bytes they need); files that fitted were copied, the rest
+          were not written anywhere;
+        * the first failed load's ``OSError`` (as ``get_data()`` does).
+        """
+        paths = list(paths)
+        dst = memoryview(out)
+        if dst.readonly:
+            raise TypeError("load_into needs a writable buffer")
+        if not dst.c_contiguous:
+            raise ValueError("load_into needs a C-contiguous buffer")
+        dst = dst.cast("B") if dst.format != "B" or dst.ndim != 1 else dst
+        cap = dst.nbytes
+        # Held until the end: the export pins ``out`` (a bytearray cannot
+        # be resized under the copies).
+        pin = (ctypes.c_char * cap).from_buffer(dst) if cap else None
+        base = ctypes.addressof(pin) if pin is not None else 0
+        index: Dict[bytes, List[int]] = {}
+        for i, p in enumerate(paths):
+            index.setdefault(_fspath_bytes(p), []).append(i)
+        result: List[Optional[Tuple[int, int]]] = [None] * len(paths)
+        used = 0
+        need = 0
+        failure: Optional[BaseException] = None
+        for e in self.load(paths, window=window):
+            slots = index.get(e.path_bytes)
+            i = slots.pop(0) if slots else None
+            if e.error:
+                failure = failure or e.exception()
+                continue
+            size = e.size
+            need += size
+            if used + size > cap:
+                continue
+            if size:
+                ctypes.memmove(base + used, e._data, size)
+            if i is not None:
+                result[i] = (used, size)
+            used += size
+        del pin
+        if need > cap:
+            raise ValueError(
+                f"load_into: the files need {need} bytes, the destination holds {cap}: "
+                f"{sum(r is None for r in result)} of {len(paths)} files were not copied"
+            )
+        if failure is not None:
+            raise failure
+        return [r if r is not None else (0, 0) for r in result]
 
     def _release_handles(self, hs: List[Any]) -> None:
         """Releases detached entry handles (one call when the library has

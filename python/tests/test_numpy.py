@@ -76,3 +76,44 @@ def test_empty_and_failed_entries(loader, files, tmp_path):
     with w.wait_get(timeout=10) as e:
         with pytest.raises(FileNotFoundError):
             e.numpy()
+
+
+# -- Worker.load_into: one copy, into the caller's memory ---------------------
+
+
+def test_load_into_packs_every_file_and_says_where(loader, files):
+    w = loader.get_worker_context(1)
+    paths = list(files)[:50] + [list(files)[0]]  # a path twice
+    total = sum(len(files[p]) for p in paths)
+    for out in (bytearray(total + 7), np.zeros(total, dtype=np.uint8)):
+        where = w.load_into(paths, out)
+        assert len(where) == len(paths)
+        spans = sorted(where)
+        for (o1, n1), (o2, _n2) in zip(spans, spans[1:]):
+            assert o1 + n1 <= o2, "overlapping copies"
+        for p, (off, n) in zip(paths, where):
+            assert bytes(out[off : off + n]) == files[p]
+        assert w.outstanding == 0
+    assert w.load_into([], bytearray()) == []
+
+
+def test_load_into_too_small_fails_clearly_and_loses_no_entry(loader, files):
+    w = loader.get_worker_context(2)
+    paths = list(files)[:20]
+    total = sum(len(files[p]) for p in paths)
+    out = bytearray(total // 2)
+    with pytest.raises(ValueError, match=f"need {total} bytes"):
+        w.load_into(paths, out)
+    assert w.outstanding == 0
+    # The worker goes on.
+    assert len(w.load_into(paths, bytearray(total))) == len(paths)
+
+
+def test_load_into_raises_the_first_failed_load_after_releasing_all(loader, files, tmp_path):
+    w = loader.get_worker_context(3)
+    paths = list(files)[:5] + [str(tmp_path / "missing")]
+    with pytest.raises(FileNotFoundError):
+        w.load_into(paths, bytearray(1 << 20))
+    assert w.outstanding == 0
+    with pytest.raises(TypeError):
+        w.load_into(paths, b"read-only")
