@@ -3,10 +3,10 @@
 ``multiprocessing.Pool`` doing ``open(p, 'rb').read()`` - in the same run.
 
 Warm (default): 20,000 files of 4-16 KiB (generated once, deterministically,
-into a cache directory unless ``--dir`` is given), read once to warm the page
-cache; 2 worker processes vs ``Pool(2)``::
+into a cache directory unless ``--dir`` is given), read once before every run
+to warm the page cache; 2 worker processes vs ``Pool(2)``::
 
-    python3 examples/python/bench_python.py
+    python3 examples/python/bench_python.py --dir ~/.cache/asyncloader/small-20000-s1
 
 Cold, direct: an ImageNet-like set (log-normal sizes, median ~110 KiB),
 ``O_DIRECT`` loader, caches dropped before every run, vs ``Pool(4)``::
@@ -18,11 +18,36 @@ Cold, direct: an ImageNet-like set (log-normal sizes, median ~110 KiB),
 each file of the set with ``posix_fadvise(POSIX_FADV_DONTNEED)`` instead and
 says so.
 
-Both sides produce a ``bytes`` object per file in a worker process (the
-asyncloader side through ``Entry.get_data()``; ``--zero-copy`` measures
-``Entry.memoryview()`` too). Reported: files/s, MB/s, CPU seconds per 1,000
-files (user+sys of all processes, loader threads included), and the ratio.
-Medians of ``--repeat`` runs, the two loaders alternating.
+Rows (each run ``--repeat`` times, the rows interleaved; medians reported):
+
+* ``pool``: ``multiprocessing.Pool(--pool)`` (fork), its processes started
+  and warmed by a trivial ``map`` before the clock starts; one task per chunk
+  of ``--chunksize`` paths (default 256; fewer when the set has fewer than
+  256 per process, so that no process idles), each task doing
+  ``open(p, 'rb').read()`` per path and returning ONE integer per chunk (its
+  total bytes). The strongest plain-Python baseline: per-path results would
+  cost a pickle and a pipe write each. ``--pool-per-file`` adds the old
+  per-file ``imap_unordered(..., chunksize=--chunksize)`` as an extra row.
+* ``asyncloader get_data()``: ``--workers`` processes, each
+  ``Worker.load(paths[i::workers])`` copying every file into ``bytes``.
+* ``asyncloader memoryview()``: the same with ``Entry.memoryview()``
+  (zero-copy).
+
+Every row does the same per file: take its length and read its first byte,
+and every process returns its total bytes. Each run is verified: the count of
+files loaded and the total bytes must equal what ``os.stat`` says. A run that
+lost a file makes the whole benchmark fail (exit status 1) without a
+comparison: the failing rows and what they lost are printed instead.
+
+Reported per row: files/s, MB/s, the Python worker processes' CPU time per
+file (process CPU clock of each pool process / ``time.process_time()`` in each
+asyncloader worker, over the timed part) and the CPU per file of all
+processes (the workers plus the main process: the pool's feeder/result
+threads, or the loader threads), then the median files/s ratio of each
+asyncloader row to the pool row.
+
+``max_file_size`` is the largest file's size (rounded up to 4 KiB); a file
+over the library's limit (1 GiB) is an error.
 """
 
 from __future__ import annotations
@@ -33,6 +58,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import stat
 import statistics
 import sys
 import time
@@ -44,6 +70,9 @@ try:
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, str(HERE.parent.parent / "python"))
     import asyncloader
+
+# The library's largest max_file_size (src/config.rs, limits::MAX_FILE_SIZE).
+MAX_FILE_SIZE = 1 << 30
 
 
 # ---------------------------------------------------------------------------
@@ -89,10 +118,29 @@ def dataset(kind: str, n: int, seed: int, root: Path | None) -> list[str]:
     return paths
 
 
+def list_files(root: Path) -> list[str]:
+    """The regular files under root (following symlinks), dot files left out."""
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def stat_sizes(paths: list[str]) -> list[int]:
+    """os.stat size of every path; raises for a path that is not a regular file."""
+    sizes = []
+    for p in paths:
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{p}: not a regular file")
+        sizes.append(st.st_size)
+    return sizes
+
+
 def warm(paths: list[str]) -> None:
     for p in paths:
-        with open(p, "rb") as f:
-            f.read()
+        try:
+            with open(p, "rb") as f:
+                f.read()
+        except OSError:
+            pass  # verified (and reported) by the runs
 
 
 def make_cold(paths: list[str]) -> str:
@@ -104,7 +152,10 @@ def make_cold(paths: list[str]) -> str:
     except OSError:
         pass
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
@@ -113,13 +164,8 @@ def make_cold(paths: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The two loaders
+# CPU clocks
 # ---------------------------------------------------------------------------
-
-
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def _cpu_self() -> float:
@@ -127,59 +173,161 @@ def _cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def read_len(p: str) -> int:
-    with open(p, "rb") as f:
-        return len(f.read())
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def pool_run(paths: list[str], procs: int, chunksize: int) -> tuple[float, int, float]:
+def _pid_cpu(pid: int) -> float:
+    """CPU seconds (user+sys, all threads) of another live process: Linux's
+    process CPU clock for a pid (CPUCLOCK_SCHED, ns resolution), else the
+    clock ticks of /proc/PID/stat."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except (OSError, OverflowError, ValueError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+# ---------------------------------------------------------------------------
+# The loaders. Every one returns (seconds, files loaded, bytes, files failed,
+# worker CPU seconds, CPU seconds of all processes).
+# ---------------------------------------------------------------------------
+
+
+def _read_chunk(chunk: list[str]) -> int:
+    """Pool task: reads every path of the chunk; returns ONE integer, the
+    chunk's total bytes, or minus the number of paths that failed."""
+    total = 0
+    failed = 0
+    touch = 0
+    for p in chunk:
+        try:
+            with open(p, "rb") as f:
+                d = f.read()
+        except OSError:
+            failed += 1
+            continue
+        n = len(d)
+        total += n
+        if n:
+            touch ^= d[0]  # one byte read, as the memoryview row does
+    return -failed if failed else total
+
+
+def _read_one(p: str) -> int:
+    """Per-file pool task (--pool-per-file): the file's length, or -1."""
+    try:
+        with open(p, "rb") as f:
+            d = f.read()
+    except OSError:
+        return -1
+    if d:
+        d[0]
+    return len(d)
+
+
+def pool_run(paths: list[str], procs: int, chunksize: int, per_file: bool = False):
     ctx = mp.get_context("fork")
+    chunks = [paths[i : i + chunksize] for i in range(0, len(paths), chunksize)]
     with ctx.Pool(procs) as pool:
-        pool.map(abs, range(procs * 4))  # start the processes first
-        c0 = _cpu_children() + _cpu_self()
+        # The processes start with the pool; a trivial map makes sure every
+        # one runs and has served a task before the clock starts.
+        pool.map(abs, range(procs * 4), chunksize=1)
+        pids = [p.pid for p in pool._pool]
+        w0 = sum(_pid_cpu(p) for p in pids)
+        s0 = _cpu_self()
         t0 = time.perf_counter()
-        total = sum(pool.imap_unordered(read_len, paths, chunksize=chunksize))
+        if per_file:
+            res = list(pool.imap_unordered(_read_one, paths, chunksize=chunksize))
+        else:
+            res = list(pool.imap_unordered(_read_chunk, chunks))
         dt = time.perf_counter() - t0
+        wcpu = sum(_pid_cpu(p) for p in pids) - w0
+        scpu = _cpu_self() - s0
         pool.close()
         pool.join()
-        cpu = _cpu_children() + _cpu_self() - c0
-    return dt, total, cpu
+    failed = -sum(r for r in res if r < 0)
+    total = sum(r for r in res if r >= 0)
+    return dt, len(paths) - failed, total, failed, wcpu, wcpu + scpu
 
 
 def _al_worker(worker, paths, window, zero_copy, start, q):
-    start.wait()
-    total = 0
-    errors = 0
-    if zero_copy:
-        for e in worker.load(paths, window=window):
-            if e.error:
-                errors += 1
-                continue
-            mv = e.memoryview()
-            total += len(mv)
-            mv.release()
-    else:
-        for e in worker.load(paths, window=window):
-            try:
-                total += len(e.get_data())
-            except OSError:
-                errors += 1
-    q.put((total, errors))
+    try:
+        start.wait()
+        c0 = time.process_time()
+        total = files = failed = touch = 0
+        if zero_copy:
+            for e in worker.load(paths, window=window):
+                try:
+                    mv = e.memoryview()  # released by load() with the entry
+                except OSError:
+                    failed += 1
+                    continue
+                n = len(mv)
+                total += n
+                files += 1
+                if n:
+                    touch ^= mv[0]
+        else:
+            for e in worker.load(paths, window=window):
+                try:
+                    d = e.get_data()
+                except OSError:
+                    failed += 1
+                    continue
+                n = len(d)
+                total += n
+                files += 1
+                if n:
+                    touch ^= d[0]
+        q.put(("ok", total, files, failed, time.process_time() - c0))
+    except BaseException as exc:  # report it: the parent must not wait forever
+        q.put(("error", repr(exc)))
 
 
-def asyncloader_run(paths, workers, args, zero_copy=False) -> tuple[float, int, float]:
-    max_size = (2 << 20) if args.imagenet else (64 << 10)
-    ctx = mp.get_context("fork")
-    with asyncloader.Loader(
+def _collect(q, procs, timeout=600.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < len(procs):
+        try:
+            out.append(q.get(timeout=0.2))
+            continue
+        except Exception:  # queue.Empty
+            pass
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead or time.monotonic() > deadline:
+            for p in procs:
+                if p.exitcode is None:
+                    p.kill()
+            raise RuntimeError(
+                f"asyncloader worker process failed (exit codes {[p.exitcode for p in procs]})"
+            )
+    bad = [r[1] for r in out if r[0] != "ok"]
+    if bad:
+        raise RuntimeError(f"asyncloader worker failed: {bad[0]}")
+    return out
+
+
+def loader_kwargs(args, max_file_size: int) -> dict:
+    kw = dict(
         queue_depth=args.queue_depth,
-        max_file_size=max_size,
-        n_workers=workers,
+        max_file_size=max_file_size,
+        n_workers=args.workers,
         dispatch_n=args.dispatch_n,
         idle_iters=args.idle_iters,
         direct=args.direct,
         loader_threads=args.loader_threads,
         ring_window=args.ring_window,
-    ) as ld:
+    )
+    if args.drive is not None:
+        kw["drive"] = args.drive
+    return kw
+
+
+def asyncloader_run(paths, args, max_file_size, zero_copy, info):
+    workers = args.workers
+    ctx = mp.get_context("fork")
+    with asyncloader.Loader(**loader_kwargs(args, max_file_size)) as ld:
         start = ctx.Event()
         q = ctx.Queue()
         procs = [
@@ -192,23 +340,27 @@ def asyncloader_run(paths, workers, args, zero_copy=False) -> tuple[float, int, 
         for p in procs:
             p.start()
         ld.start()
-        time.sleep(0.2)  # processes up, loader threads parked
-        c0 = _cpu_children() + _cpu_self()
+        time.sleep(0.2)  # processes up and waiting, loader threads parked
+        s0 = _cpu_self()
         t0 = time.perf_counter()
         start.set()
-        res = [q.get(timeout=600) for _ in procs]
-        dt = time.perf_counter() - t0
-        for p in procs:
-            p.join()
-        ld.shutdown()
-        cpu = _cpu_children() + _cpu_self() - c0
+        try:
+            res = _collect(q, procs)
+        finally:
+            dt = time.perf_counter() - t0
+            scpu = _cpu_self() - s0
+            for p in procs:
+                p.join()
+            ld.shutdown()
         stats = ld.stats()
-    errors = sum(r[1] for r in res)
-    if errors:
-        print(f"  ({errors} files failed to load)", file=sys.stderr)
+    info["drive"] = stats.get("drive")
     if args.verbose:
         print(f"  stats: {stats}", file=sys.stderr)
-    return dt, sum(r[0] for r in res), cpu
+    total = sum(r[1] for r in res)
+    files = sum(r[2] for r in res)
+    failed = sum(r[3] for r in res)
+    wcpu = sum(r[4] for r in res)
+    return dt, files, total, failed, wcpu, wcpu + scpu
 
 
 # ---------------------------------------------------------------------------
@@ -224,66 +376,159 @@ def main() -> int:
     ap.add_argument("--direct", action="store_true", help="asyncloader reads with O_DIRECT")
     ap.add_argument("--workers", type=int, default=2, help="asyncloader worker processes")
     ap.add_argument("--pool", type=int, default=2, help="multiprocessing.Pool size")
-    ap.add_argument("--chunksize", type=int, default=64, help="Pool imap chunksize")
+    ap.add_argument(
+        "--chunksize", type=int, default=256, help="paths per Pool task, at most len/pool (per-file row: imap chunksize)"
+    )
+    ap.add_argument(
+        "--pool-per-file",
+        action="store_true",
+        help="add a row with the old per-file Pool.imap_unordered (one result per file)",
+    )
     ap.add_argument("--window", type=int, default=64, help="requests in flight per worker")
     ap.add_argument("--queue-depth", type=int, default=64)
     ap.add_argument("--dispatch-n", type=int, default=8)
     ap.add_argument("--idle-iters", type=int, default=16)
     ap.add_argument("--loader-threads", type=int, default=0, help="0 = one per core")
     ap.add_argument("--ring-window", type=int, default=0, help="0 = engine default")
+    ap.add_argument(
+        "--drive",
+        choices=("auto", "loader", "worker"),
+        default=None,
+        help="asyncloader.Loader(drive=...): who loads a worker's requests (default: the library's, auto)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--zero-copy", action="store_true", help="also measure Entry.memoryview()")
+    ap.add_argument("--zero-copy", action="store_true", help="(kept for compatibility: memoryview() is always a row now)")
+    # Test hook: appends a path that does not exist, to check that a run that
+    # loses a file prints no comparison and fails.
+    ap.add_argument("--inject-missing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    if args.repeat < 1 or args.workers < 1 or args.pool < 1 or args.chunksize < 1:
+        ap.error("--repeat, --workers, --pool and --chunksize must be at least 1")
 
     if args.dir:
-        paths = sorted(str(p) for p in args.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not args.dir.is_dir():
+            ap.error(f"--dir {args.dir}: not a directory")
+        paths = list_files(args.dir)
     else:
         paths = dataset("imagenet" if args.imagenet else "small", args.files, args.seed, None)
-    nbytes = sum(os.path.getsize(p) for p in paths)
+    if not paths:
+        print("no files to load", file=sys.stderr)
+        return 2
+    sizes = stat_sizes(paths)
+    largest = max(sizes)
+    if largest > MAX_FILE_SIZE:
+        big = paths[sizes.index(largest)]
+        print(
+            f"error: {big} is {largest} bytes, more than asyncloader's largest "
+            f"max_file_size ({MAX_FILE_SIZE} bytes, 1 GiB); leave such files out",
+            file=sys.stderr,
+        )
+        return 2
+    # Entry buffers are whole pages anyway: round up to 4 KiB.
+    max_file_size = max(4096, (largest + 4095) // 4096 * 4096)
+    n_expected = len(paths)
+    nbytes = sum(sizes)
+    if args.inject_missing:
+        paths.append(os.path.join(os.path.dirname(paths[0]), ".bench-python-missing-file"))
+        n_expected += 1
+    # Never fewer tasks than pool processes (a small set would leave some idle).
+    chunk = max(1, min(args.chunksize, -(-len(paths) // args.pool)))
     print(
-        f"{len(paths)} files, {nbytes / len(paths) / 1024:.1f} KiB mean, "
-        f"{'cold' if args.cold else 'warm'}, asyncloader {args.workers} workers"
-        f"{' O_DIRECT' if args.direct else ''} vs Pool({args.pool}); "
-        f"{os.cpu_count()} CPUs; library {asyncloader.find_library()}"
+        f"{n_expected} files, {nbytes / 1e6:.1f} MB, {nbytes / len(sizes) / 1024:.1f} KiB mean, "
+        f"largest {largest} B (max_file_size {max_file_size}); "
+        f"{'cold' if args.cold else 'warm'}; asyncloader {args.workers} workers"
+        f"{' O_DIRECT' if args.direct else ''}"
+        f"{f' drive={args.drive}' if args.drive else ''} vs Pool({args.pool}) "
+        f"{chunk}-path tasks; {os.cpu_count()} CPUs; "
+        f"library {asyncloader.find_library()}",
+        flush=True,
     )
 
-    runs = {"pool": [], "asyncloader": [], "asyncloader-mv": []}
+    rows = {
+        "pool": f"Pool({args.pool}) open().read()",
+        "al-bytes": "asyncloader get_data()",
+        "al-mv": "asyncloader memoryview()",
+    }
+    if args.pool_per_file:
+        rows["pool-file"] = f"Pool({args.pool}) per-file imap"
+    runs: dict[str, list] = {name: [] for name in rows}
+    lost: list[str] = []
+    info: dict = {}
     method = None
-    for r in range(args.repeat):
-        order = ["pool", "asyncloader"] + (["asyncloader-mv"] if args.zero_copy else [])
-        if r % 2:
-            order.reverse()
-        for name in order:
-            if args.cold:
-                method = make_cold(paths)
-            else:
-                warm(paths)
-            if name == "pool":
-                dt, total, cpu = pool_run(paths, args.pool, args.chunksize)
-            else:
-                dt, total, cpu = asyncloader_run(paths, args.workers, args, zero_copy=name.endswith("mv"))
-            if total != nbytes:
-                print(f"  {name}: read {total} bytes, expected {nbytes}", file=sys.stderr)
-            runs[name].append((dt, cpu))
-            print(
-                f"  run {r + 1} {name:15s} {len(paths) / dt:10.0f} files/s "
-                f"{nbytes / dt / 1e6:8.1f} MB/s  {cpu / len(paths) * 1000:6.3f} CPU-s/1k files",
-                flush=True,
-            )
+    width = max(len(v) for v in rows.values())
+    names = list(rows)
+    try:
+        for r in range(args.repeat):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:  # rotate: every row goes first in turn
+                if args.cold:
+                    method = make_cold(paths)
+                else:
+                    warm(paths)
+                if name == "pool":
+                    res = pool_run(paths, args.pool, chunk)
+                elif name == "pool-file":
+                    res = pool_run(paths, args.pool, args.chunksize, per_file=True)
+                else:
+                    res = asyncloader_run(paths, args, max_file_size, name == "al-mv", info)
+                dt, files, total, failed, wcpu, acpu = res
+                runs[name].append(res)
+                note = ""
+                if files != n_expected or total != nbytes:
+                    what = (
+                        f"lost {n_expected - files} of {n_expected} files, "
+                        f"read {total} of {nbytes} bytes"
+                    )
+                    if name.startswith("pool") and failed:
+                        what += " (a pool task with a failed path returns only its failure count)"
+                    note = f"  FAILED: {what}"
+                    lost.append(f"{rows[name]}, run {r + 1}: {what}")
+                print(
+                    f"  run {r + 1} {rows[name]:{width}s} {len(paths) / dt:9.0f} files/s "
+                    f"{nbytes / dt / 1e6:8.1f} MB/s  worker CPU {wcpu / len(paths) * 1e6:6.1f} us/file"
+                    f"  all CPU {acpu / len(paths) * 1e6:6.1f} us/file{note}",
+                    flush=True,
+                )
+    except ValueError as e:  # the library refused the configuration
+        print(f"error: asyncloader.Loader: {e}", file=sys.stderr)
+        return 2
     if method:
         print(f"cold via {method}")
+    if info.get("drive"):
+        print(f"asyncloader drive: {info['drive']}")
 
-    def med(name):
-        return statistics.median(len(paths) / dt for dt, _ in runs[name])
+    if lost:
+        print(
+            f"NOT COMPARABLE: every method must load all {n_expected} files "
+            f"({nbytes} bytes); these did not:",
+            file=sys.stderr,
+        )
+        for line in lost:
+            print(f"  {line}", file=sys.stderr)
+        return 1
 
-    base = med("pool")
-    print(f"median Pool({args.pool}) open().read():     {base:10.0f} files/s")
-    for name in ("asyncloader", "asyncloader-mv"):
-        if runs[name]:
-            v = med(name)
-            label = f"asyncloader {args.workers} workers" + (" (memoryview)" if name.endswith("mv") else "")
-            print(f"median {label + ':':33s} {v:10.0f} files/s  ratio {v / base:.2f}x")
+    def med(name, i):
+        return statistics.median(x[i] for x in runs[name])
+
+    def fps(name):
+        return statistics.median(len(paths) / x[0] for x in runs[name])
+
+    base = fps("pool")
+    print(
+        f"median of {args.repeat} (files/s, MB/s, worker-process CPU per file, "
+        f"CPU per file of all processes):"
+    )
+    for name, label in rows.items():
+        v = fps(name)
+        line = (
+            f"median {label + ':':{width + 1}s} {v:9.0f} files/s {v * nbytes / len(paths) / 1e6:8.1f} MB/s"
+            f"  worker CPU {med(name, 4) / len(paths) * 1e6:6.1f} us/file"
+            f"  all CPU {med(name, 5) / len(paths) * 1e6:6.1f} us/file"
+        )
+        if name.startswith("al-"):
+            line += f"  ratio {v / base:.2f}x"
+        print(line)
     return 0
 
 
