@@ -165,9 +165,15 @@ pub(super) fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
         }
     });
     let wall_s = (sys::now_ns() - t0) as f64 * 1e-9;
+    drop(workers);
+    finish_loader_row(loader, wall_s, cpu0, part, n)
+}
+
+/// Shuts the row's loader down (a forked loader is reaped, so
+/// RUSAGE_CHILDREN includes it) and makes the row's `Run` with its stats.
+fn finish_loader_row(loader: Loader, wall_s: f64, cpu0: Cpu, part: Part, n: usize) -> Res<Run> {
     loader.shutdown().map_err(|e| e.to_string())?;
     let stats = loader.stats();
-    drop(workers);
     drop(loader);
     Ok(Run {
         wall_s,
@@ -364,15 +370,5 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
             }
         }
     }
-    // Reaps the loader child, so RUSAGE_CHILDREN includes it.
-    loader.shutdown().map_err(|e| e.to_string())?;
-    let stats = loader.stats();
-    drop(loader);
-    Ok(Run {
-        wall_s,
-        cpu: Cpu::now().since(cpu0),
-        part,
-        stats: Some(stats),
-        parallel: n,
-    })
+    finish_loader_row(loader, wall_s, cpu0, part, n)
 }
