@@ -16,13 +16,10 @@ same meanings) over ``libasyncloader.so`` via ctypes::
 See ``docs/python.md`` in the repository for the whole guide.
 """
 
-from ._core import (
-    MAX_PATH_BYTES,
-    Entry,
-    Loader,
-    Worker,
-    default_config,
-)
+from ._entry import Entry
+from ._loader import Loader, default_config
+from ._util import MAX_PATH_BYTES
+from ._worker import Worker
 from ._ffi import LibraryNotFound, find_library
 
 __all__ = [

@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
-from . import _core
+from . import _entry, _loader, _util, _worker
 
 __all__ = [
     "FileDataset",
@@ -123,12 +123,12 @@ def _sizes(paths: Sequence[Any]) -> List[int]:
     return out
 
 
-def _make_loader(paths, sizes, max_file_size, n_workers, queue_depth, loader_kwargs) -> _core.Loader:
+def _make_loader(paths, sizes, max_file_size, n_workers, queue_depth, loader_kwargs) -> _loader.Loader:
     sized = max_file_size is None
     if sized:
         max_file_size = max(sizes, default=0) or 1
     try:
-        ld = _core.Loader(
+        ld = _loader.Loader(
             queue_depth=queue_depth, max_file_size=max_file_size, n_workers=n_workers, **loader_kwargs
         )
     except ValueError as e:
@@ -146,7 +146,7 @@ def _make_loader(paths, sizes, max_file_size, n_workers, queue_depth, loader_kwa
 class _Claim:
     """A claimed worker id of a loader in this process (see the module doc)."""
 
-    def __init__(self, loader: _core.Loader):
+    def __init__(self, loader: _loader.Loader):
         tag = hashlib.sha1(loader.name.encode()).hexdigest()[:24]
         for wid in range(loader.n_workers):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -203,11 +203,11 @@ class _LoaderMixin:
         self._lock = threading.Lock()
 
     @property
-    def loader(self) -> _core.Loader:
+    def loader(self) -> _loader.Loader:
         """The asyncloader ``Loader`` this dataset loads through."""
         return self._loader
 
-    def _worker(self) -> _core.Worker:
+    def _worker(self) -> _worker.Worker:
         c = self._claim
         if c is None or c.pid != os.getpid():  # new process (fork): claim again
             with self._lock:
@@ -265,7 +265,7 @@ def _failed(on_error, code: int, path: str, index: Optional[int]) -> Any:
     return on_error(path, OSError(code, os.strerror(code), path))
 
 
-def _load_ordered(worker: _core.Worker, paths: Sequence[Any], on_done: Callable[[int, Any], None]) -> None:
+def _load_ordered(worker: _worker.Worker, paths: Sequence[Any], on_done: Callable[[int, Any], None]) -> None:
     """Requests ``paths`` (a window of up to ``queue_depth``) and calls
     ``on_done(position, entry)`` as each completes; the entry is released
     after the call (released in groups, one library call per group). On any
@@ -273,11 +273,11 @@ def _load_ordered(worker: _core.Worker, paths: Sequence[Any], on_done: Callable[
     propagates (no buffer stays claimed)."""
     qd = worker.loader.queue_depth
     pos_of: Dict[bytes, Any] = {}
-    bs = [_core._fspath_bytes(p) for p in paths]
+    bs = [_util._fspath_bytes(p) for p in paths]
     n = len(bs)
     nxt = 0
     outstanding = 0
-    got: List[_core.Entry] = []
+    got: List[_entry.Entry] = []
     done: List[Any] = []  # detached handles, released together
     try:
         while nxt < n or outstanding:
@@ -456,13 +456,13 @@ class _Lookahead:
 
     def __init__(self) -> None:
         self.owners: Dict[bytes, deque] = {}  # path -> FIFO of owners in flight
-        self.ready: Dict[int, List[_core.Entry]] = {}  # index -> held entries
+        self.ready: Dict[int, List[_entry.Entry]] = {}  # index -> held entries
         self.flying: Dict[int, int] = {}  # index -> lookahead requests in flight
         self.bytes = 0  # sizes of ready + flying lookahead files
         self.outstanding = 0  # this process's requests in flight (all)
         self.wanted: set = set()  # indices of the predicted batches
 
-    def drop(self, worker: _core.Worker) -> None:
+    def drop(self, worker: _worker.Worker) -> None:
         """Releases everything held and waits for what is in flight."""
         for es in self.ready.values():
             for e in es:
@@ -526,7 +526,7 @@ class FileDataset(_LoaderMixin, _Dataset):
         transform: Optional[Callable[[bytes], Any]] = None,
         *,
         max_file_size: Optional[int] = None,
-        loader: Optional[_core.Loader] = None,
+        loader: Optional[_loader.Loader] = None,
         n_workers: Optional[int] = None,
         queue_depth: int = _DEFAULT_QUEUE_DEPTH,
         on_error: Union[str, Callable[[str, OSError], Any]] = "raise",
@@ -571,7 +571,7 @@ class FileDataset(_LoaderMixin, _Dataset):
         worker are requested ahead, within ``lookahead_bytes``."""
         idx = [int(i) for i in indices]
         paths = self.paths
-        bs = [_core._fspath_bytes(paths[i]) for i in idx]  # IndexError before any request
+        bs = [_util._fspath_bytes(paths[i]) for i in idx]  # IndexError before any request
         worker = self._worker()
         claim = self._claim
         la = claim.lookahead
@@ -583,9 +583,9 @@ class FileDataset(_LoaderMixin, _Dataset):
         sizes = self._file_sizes
         qd = worker.loader.queue_depth
         done: List[Any] = []  # detached handles, released together
-        got: List[_core.Entry] = []  # received, not yet handed out
+        got: List[_entry.Entry] = []  # received, not yet handed out
 
-        def use(pos: int, e: _core.Entry) -> None:
+        def use(pos: int, e: _entry.Entry) -> None:
             try:
                 err = e.error
                 if err:
@@ -723,7 +723,7 @@ class FileDataset(_LoaderMixin, _Dataset):
                 e._release_deferred()
         return plan
 
-    def _ahead(self, worker: _core.Worker, la: _Lookahead, plan: List[int], qd: int) -> None:
+    def _ahead(self, worker: _worker.Worker, la: _Lookahead, plan: List[int], qd: int) -> None:
         """Requests the planned indices not yet held or in flight, while the
         queue and the byte budget allow."""
         sizes = self._file_sizes or []
@@ -743,7 +743,7 @@ class FileDataset(_LoaderMixin, _Dataset):
             la.bytes += sizes[i]
         if not picked:
             return
-        pb = [_core._fspath_bytes(self.paths[i]) for i in picked]
+        pb = [_util._fspath_bytes(self.paths[i]) for i in picked]
         k = worker.request_many(pb)
         for i, b in zip(picked[:k], pb[:k]):
             la.owners.setdefault(b, deque()).append(("l", i))
@@ -793,7 +793,7 @@ class ShardedFileIterable(_LoaderMixin, _IterableDataset):
         ordered: bool = False,
         window: int = 64,
         max_file_size: Optional[int] = None,
-        loader: Optional[_core.Loader] = None,
+        loader: Optional[_loader.Loader] = None,
         n_workers: Optional[int] = None,
         queue_depth: int = _DEFAULT_QUEUE_DEPTH,
         on_error: Union[str, Callable[[str, OSError], Any]] = "raise",
@@ -859,7 +859,7 @@ class ShardedFileIterable(_LoaderMixin, _IterableDataset):
         transform = self.transform
         on_error = self.on_error
 
-        def sample(e: _core.Entry, index: int) -> Any:
+        def sample(e: _entry.Entry, index: int) -> Any:
             err = e.error
             if err:
                 return _failed(on_error, err, e.get_filepath(), index)
@@ -872,7 +872,7 @@ class ShardedFileIterable(_LoaderMixin, _IterableDataset):
             pos: Dict[bytes, deque] = {}
             paths = []
             for i in idx:
-                b = _core._fspath_bytes(self.paths[i])
+                b = _util._fspath_bytes(self.paths[i])
                 pos.setdefault(b, deque()).append(i)
                 paths.append(b)
             for e in worker.load(paths, window=self.window):
@@ -887,7 +887,7 @@ class ShardedFileIterable(_LoaderMixin, _IterableDataset):
             part = idx[start : start + self.window]
             out: List[Any] = [SKIP] * len(part)
 
-            def done(p: int, e: _core.Entry, part=part, out=out) -> None:
+            def done(p: int, e: _entry.Entry, part=part, out=out) -> None:
                 out[p] = sample(e, part[p])
 
             _load_ordered(worker, [self.paths[i] for i in part], done)

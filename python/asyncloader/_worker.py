@@ -1,0 +1,440 @@
+"""Worker: requesting files, taking entries, the window loop."""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import time
+from ctypes import byref, c_char_p, c_size_t
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from . import _ffi
+from ._entry import Entry
+from ._ffi import EntryP
+from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _slice_ns
+
+if TYPE_CHECKING:
+    from ._loader import Loader
+
+# ---------------------------------------------------------------------------
+# Worker
+# ---------------------------------------------------------------------------
+
+
+class Worker:
+    """A worker context: requests files and receives their entries.
+
+    Get one from :meth:`Loader.get_worker_context`. A worker id should be used
+    by one thread or process at a time. A ``Worker`` can be pickled: in the
+    receiving process it attaches to the loader by name (while the process
+    that created the loader lives).
+    """
+
+    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "__weakref__")
+
+    def __init__(self, loader: "Loader", worker_id: int, h: Any):
+        self._h = h
+        self._loader = loader
+        self._id = worker_id
+        self._qd = loader.queue_depth
+        self._aio_waiters: Any = None
+
+    @property
+    def id(self) -> int:
+        """This worker's id."""
+        return self._id
+
+    @property
+    def loader(self) -> "Loader":
+        """The loader this worker belongs to."""
+        return self._loader
+
+    @property
+    def outstanding(self) -> int:
+        """Requests of this worker id that are queued, in flight, or
+        delivered and not yet released (at most ``queue_depth``)."""
+        lib = _ffi.lib()
+        if lib.al_worker_outstanding is None:
+            raise NotImplementedError("the library lacks al_worker_outstanding")
+        return lib.al_worker_outstanding(self._h)
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, filepath: PathLike) -> bool:
+        """Requests ``filepath`` (str, bytes or ``os.PathLike``).
+
+        Returns ``True`` when queued and ``False`` when the worker already
+        has ``queue_depth`` requests outstanding (get and release entries,
+        then retry). Raises ``OSError`` for a request that can never succeed
+        (``ENAMETOOLONG``: more than 4095 bytes; ``ESHUTDOWN``: the loader
+        was shut down; ``EOWNERDEAD``: the loader died) and ``ValueError``
+        for a path holding a NUL byte.
+        """
+        p = _fspath_bytes(filepath)
+        lib = _ffi.lib()
+        if lib.al_worker_request_bytes is not None:
+            rc = lib.al_worker_request_bytes(self._h, p, len(p))
+        else:
+            rc = lib.al_worker_request(self._h, p)
+        if rc == 0:
+            return True
+        if rc == -_errno.EAGAIN:
+            return False
+        raise _oserror(-rc, "request", filepath)
+
+    def request_many(self, paths: Sequence[PathLike]) -> int:
+        """Requests ``paths`` in order and returns how many were queued (a
+        prefix; it stops when the queue is full). Raises like :meth:`request`
+        only when the first path cannot be queued for a reason other than a
+        full queue; a bad path later in the list ends the prefix instead."""
+        if not paths:
+            return 0
+        bs = [_fspath_bytes(p) for p in paths]
+        lib = _ffi.lib()
+        if lib.al_worker_request_many is None:
+            return self._request_many_fallback(paths, bs)
+        arr = (c_char_p * len(bs))(*bs)
+        accepted = c_size_t(0)
+        rc = lib.al_worker_request_many(self._h, arr, len(bs), byref(accepted))
+        n = accepted.value
+        if rc < 0 and rc != -_errno.EAGAIN and n == 0:
+            raise _oserror(-rc, "request", paths[0])
+        return n
+
+    def _request_many_fallback(self, paths, bs: List[bytes]) -> int:
+        n = 0
+        for p, b in zip(paths, bs):
+            try:
+                if not self.request(b):
+                    break
+            except OSError:
+                if n == 0:
+                    raise
+                break
+            n += 1
+        return n
+
+    # -- completions ---------------------------------------------------------
+
+    def try_get(self) -> Optional[Entry]:
+        """A completed entry if one is ready, else ``None``. Never blocks.
+
+        Raises ``OSError`` (``ESHUTDOWN``/``EOWNERDEAD``) only if the library
+        reports that nothing can ever arrive.
+        """
+        out = EntryP()
+        rc = _ffi.lib().al_worker_try_get(self._h, byref(out))
+        if rc == 0:
+            return Entry(self, out.value)
+        if rc == -_errno.EAGAIN:
+            return None
+        raise _oserror(-rc, "try_get")
+
+    def wait_get(self, timeout: Optional[float] = None) -> Entry:
+        """Waits for a completed entry and returns it.
+
+        ``timeout`` in seconds raises ``TimeoutError`` when it passes;
+        ``None`` or ``-1`` (as in C) waits without limit. Other negative
+        values and ``nan`` raise ``ValueError``. The wait sleeps in the library (no spinning, GIL
+        released) in slices of 100 ms, so Ctrl-C raises
+        ``KeyboardInterrupt`` promptly. Raises ``OSError`` with
+        ``errno.ESHUTDOWN`` (a ``BrokenPipeError``) once the loader is shut
+        down and nothing is left to deliver, ``errno.EOWNERDEAD`` when the
+        loader died.
+        """
+        deadline = _deadline(timeout)
+        lib = _ffi.lib()
+        out = EntryP()
+        # Fast path: something is ready.
+        rc = lib.al_worker_try_get(self._h, byref(out))
+        if rc == 0:
+            return Entry(self, out.value)
+        wait = lib.al_worker_wait_get
+        while True:
+            slice_ns = _slice_ns(deadline)
+            rc = wait(self._h, slice_ns, byref(out))
+            if rc == 0:
+                return Entry(self, out.value)
+            if rc != -_errno.ETIMEDOUT:
+                raise _oserror(-rc, "wait_get")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _oserror(_errno.ETIMEDOUT, "wait_get")
+            # Loop: Python runs pending signal handlers here.
+
+    def _drain_in_flight(self, outstanding: int) -> None:
+        """Takes and releases ``outstanding`` entries still in flight (5 s at
+        most per batch; stops at an error), so their buffers come back when a
+        consumer leaves a loading loop early."""
+        while outstanding > 0:
+            try:
+                got = self.get_many(outstanding, timeout=5.0)
+            except OSError:
+                break
+            if not got:
+                break
+            outstanding -= len(got)
+            for e in got:
+                e._release_deferred()
+
+    def get_many(self, max_n: int, timeout: Optional[float] = None) -> List[Entry]:
+        """Waits (like :meth:`wait_get`) until at least one entry is ready,
+        then returns up to ``max_n`` ready entries without waiting further.
+
+        ``timeout=0`` never blocks; ``None`` or ``-1`` waits without limit
+        (other negative values and ``nan`` raise ``ValueError``). Returns
+        ``[]`` when the timeout passes with nothing ready (it does not raise
+        ``TimeoutError``).
+        """
+        deadline = _deadline(timeout)
+        if max_n <= 0:
+            return []
+        lib = _ffi.lib()
+        if lib.al_worker_get_many is None:
+            return self._get_many_fallback(max_n, timeout)
+        # A fresh array per call: the GIL is released during the call, so a
+        # buffer shared by threads using this Worker could be overwritten.
+        buf = (EntryP * max_n)()
+        got = c_size_t(0)
+        fn = lib.al_worker_get_many
+        while True:
+            slice_ns = _slice_ns(deadline)
+            rc = fn(self._h, buf, max_n, slice_ns, byref(got))
+            n = got.value
+            if n:
+                return [Entry(self, h) for h in buf[:n]]
+            if rc != -_errno.ETIMEDOUT and rc != -_errno.EAGAIN and rc < 0:
+                raise _oserror(-rc, "get_many")
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def _get_many_fallback(self, max_n: int, timeout: Optional[float]) -> List[Entry]:
+        try:
+            first = self.wait_get(timeout) if timeout != 0 else self.try_get()
+        except TimeoutError:
+            return []
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < max_n:
+            e = self.try_get()
+            if e is None:
+                break
+            out.append(e)
+        return out
+
+    # -- the window pattern --------------------------------------------------
+
+    def load(self, paths: Iterable[PathLike], window: int = 64, batch: int = 32) -> Iterator[Entry]:
+        """Loads every path, keeping up to ``window`` requests in flight, and
+        yields entries in completion order (not request order).
+
+        Each entry is released when the generator resumes (the caller asks
+        for the next one), so **copy what you keep** (``get_data()`` or
+        ``bytes(view)``); releasing raises ``BufferError`` if a view derived
+        from ``entry.memoryview()`` is still alive. Failed loads are yielded
+        too: check ``entry.error`` or let ``get_data()`` raise. A path that
+        cannot even be requested (too long, NUL byte) is yielded as a failed
+        entry (``ENAMETOOLONG`` / ``EINVAL``) that owns no buffer.
+
+        ``window`` is capped at the worker's ``queue_depth``; ``batch`` is how
+        many completions are fetched per library call. Leaving the loop early
+        (``break``) waits for and releases the requests still in flight.
+        """
+        window = max(1, min(window, self._qd))
+        batch = max(1, batch)
+        it = iter(paths)
+        pending: List[Any] = []  # requested-next, as given
+        exhausted = False
+        outstanding = 0
+        current: List[Entry] = []
+        held: Optional[Entry] = None
+        done: List[Any] = []  # handles detached, released in one call
+        try:
+            while True:
+                if done:
+                    self._release_handles(done)
+                # Fill the window.
+                while (pending or not exhausted) and outstanding < window:
+                    want = window - outstanding
+                    while len(pending) < want:
+                        try:
+                            pending.append(next(it))
+                        except StopIteration:
+                            exhausted = True
+                            break
+                    if not pending:
+                        break
+                    chunk = pending[:want]
+                    try:
+                        n = self.request_many(chunk)
+                    except (OSError, ValueError) as e:
+                        code = getattr(e, "errno", None) or _errno.EINVAL
+                        if code in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
+                            raise
+                        # The first path can never be requested: yield it as
+                        # a failed entry and go on.
+                        bad = pending.pop(0)
+                        try:
+                            pb = os.fsencode(bad)
+                        except Exception:
+                            pb = repr(bad).encode()
+                        yield Entry(self, None, path=pb, err=code)
+                        continue
+                    del pending[:n]
+                    outstanding += n
+                    if n < len(chunk):
+                        break  # queue full: entries are held elsewhere
+                if outstanding == 0:
+                    if exhausted and not pending:
+                        return
+                    raise RuntimeError(
+                        f"worker {self._id}: queue full with no request of this "
+                        "load() in flight: release the entries you hold"
+                    )
+                current = self.get_many(min(batch, outstanding))
+                outstanding -= len(current)
+                current.reverse()
+                while current:
+                    held = current.pop()
+                    yield held
+                    e, held = held, None
+                    h = e._detach()  # BufferError if a derived view is alive
+                    if h is not None:
+                        done.append(h)
+        finally:
+            if done:
+                self._release_handles(done)
+            if held is not None:
+                held._release_deferred()
+            for e in current:
+                e._release_deferred()
+            self._drain_in_flight(outstanding)
+
+    def load_into(self, paths: Sequence[PathLike], out: Any, window: int = 64) -> List[Tuple[int, int]]:
+        """Loads every path and copies each file's bytes into ``out`` — any
+        writable C-contiguous buffer: ``bytearray``, a ``numpy`` array, an
+        ``array.array``, a ``memoryview`` of pinned memory — one file after
+        another in completion order, with one ``memmove`` per file from the
+        shared buffer (no ``bytes`` object in between). Returns
+        ``[(offset, size)]``, one pair per path, in the order of ``paths``.
+
+        Every entry is released before this returns or raises: nothing is
+        lost to the worker. Raises, after all loads finished:
+
+        * ``ValueError`` when the files do not fit in ``out`` (it says how
+          many bytes they need); files that fitted were copied, the rest
+          were not written anywhere;
+        * the first failed load's ``OSError`` (as ``get_data()`` does).
+        """
+        paths = list(paths)
+        dst = memoryview(out)
+        if dst.readonly:
+            raise TypeError("load_into needs a writable buffer")
+        if not dst.c_contiguous:
+            raise ValueError("load_into needs a C-contiguous buffer")
+        dst = dst.cast("B") if dst.format != "B" or dst.ndim != 1 else dst
+        cap = dst.nbytes
+        # Held until the end: the export pins ``out`` (a bytearray cannot
+        # be resized under the copies).
+        pin = (ctypes.c_char * cap).from_buffer(dst) if cap else None
+        base = ctypes.addressof(pin) if pin is not None else 0
+        index: Dict[bytes, List[int]] = {}
+        for i, p in enumerate(paths):
+            index.setdefault(_fspath_bytes(p), []).append(i)
+        result: List[Optional[Tuple[int, int]]] = [None] * len(paths)
+        used = 0
+        need = 0
+        failure: Optional[BaseException] = None
+        for e in self.load(paths, window=window):
+            slots = index.get(e.path_bytes)
+            i = slots.pop(0) if slots else None
+            if e.error:
+                failure = failure or e.exception()
+                continue
+            size = e.size
+            need += size
+            if used + size > cap:
+                continue
+            if size:
+                ctypes.memmove(base + used, e._data, size)
+            if i is not None:
+                result[i] = (used, size)
+            used += size
+        del pin
+        if need > cap:
+            raise ValueError(
+                f"load_into: the files need {need} bytes, the destination holds {cap}: "
+                f"{sum(r is None for r in result)} of {len(paths)} files were not copied"
+            )
+        if failure is not None:
+            raise failure
+        return [r if r is not None else (0, 0) for r in result]
+
+    def _release_handles(self, hs: List[Any]) -> None:
+        """Releases detached entry handles (one call when the library has
+        ``al_entry_release_many``) and empties ``hs``."""
+        lib = _ffi.lib()
+        if lib.al_entry_release_many is not None and len(hs) > 1:
+            arr = (EntryP * len(hs))(*hs)
+            lib.al_entry_release_many(arr, len(hs))
+        else:
+            for h in hs:
+                lib.al_entry_release(h)
+        hs.clear()
+
+    # -- event loops -----------------------------------------------------------
+
+    def fileno(self) -> int:
+        """An eventfd readable while this worker has completions to take,
+        for ``select``/``selectors``/``loop.add_reader`` (the first call
+        starts a small notifier thread in this process). It belongs to the
+        worker: never close it. Contract: when readable, ``os.read(fd, 8)``
+        (``BlockingIOError`` is fine), then ``try_get()`` until ``None``; a
+        completion after that read makes it readable again. Once the loader
+        is shut down or dies it stays readable and ``try_get`` raises.
+        ``await worker.get()`` and ``worker.aload()`` use it.
+        """
+        lib = _ffi.lib()
+        if lib.al_worker_eventfd is None:
+            raise _oserror(_errno.ENOSYS, "fileno: library without al_worker_eventfd")
+        fd = ctypes.c_int(-1)
+        _check(lib.al_worker_eventfd(self._h, byref(fd)), "fileno")
+        return fd.value
+
+    async def get(self) -> Entry:
+        """Awaits a completed entry (asyncio; see ``asyncloader.aio``).
+        Cancelling it loses nothing: the entry stays for the next call."""
+        from . import aio
+
+        return await aio.get(self)
+
+    def aload(self, paths: Iterable[PathLike], window: int = 64):
+        """``async for entry in worker.aload(paths)``: as ``load`` for
+        asyncio (see ``asyncloader.aio.aload``)."""
+        from . import aio
+
+        return aio.aload(self, paths, window)
+
+    # -- misc ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees this handle (entries already received stay valid)."""
+        h, self._h = self._h, None
+        lib = _ffi._lib
+        if h and lib is not None and lib.al_worker_free is not None:
+            lib.al_worker_free(h)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    def __reduce__(self):
+        from ._loader import _attach_worker
+
+        return (_attach_worker, (self._loader.name, self._id))
+
+    def __repr__(self) -> str:
+        return f"<asyncloader.Worker id={self._id} loader={self._loader.name!r}>"
