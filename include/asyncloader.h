@@ -387,6 +387,45 @@ typedef struct al_stats {
 } al_stats;
 
 /**
+ * One entry of `al_worker_get_batch`: the handle and what a consumer reads
+ * of it, so that a binding where each call costs (Python ctypes) reads a
+ * whole batch without a call per entry. Plain data, 48 bytes; this struct
+ * never changes (a larger one would come with a new function). Pointers
+ * are valid until the entry is released.
+ */
+typedef struct al_batch_item {
+    /**
+     * The entry: release it (`al_entry_release`, `al_entry_release_many`)
+     * like one from `al_worker_get_many`.
+     */
+    struct al_entry *entry;
+    /**
+     * The file's bytes (`al_entry_data`).
+     */
+    const uint8_t *data;
+    /**
+     * Bytes at `data`; 0 for a failed load.
+     */
+    uint64_t size;
+    /**
+     * The request's tag (`al_entry_tag`).
+     */
+    uint64_t tag;
+    /**
+     * 0 or the positive errno of the failed load.
+     */
+    int32_t error;
+    /**
+     * Bytes in `path`, without the NUL.
+     */
+    uint32_t path_len;
+    /**
+     * The requested path, NUL-terminated (`al_entry_path`).
+     */
+    const char *path;
+} al_batch_item;
+
+/**
  * Everything about an entry in one call (`al_entry_get_info`), for bindings
  * where each call costs (Python ctypes). Set `struct_size =
  * sizeof(al_entry_info)` before the call (see `al_config` for how the
@@ -423,6 +462,10 @@ typedef struct al_entry_info {
      * Nanoseconds from the request to the completion.
      */
     uint64_t latency_ns;
+    /**
+     * The request's tag (`al_worker_request_tagged`; 0 if untagged).
+     */
+    uint64_t tag;
 } al_entry_info;
 
 
@@ -744,6 +787,42 @@ int al_worker_request(struct al_worker *w, const char *path);
 int al_worker_request_bytes(struct al_worker *w, const uint8_t *path, size_t len);
 
 /**
+ * As `al_worker_request_bytes`, with a `tag` of the caller's (an index
+ * into its own list of paths, a sample id...) that the entry returns
+ * (`al_entry_tag`, `al_batch_item.tag`), so that a consumer matches
+ * entries to requests without comparing paths.
+ *
+ * # Safety
+ *
+ * As `al_worker_request_bytes`.
+ */
+int al_worker_request_tagged(struct al_worker *w, const uint8_t *path, size_t len, uint64_t tag);
+
+/**
+ * Requests the paths packed in `len` bytes at `paths`, each ended by a
+ * NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
+ * too), in order; the i-th path (from 0) gets the tag `first_tag + i`.
+ * One call for a whole batch, for bindings where each call costs: Python
+ * packs a list with one `"\0".join(...)`. Stops at the first path that
+ * fails; `*accepted` (if not NULL) always receives the number queued.
+ * Returns 0 when all were queued, otherwise the error of the path after
+ * the accepted ones, as `al_worker_request` would (`-EAGAIN`: the queue
+ * is full, retry from there later; `-EINVAL` for an empty path, i.e. two
+ * NULs in a row; `-ENAMETOOLONG`).
+ *
+ * # Safety
+ *
+ * `w` as for `al_worker_request`; `paths` is NULL (with `len` 0) or valid
+ * for reading `len` bytes; `accepted` is NULL or valid for writing a
+ * `size_t`.
+ */
+int al_worker_request_packed(struct al_worker *w,
+                             const uint8_t *paths,
+                             size_t len,
+                             uint64_t first_tag,
+                             size_t *accepted);
+
+/**
  * Requests `paths[0 .. n-1]` in order, stopping at the first that fails.
  * `*accepted` (if not NULL) receives the number queued, always. Returns 0
  * when all were queued, otherwise the error of `paths[*accepted]` as
@@ -804,6 +883,41 @@ int al_worker_get_many(struct al_worker *w,
                        size_t max,
                        int64_t timeout_ns,
                        size_t *got);
+
+/**
+ * As `al_worker_get_many`, but writes for each entry an `al_batch_item`
+ * (handle, data pointer, size, tag, error, path) to `items[0 .. *got-1]`,
+ * so that the caller reads a whole batch without a call per entry.
+ * Release the entries (`al_batch_item.entry`) as those of
+ * `al_worker_get_many`, e.g. all at once with `al_entry_release_many`
+ * over the handles. Returns as `al_worker_get_many`.
+ *
+ * # Safety
+ *
+ * `w` as for `al_worker_try_get`; `items` is NULL or valid for writing
+ * `max` `al_batch_item`s; `got` is NULL or valid for writing a `size_t`.
+ */
+int al_worker_get_batch(struct al_worker *w,
+                        struct al_batch_item *items,
+                        size_t max,
+                        int64_t timeout_ns,
+                        size_t *got);
+
+/**
+ * Stores in `*base` and `*len` the span of this process's memory that
+ * holds all of the worker's entry buffers: every `al_entry_data` of the
+ * worker lies inside `[*base, *base + *len)`, page aligned. Register it
+ * once where memory must be known in advance (`cudaHostRegister`, a
+ * binding's buffer export). Read only the bytes of entries you hold: the
+ * loader writes the rest at any time. Valid while the handle (or one of
+ * its entries) lives. Returns 0; `-EINVAL` (NULL).
+ *
+ * # Safety
+ *
+ * `w` is NULL or a worker handle that still exists; `base` and `len` are
+ * NULL or valid for writing a pointer and a `size_t`.
+ */
+int al_worker_buffers(const struct al_worker *w, const uint8_t **base, size_t *len);
 
 /**
  * Stores in `*fd` an eventfd that is readable while this worker has
@@ -919,6 +1033,31 @@ int al_entry_error(const struct al_entry *e);
  * As `al_entry_path`.
  */
 uint64_t al_entry_latency_ns(const struct al_entry *e);
+
+/**
+ * The tag the entry was requested with (`al_worker_request_tagged`,
+ * `al_worker_request_packed`); 0 for an untagged request, NULL or a
+ * released entry.
+ *
+ * # Safety
+ *
+ * As `al_entry_path`.
+ */
+uint64_t al_entry_tag(const struct al_entry *e);
+
+/**
+ * Releases the entries of `items[0 .. n-1]` (their `entry` fields), as
+ * `al_entry_release_many` would: NULL handles, released entries and
+ * entries inherited across `fork` are skipped. Returns the number
+ * released now, 0 when `items` is NULL. The batch counterpart of
+ * `al_worker_get_batch`, for callers that keep the items array.
+ *
+ * # Safety
+ *
+ * `items` is NULL or points to `n` readable `al_batch_item`s, each
+ * `entry` as for `al_entry_release`.
+ */
+size_t al_batch_release(const struct al_batch_item *items, size_t n);
 
 /**
  * Writes path, data, sizes, error and latency of `e` to `*out` in one call

@@ -300,7 +300,11 @@ pub struct EntryMeta {
     /// requester meant.
     pub load_off: AtomicU32,
     pub load_len: AtomicU32,
-    _pad: [u64; 2],
+    /// The caller's tag for the request (`Worker::request_tagged`; 0 for
+    /// an untagged one). Written by the worker with the path, read back by
+    /// the worker's `Entry`; the loader never looks at it.
+    pub tag: AtomicU64,
+    _pad: u64,
     /// The requested path, NUL-terminated. Written by the worker while the
     /// entry is FREE→QUEUED (before the request-ring push that publishes it),
     /// read by the loader after popping the request, and by the worker's

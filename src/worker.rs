@@ -163,6 +163,14 @@ impl Worker {
     /// `queue_depth` requests outstanding (`QueueFull`: get and release
     /// entries first), or when the loader was shut down or died.
     pub fn request_bytes(&self, path: &[u8]) -> Result<()> {
+        self.request_tagged(path, 0)
+    }
+
+    /// [`request_bytes`](Self::request_bytes) with a tag of the caller's
+    /// (an index into its own list of paths, a sample id...) that the
+    /// entry returns as [`Entry::tag`], so that a consumer matches entries
+    /// to requests without comparing paths. Untagged requests have tag 0.
+    pub fn request_tagged(&self, path: &[u8], tag: u64) -> Result<()> {
         if path.is_empty() {
             return Err(Error::new(ErrorKind::InvalidPath, "empty path"));
         }
@@ -252,6 +260,7 @@ impl Worker {
         meta.path_len.store(path.len() as u32, Ordering::Relaxed);
         meta.load_off.store(load_off as u32, Ordering::Relaxed);
         meta.load_len.store(load_len as u32, Ordering::Relaxed);
+        meta.tag.store(tag, Ordering::Relaxed);
         meta.status.store(0, Ordering::Relaxed);
         meta.size.store(0, Ordering::Relaxed);
         meta.t_request.store(now, Ordering::Relaxed);
@@ -459,6 +468,19 @@ impl Worker {
         self.qd
     }
 
+    /// This worker's buffers, as one span of memory in this process's
+    /// mapping: every entry's data lies inside it (entry `e` of the
+    /// worker at `e * buffer_size`, whole 4 KiB pages). For registering
+    /// the memory once with something that wants it pinned or known in
+    /// advance (`cudaHostRegister`, a buffer protocol export). Only the
+    /// bytes of delivered, unreleased entries may be read; the loader
+    /// writes the others at any time.
+    pub fn buffer_area(&self) -> (*const u8, usize) {
+        let first = self.region.buffer(self.id * self.qd);
+        let len = self.region.buf_size() as usize * self.qd as usize;
+        (first.cast_const(), len)
+    }
+
     /// The global indices of this worker's entries (the first number of
     /// [`Entry::raw_parts`]): `id * queue_depth .. (id + 1) * queue_depth`.
     pub fn entry_indices(&self) -> std::ops::Range<u32> {
@@ -600,6 +622,12 @@ impl<'a> EntryRef<'a> {
         }
     }
 
+    /// The tag given to [`Worker::request_tagged`] (0 for a request made
+    /// without one).
+    pub fn tag(&self) -> u64 {
+        self.region.entry(self.g).tag.load(Ordering::Relaxed)
+    }
+
     /// Nanoseconds from the request to the completion.
     pub fn latency_ns(&self) -> u64 {
         let m = self.region.entry(self.g);
@@ -690,6 +718,11 @@ impl Entry {
     /// Nanoseconds from the request to the completion.
     pub fn latency_ns(&self) -> u64 {
         self.view().latency_ns()
+    }
+
+    /// The request's tag (see [`Worker::request_tagged`]).
+    pub fn tag(&self) -> u64 {
+        self.view().tag()
     }
 
     /// Global entry index and generation, for handles kept outside Rust.

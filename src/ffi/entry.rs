@@ -73,9 +73,11 @@ pub struct al_entry_info {
     pub size: usize,
     /// Nanoseconds from the request to the completion.
     pub latency_ns: u64,
+    /// The request's tag (`al_worker_request_tagged`; 0 if untagged).
+    pub tag: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<al_entry_info>() == 48);
+const _: () = assert!(std::mem::size_of::<al_entry_info>() == 56);
 const _: () = assert!(std::mem::align_of::<al_entry_info>() == 8);
 
 const INFO_SIZE: usize = std::mem::size_of::<al_entry_info>();
@@ -97,6 +99,7 @@ impl al_entry_info {
             span!(al_entry_info, data),
             span!(al_entry_info, size),
             span!(al_entry_info, latency_ns),
+            span!(al_entry_info, tag),
         ];
         // SAFETY: at least the 4 bytes of struct_size are readable (caller).
         let size = unsafe { sized::struct_size(p.cast_const().cast()) };
@@ -107,6 +110,7 @@ impl al_entry_info {
         give!(p, n, al_entry_info, data, self.data);
         give!(p, n, al_entry_info, size, self.size);
         give!(p, n, al_entry_info, latency_ns, self.latency_ns);
+        give!(p, n, al_entry_info, tag, self.tag);
         Ok(())
     }
 }
@@ -256,6 +260,91 @@ pub unsafe extern "C" fn al_entry_latency_ns(e: *const al_entry) -> u64 {
     })
 }
 
+/// The tag the entry was requested with (`al_worker_request_tagged`,
+/// `al_worker_request_packed`); 0 for an untagged request, NULL or a
+/// released entry.
+///
+/// # Safety
+///
+/// As `al_entry_path`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_entry_tag(e: *const al_entry) -> u64 {
+    ffi_boundary!(0 => {
+        // SAFETY: the caller's promise.
+        unsafe { live(e) }.map_or(0, |l| l.tag())
+    })
+}
+
+/// One entry of `al_worker_get_batch`: the handle and what a consumer reads
+/// of it, so that a binding where each call costs (Python ctypes) reads a
+/// whole batch without a call per entry. Plain data, 48 bytes; this struct
+/// never changes (a larger one would come with a new function). Pointers
+/// are valid until the entry is released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct al_batch_item {
+    /// The entry: release it (`al_entry_release`, `al_entry_release_many`)
+    /// like one from `al_worker_get_many`.
+    pub entry: *mut al_entry,
+    /// The file's bytes (`al_entry_data`).
+    pub data: *const u8,
+    /// Bytes at `data`; 0 for a failed load.
+    pub size: u64,
+    /// The request's tag (`al_entry_tag`).
+    pub tag: u64,
+    /// 0 or the positive errno of the failed load.
+    pub error: i32,
+    /// Bytes in `path`, without the NUL.
+    pub path_len: u32,
+    /// The requested path, NUL-terminated (`al_entry_path`).
+    pub path: *const c_char,
+}
+
+const _: () = assert!(std::mem::size_of::<al_batch_item>() == 48);
+
+impl al_batch_item {
+    /// The item for an entry about to be handed out as `entry`.
+    pub(crate) fn of(l: &EntryRef<'_>, entry: *mut al_entry) -> al_batch_item {
+        let (path, path_len) = path_of(l);
+        al_batch_item {
+            entry,
+            data: l.data().as_ptr(),
+            size: l.len() as u64,
+            tag: l.tag(),
+            error: l.error(),
+            // < PATH_CAP (4096).
+            path_len: path_len as u32,
+            path,
+        }
+    }
+}
+
+/// Releases the entries of `items[0 .. n-1]` (their `entry` fields), as
+/// `al_entry_release_many` would: NULL handles, released entries and
+/// entries inherited across `fork` are skipped. Returns the number
+/// released now, 0 when `items` is NULL. The batch counterpart of
+/// `al_worker_get_batch`, for callers that keep the items array.
+///
+/// # Safety
+///
+/// `items` is NULL or points to `n` readable `al_batch_item`s, each
+/// `entry` as for `al_entry_release`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_batch_release(items: *const al_batch_item, n: usize) -> usize {
+    ffi_boundary!(0 => {
+        if items.is_null() || n > isize::MAX as usize / std::mem::size_of::<al_batch_item>() {
+            return 0;
+        }
+        // SAFETY: non-NULL, `n` readable items (caller), size checked.
+        let items = unsafe { std::slice::from_raw_parts(items, n) };
+        items
+            .iter()
+            // SAFETY: each entry as for al_entry_release (caller).
+            .filter(|i| unsafe { release(i.entry) }.is_ok())
+            .count()
+    })
+}
+
 /// Writes path, data, sizes, error and latency of `e` to `*out` in one call
 /// (written only on success; the fields inside `out->struct_size`).
 /// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
@@ -280,6 +369,7 @@ pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entr
             size: l.len(),
             error: l.error(),
             latency_ns: l.latency_ns(),
+            tag: l.tag(),
         };
         // SAFETY: non-NULL, struct_size set and that many bytes writable
         // (caller).

@@ -37,7 +37,7 @@ pub mod entry;
 
 pub mod probe;
 
-pub use entry::{al_entry, al_entry_info};
+pub use entry::{al_batch_item, al_entry, al_entry_info};
 pub use loader::{al_config, al_loader, al_stats};
 pub use worker::al_worker;
 

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::Duration;
 
-use super::entry::al_entry;
+use super::entry::{al_batch_item, al_entry};
 use super::handles::Table;
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_bytes, try_cstr, try_out};
@@ -179,6 +179,89 @@ pub unsafe extern "C" fn al_worker_request_bytes(
     })
 }
 
+/// As `al_worker_request_bytes`, with a `tag` of the caller's (an index
+/// into its own list of paths, a sample id...) that the entry returns
+/// (`al_entry_tag`, `al_batch_item.tag`), so that a consumer matches
+/// entries to requests without comparing paths.
+///
+/// # Safety
+///
+/// As `al_worker_request_bytes`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_tagged(
+    w: *mut al_worker,
+    path: *const u8,
+    len: usize,
+    tag: u64,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        if path.is_null() {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: non-NULL and `len` readable bytes (caller).
+        let p = unsafe { try_bytes(path, len) }?;
+        Ok(w.payload().request_tagged(p, tag)?)
+    })
+}
+
+/// Requests the paths packed in `len` bytes at `paths`, each ended by a
+/// NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
+/// too), in order; the i-th path (from 0) gets the tag `first_tag + i`.
+/// One call for a whole batch, for bindings where each call costs: Python
+/// packs a list with one `"\0".join(...)`. Stops at the first path that
+/// fails; `*accepted` (if not NULL) always receives the number queued.
+/// Returns 0 when all were queued, otherwise the error of the path after
+/// the accepted ones, as `al_worker_request` would (`-EAGAIN`: the queue
+/// is full, retry from there later; `-EINVAL` for an empty path, i.e. two
+/// NULs in a row; `-ENAMETOOLONG`).
+///
+/// # Safety
+///
+/// `w` as for `al_worker_request`; `paths` is NULL (with `len` 0) or valid
+/// for reading `len` bytes; `accepted` is NULL or valid for writing a
+/// `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_packed(
+    w: *mut al_worker,
+    paths: *const u8,
+    len: usize,
+    first_tag: u64,
+    accepted: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let mut done = 0usize;
+        let r = (|| {
+            // SAFETY: the caller's promise.
+            let w = unsafe { handle(w) }?;
+            // SAFETY: NULL with len 0, or `len` readable bytes (caller).
+            let mut rest = unsafe { try_bytes(paths, len) }?;
+            let w = w.payload();
+            while !rest.is_empty() {
+                let (p, after) = match memchr(rest) {
+                    Some(i) => (&rest[..i], &rest[i + 1..]),
+                    None => (rest, &rest[rest.len()..]),
+                };
+                w.request_tagged(p, first_tag.wrapping_add(done as u64))?;
+                done += 1;
+                rest = after;
+            }
+            Ok(())
+        })();
+        if !accepted.is_null() {
+            // SAFETY: non-NULL and writable (caller).
+            unsafe { put(accepted, done) };
+        }
+        r
+    })
+}
+
+/// Index of the first NUL byte.
+fn memchr(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == 0)
+}
+
 /// Requests `paths[0 .. n-1]` in order, stopping at the first that fails.
 /// `*accepted` (if not NULL) receives the number queued, always. Returns 0
 /// when all were queued, otherwise the error of `paths[*accepted]` as
@@ -305,29 +388,123 @@ pub unsafe extern "C" fn al_worker_get_many(
             let out = try_out(out)?;
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
-            if max == 0 {
-                return Err(Errno::INVAL);
-            }
-            let first = wait(w.payload(), timeout_ns)?;
-            let first = deliver(w, first)?;
-            // SAFETY: `out` has room for `max >= 1` pointers (caller).
-            unsafe { put(out, first) };
-            n = 1;
-            while n < max {
-                let Some(e) = w.payload().try_get() else { break };
-                // A refused delivery gave its entry back; keep what we have.
-                let Ok(e) = deliver(w, e) else { break };
-                // SAFETY: n < max, so out + n is inside the caller's array.
-                unsafe { put(out.add(n), e) };
-                n += 1;
-            }
-            Ok(())
+            take_many(w, max, timeout_ns, &mut n, |i, item| {
+                // SAFETY: i < max, so out + i is inside the caller's array
+                // of `max` pointers.
+                unsafe { put(out.add(i), item.entry) }
+            })
         })();
         if !got.is_null() {
             // SAFETY: non-NULL and writable (caller).
             unsafe { put(got, n) };
         }
         r
+    })
+}
+
+/// As `al_worker_get_many`, but writes for each entry an `al_batch_item`
+/// (handle, data pointer, size, tag, error, path) to `items[0 .. *got-1]`,
+/// so that the caller reads a whole batch without a call per entry.
+/// Release the entries (`al_batch_item.entry`) as those of
+/// `al_worker_get_many`, e.g. all at once with `al_entry_release_many`
+/// over the handles. Returns as `al_worker_get_many`.
+///
+/// # Safety
+///
+/// `w` as for `al_worker_try_get`; `items` is NULL or valid for writing
+/// `max` `al_batch_item`s; `got` is NULL or valid for writing a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_get_batch(
+    w: *mut al_worker,
+    items: *mut al_batch_item,
+    max: usize,
+    timeout_ns: i64,
+    got: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let mut n = 0usize;
+        let r = (|| {
+            let items = try_out(items)?;
+            // SAFETY: the caller's promise.
+            let w = unsafe { handle(w) }?;
+            take_many(w, max, timeout_ns, &mut n, |i, item| {
+                // SAFETY: i < max, so items + i is inside the caller's
+                // array of `max` items.
+                unsafe { put(items.add(i), item) }
+            })
+        })();
+        if !got.is_null() {
+            // SAFETY: non-NULL and writable (caller).
+            unsafe { put(got, n) };
+        }
+        r
+    })
+}
+
+/// Waits as `al_worker_wait_get` for a first entry, then takes those ready
+/// without waiting, up to `max`; hands each to `put(i, item)` (its handle
+/// in `item.entry`) with `i` counting from 0 and counts them in `*n`. `EINVAL` for `max == 0`.
+fn take_many(
+    w: &WorkerTable,
+    max: usize,
+    timeout_ns: i64,
+    n: &mut usize,
+    mut put: impl FnMut(usize, al_batch_item),
+) -> Result<(), Errno> {
+    if max == 0 {
+        return Err(Errno::INVAL);
+    }
+    let mut next = Some(wait(w.payload(), timeout_ns)?);
+    while let Some(e) = next.take() {
+        // Its pointers point into the mapping, which the handle table keeps
+        // mapped while the entry is delivered.
+        let mut item = al_batch_item::of(&e.view(), std::ptr::null_mut());
+        item.entry = match deliver(w, e) {
+            Ok(h) => h,
+            // A refused delivery gave its entry back; keep what we have
+            // (the first one's error is the call's).
+            Err(err) if *n == 0 => return Err(err),
+            Err(_) => break,
+        };
+        put(*n, item);
+        *n += 1;
+        if *n < max {
+            next = w.payload().try_get();
+        }
+    }
+    Ok(())
+}
+
+/// Stores in `*base` and `*len` the span of this process's memory that
+/// holds all of the worker's entry buffers: every `al_entry_data` of the
+/// worker lies inside `[*base, *base + *len)`, page aligned. Register it
+/// once where memory must be known in advance (`cudaHostRegister`, a
+/// binding's buffer export). Read only the bytes of entries you hold: the
+/// loader writes the rest at any time. Valid while the handle (or one of
+/// its entries) lives. Returns 0; `-EINVAL` (NULL).
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists; `base` and `len` are
+/// NULL or valid for writing a pointer and a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_buffers(
+    w: *const al_worker,
+    base: *mut *const u8,
+    len: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let base = try_out(base)?;
+        let len = try_out(len)?;
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let (b, l) = w.payload().buffer_area();
+        // SAFETY: both non-NULL and writable (caller).
+        unsafe {
+            put(base, b);
+            put(len, l);
+        }
+        Ok(())
     })
 }
 
