@@ -251,12 +251,17 @@ def pool_run(paths: list[str], procs: int, chunksize: int, per_file: bool = Fals
     return dt, len(paths) - failed, total, failed, wcpu, wcpu + scpu
 
 
-def _al_worker(worker, paths, window, zero_copy, start, q):
+def _al_worker(worker, paths, sizes, window, mode, start, q):
     try:
+        if mode == "into":
+            # The caller's destination exists before loading starts (a
+            # preallocated batch array, reused): allocated and written
+            # here, outside the timed part.
+            out = bytearray(b"\1") * sum(sizes)
         start.wait()
         c0 = time.process_time()
         total = files = failed = touch = 0
-        if zero_copy:
+        if mode == "mv":
             for e in worker.load(paths, window=window):
                 try:
                     mv = e.memoryview()  # released by load() with the entry
@@ -268,7 +273,7 @@ def _al_worker(worker, paths, window, zero_copy, start, q):
                 files += 1
                 if n:
                     touch ^= mv[0]
-        else:
+        elif mode == "bytes":
             for e in worker.load(paths, window=window):
                 try:
                     d = e.get_data()
@@ -280,6 +285,33 @@ def _al_worker(worker, paths, window, zero_copy, start, q):
                 files += 1
                 if n:
                     touch ^= d[0]
+        elif mode in ("batch", "bview"):
+            zero_copy = mode == "bview"
+            for b in worker.load_batches(paths, window=window):
+                get = b.view if zero_copy else b.data
+                for i, err in enumerate(b.errors):
+                    if err:
+                        failed += 1
+                        continue
+                    d = get(i)
+                    n = len(d)
+                    total += n
+                    files += 1
+                    if n:
+                        touch ^= d[0]
+                if zero_copy:
+                    del d  # views must be gone when the batch is released
+        else:  # "into": every file copied once into one preallocated buffer
+            try:
+                spans = worker.load_into(paths, out, window=window)
+            except OSError:
+                failed += 1  # load_into raises the first failure (after loading all)
+                spans = []
+            for off, n in spans:
+                total += n
+                files += 1
+                if n:
+                    touch ^= out[off]
         q.put(("ok", total, files, failed, time.process_time() - c0))
     except BaseException as exc:  # report it: the parent must not wait forever
         q.put(("error", repr(exc)))
@@ -324,7 +356,7 @@ def loader_kwargs(args, max_file_size: int) -> dict:
     return kw
 
 
-def asyncloader_run(paths, args, max_file_size, zero_copy, info):
+def asyncloader_run(paths, sizes, args, max_file_size, mode, info):
     workers = args.workers
     ctx = mp.get_context("fork")
     with asyncloader.Loader(**loader_kwargs(args, max_file_size)) as ld:
@@ -333,7 +365,15 @@ def asyncloader_run(paths, args, max_file_size, zero_copy, info):
         procs = [
             ctx.Process(
                 target=_al_worker,
-                args=(ld.get_worker_context(i), paths[i::workers], args.window, zero_copy, start, q),
+                args=(
+                    ld.get_worker_context(i),
+                    paths[i::workers],
+                    sizes[i::workers],
+                    args.window,
+                    mode,
+                    start,
+                    q,
+                ),
             )
             for i in range(workers)
         ]
@@ -431,6 +471,7 @@ def main() -> int:
     nbytes = sum(sizes)
     if args.inject_missing:
         paths.append(os.path.join(os.path.dirname(paths[0]), ".bench-python-missing-file"))
+        sizes.append(0)
         n_expected += 1
     # Never fewer tasks than pool processes (a small set would leave some idle).
     chunk = max(1, min(args.chunksize, -(-len(paths) // args.pool)))
@@ -449,6 +490,9 @@ def main() -> int:
         "pool": f"Pool({args.pool}) open().read()",
         "al-bytes": "asyncloader get_data()",
         "al-mv": "asyncloader memoryview()",
+        "al-batch": "asyncloader Batch.data()",
+        "al-bview": "asyncloader Batch.view()",
+        "al-into": "asyncloader load_into()",
     }
     if args.pool_per_file:
         rows["pool-file"] = f"Pool({args.pool}) per-file imap"
@@ -471,7 +515,7 @@ def main() -> int:
                 elif name == "pool-file":
                     res = pool_run(paths, args.pool, args.chunksize, per_file=True)
                 else:
-                    res = asyncloader_run(paths, args, max_file_size, name == "al-mv", info)
+                    res = asyncloader_run(paths, sizes, args, max_file_size, name[3:], info)
                 dt, files, total, failed, wcpu, acpu = res
                 runs[name].append(res)
                 note = ""

@@ -72,6 +72,7 @@ class Entry:
         "_data",
         "_size",
         "_lat",
+        "_tag",
         "_arr",
         "_arr_base",
         "_views",
@@ -93,8 +94,25 @@ class Entry:
             self._data = None
             self._size = 0
             self._lat = None
+            self._tag = 0
         else:
             self._err = None  # fetched on first use (one al_entry_info call)
+
+    @classmethod
+    def _delivered(
+        cls, worker: "Worker", h: int, data: int, size: int, err: int, tag: int, path_ptr: int, path_len: int
+    ) -> "Entry":
+        """An entry whose fields came with it (``al_worker_get_batch``), so
+        that reading them costs no library call."""
+        e = cls(worker, h)
+        e._data = data
+        e._size = size
+        e._err = err
+        e._tag = tag
+        e._path_ptr = path_ptr
+        e._path_len = path_len
+        e._lat = -1  # asked for on first use
+        return e
 
     # -- state ---------------------------------------------------------------
 
@@ -117,6 +135,7 @@ class Entry:
             self._data = info.data
             self._size = info.size
             self._lat = info.latency_ns
+            self._tag = info.tag
             self._err = info.error
         else:
             err = lib.al_entry_error(h)
@@ -126,6 +145,7 @@ class Entry:
             self._data = lib.al_entry_data(h)
             self._size = lib.al_entry_size(h)
             self._lat = lib.al_entry_latency_ns(h) if lib.al_entry_latency_ns else None
+            self._tag = lib.al_entry_tag(h)
             self._err = err
 
     def _check_live(self) -> None:
@@ -197,7 +217,16 @@ class Entry:
     def latency_ns(self) -> Optional[int]:
         """Nanoseconds from request to completion (``None`` if unknown)."""
         self._check_live()
+        if self._lat == -1:
+            self._lat = _ffi.lib().al_entry_latency_ns(self._h)
         return self._lat
+
+    @property
+    def tag(self) -> int:
+        """The tag the path was requested with (``Worker.request(path,
+        tag=...)``, ``request_many(..., first_tag)``); 0 when it had none."""
+        self._check_live()
+        return self._tag
 
     # -- data ----------------------------------------------------------------
 

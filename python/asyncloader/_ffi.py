@@ -162,7 +162,27 @@ class al_entry_info(_Sized):
         ("data", c_void_p),
         ("size", c_size_t),
         ("latency_ns", c_uint64),
+        ("tag", c_uint64),
     ]
+
+
+class al_batch_item(ctypes.Structure):
+    """Mirror of the C ``al_batch_item`` (48 bytes, fixed): one entry of
+    ``al_worker_get_batch``. Python reads arrays of it as 64-bit words
+    (``Batch``), without a Python object per field."""
+
+    _fields_ = [
+        ("entry", c_void_p),
+        ("data", c_void_p),
+        ("size", c_uint64),
+        ("tag", c_uint64),
+        ("error", ctypes.c_int32),
+        ("path_len", c_uint32),
+        ("path", c_void_p),
+    ]
+
+
+assert ctypes.sizeof(al_batch_item) == 48
 
 
 #: The C ABI these mirrors follow (``AL_ABI_VERSION`` of the header).
@@ -284,6 +304,25 @@ class Lib:
             "al_entry_release_many", c_size_t, [POINTER(EntryP), c_size_t], required=False
         )
         self.al_worker_outstanding = d("al_worker_outstanding", c_uint32, [WorkerP], required=False)
+
+        # The batch path (tags, one call per batch): required, the package
+        # is built on it.
+        self.al_worker_request_tagged = d(
+            "al_worker_request_tagged", c_int, [WorkerP, c_char_p, c_size_t, c_uint64]
+        )
+        self.al_worker_request_packed = d(
+            "al_worker_request_packed",
+            c_int,
+            [WorkerP, c_char_p, c_size_t, c_uint64, POINTER(c_size_t)],
+        )
+        self.al_worker_get_batch = d(
+            "al_worker_get_batch", c_int, [WorkerP, c_void_p, c_size_t, c_int64, POINTER(c_size_t)]
+        )
+        self.al_worker_buffers = d(
+            "al_worker_buffers", c_int, [WorkerP, POINTER(c_void_p), POINTER(c_size_t)]
+        )
+        self.al_entry_tag = d("al_entry_tag", c_uint64, [EntryP])
+        self.al_batch_release = d("al_batch_release", c_size_t, [c_void_p, c_size_t])
         self.al_worker_eventfd = d(
             "al_worker_eventfd", c_int, [WorkerP, POINTER(c_int)], required=False
         )

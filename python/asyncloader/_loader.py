@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import operator
 import threading
 import weakref
 from ctypes import byref
@@ -12,7 +11,7 @@ from typing import Any, Dict, Optional
 
 from . import _ffi, _util
 from ._ffi import LoaderP, WorkerP
-from ._util import WAIT_SLICE_S, _check
+from ._util import WAIT_SLICE_S, _check, _u32, _uint
 from ._worker import Worker
 
 # ---------------------------------------------------------------------------
@@ -350,25 +349,6 @@ class Loader:
 
     def __repr__(self) -> str:
         return f"<asyncloader.Loader {self._name!r}>"
-
-
-def _uint(v: Any, what: str, bits: int) -> int:
-    """An unsigned integer argument: ``TypeError`` for anything that is not
-    an integer (``8.5``, ``"8"``, and ``True``: a bool is not a count),
-    ``ValueError`` outside ``0 .. 2**bits - 1``."""
-    if isinstance(v, bool):
-        raise TypeError(f"{what} must be an int, not bool")
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, not {type(v).__name__}") from None
-    if not 0 <= v < 1 << bits:
-        raise ValueError(f"{what} out of range: {v}")
-    return v
-
-
-def _u32(v: Any, what: str) -> int:
-    return _uint(v, what, 32)
 
 
 def _stats(h: Any) -> Dict[str, Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import sys
 import threading
 import time
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -97,3 +98,56 @@ def _fspath_bytes(path: PathLike) -> bytes:
     if b"\0" in b:
         raise ValueError("embedded null byte in path")
     return b
+
+
+def _uint(v: Any, what: str, bits: int) -> int:
+    """An unsigned integer argument: ``TypeError`` for anything that is not
+    an integer (``8.5``, ``"8"``, and ``True``: a bool is not a count),
+    ``ValueError`` outside ``0 .. 2**bits - 1``."""
+    if isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}") from None
+    if not 0 <= v < 1 << bits:
+        raise ValueError(f"{what} out of range: {v}")
+    return v
+
+
+def _u32(v: Any, what: str) -> int:
+    return _uint(v, what, 32)
+
+
+def _u64(v: Any, what: str) -> int:
+    return _uint(v, what, 64)
+
+
+def _pack(paths: Any) -> Tuple[bytes, int, Optional[BaseException]]:
+    """Paths packed for ``al_worker_request_packed`` (each ended by a NUL),
+    the number packed and, when a path cannot be encoded (a NUL byte
+    inside, not a path), the error of that path, where packing stopped.
+
+    A list of ``str`` (or of ``bytes``) is joined and encoded in one go, at
+    C speed; anything else goes path by path."""
+    first = type(paths[0])
+    try:
+        if first is str:
+            s = "\0".join(paths)
+            if s.count("\0") == len(paths) - 1:
+                return (s + "\0").encode(_FS_ENCODING, _FS_ERRORS), len(paths), None
+        elif first is bytes:
+            b = b"\0".join(paths)
+            if b.count(b"\0") == len(paths) - 1:
+                return b + b"\0", len(paths), None
+    except (TypeError, UnicodeError):
+        pass  # mixed types, a PathLike, an unencodable str: one by one
+    out: List[bytes] = []
+    bad: Optional[BaseException] = None
+    for p in paths:
+        try:
+            out.append(_fspath_bytes(p))
+        except (TypeError, ValueError) as e:
+            bad = e
+            break
+    return b"".join(x + b"\0" for x in out), len(out), bad

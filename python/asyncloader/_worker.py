@@ -6,13 +6,15 @@ import ctypes
 import errno as _errno
 import os
 import time
-from ctypes import byref, c_char_p, c_size_t
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from itertools import islice
+from ctypes import byref, c_size_t
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import _ffi
+from ._batch import Batch
 from ._entry import Entry
 from ._ffi import EntryP
-from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _slice_ns
+from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _pack, _slice_ns, _u64
 
 if TYPE_CHECKING:
     from ._loader import Loader
@@ -31,7 +33,7 @@ class Worker:
     that created the loader lives).
     """
 
-    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "__weakref__")
+    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "_area", "__weakref__")
 
     def __init__(self, loader: "Loader", worker_id: int, h: Any):
         self._h = h
@@ -39,6 +41,7 @@ class Worker:
         self._id = worker_id
         self._qd = loader.queue_depth
         self._aio_waiters: Any = None
+        self._area: Any = None
 
     @property
     def id(self) -> int:
@@ -61,7 +64,7 @@ class Worker:
 
     # -- requests ------------------------------------------------------------
 
-    def request(self, filepath: PathLike) -> bool:
+    def request(self, filepath: PathLike, tag: Optional[int] = None) -> bool:
         """Requests ``filepath`` (str, bytes or ``os.PathLike``).
 
         Returns ``True`` when queued and ``False`` when the worker already
@@ -70,49 +73,46 @@ class Worker:
         (``ENAMETOOLONG``: more than 4095 bytes; ``ESHUTDOWN``: the loader
         was shut down; ``EOWNERDEAD``: the loader died) and ``ValueError``
         for a path holding a NUL byte.
+
+        ``tag``: an integer (0 to 2**64 - 1) the entry returns as
+        :attr:`Entry.tag` / ``Batch.tags``, e.g. the path's index in your
+        list; 0 when not given.
         """
         p = _fspath_bytes(filepath)
         lib = _ffi.lib()
-        if lib.al_worker_request_bytes is not None:
+        if tag is None:
             rc = lib.al_worker_request_bytes(self._h, p, len(p))
         else:
-            rc = lib.al_worker_request(self._h, p)
+            rc = lib.al_worker_request_tagged(self._h, p, len(p), _u64(tag, "tag"))
         if rc == 0:
             return True
         if rc == -_errno.EAGAIN:
             return False
         raise _oserror(-rc, "request", filepath)
 
-    def request_many(self, paths: Sequence[PathLike]) -> int:
-        """Requests ``paths`` in order and returns how many were queued (a
-        prefix; it stops when the queue is full). Raises like :meth:`request`
-        only when the first path cannot be queued for a reason other than a
-        full queue; a bad path later in the list ends the prefix instead."""
+    def request_many(self, paths: Sequence[PathLike], first_tag: int = 0) -> int:
+        """Requests ``paths`` in order, in one library call, and returns how
+        many were queued (a prefix; it stops when the queue is full). The
+        i-th path gets the tag ``first_tag + i``. Raises like
+        :meth:`request` only when the first path cannot be queued for a
+        reason other than a full queue; a bad path later in the list ends
+        the prefix instead."""
         if not paths:
             return 0
-        bs = [_fspath_bytes(p) for p in paths]
-        lib = _ffi.lib()
-        if lib.al_worker_request_many is None:
-            return self._request_many_fallback(paths, bs)
-        arr = (c_char_p * len(bs))(*bs)
-        accepted = c_size_t(0)
-        rc = lib.al_worker_request_many(self._h, arr, len(bs), byref(accepted))
-        n = accepted.value
-        if rc < 0 and rc != -_errno.EAGAIN and n == 0:
-            raise _oserror(-rc, "request", paths[0])
-        return n
-
-    def _request_many_fallback(self, paths, bs: List[bytes]) -> int:
+        packed, n_ok, bad = _pack(paths)
         n = 0
-        for p, b in zip(paths, bs):
-            try:
-                if not self.request(b):
-                    break
-            except OSError:
-                if n == 0:
-                    raise
-                break
-            n += 1
+        if n_ok:
+            accepted = c_size_t(0)
+            rc = _ffi.lib().al_worker_request_packed(
+                self._h, packed, len(packed), _u64(first_tag, "first_tag"), byref(accepted)
+            )
+            n = accepted.value
+            if rc < 0 and rc != -_errno.EAGAIN and n == 0:
+                raise _oserror(-rc, "request", paths[0])
+            if n < n_ok:
+                return n
+        if bad is not None and n == 0:
+            raise bad
         return n
 
     # -- completions ---------------------------------------------------------
@@ -177,53 +177,159 @@ class Worker:
             for e in got:
                 e._release_deferred()
 
+    def get_batch(self, max_n: int = 32, timeout: Optional[float] = None) -> Batch:
+        """Waits (like :meth:`wait_get`) until at least one entry is ready,
+        then takes up to ``max_n`` ready entries without waiting further,
+        in ONE library call, as a :class:`Batch` (lists of tags, sizes and
+        errors; views and copies per entry). Release the batch (or use it
+        in a ``with`` block) to give all its buffers back at once.
+
+        ``timeout=0`` never blocks; ``None`` or ``-1`` waits without limit
+        (other negative values and ``nan`` raise ``ValueError``). Returns an
+        empty batch when the timeout passes with nothing ready. Raises
+        ``OSError`` (``ESHUTDOWN``/``EOWNERDEAD``) when nothing can ever
+        arrive.
+        """
+        deadline = _deadline(timeout)
+        if max_n <= 0:
+            return Batch(self)
+        # A fresh array per call: the GIL is released during the call, so a
+        # buffer shared by threads using this Worker could be overwritten.
+        items = (_ffi.al_batch_item * max_n)()
+        got = c_size_t(0)
+        fn = _ffi.lib().al_worker_get_batch
+        while True:
+            slice_ns = _slice_ns(deadline)
+            rc = fn(self._h, items, max_n, slice_ns, byref(got))
+            n = got.value
+            if n:
+                return Batch(self, items, n)
+            if rc != -_errno.ETIMEDOUT and rc != -_errno.EAGAIN and rc < 0:
+                raise _oserror(-rc, "get_batch")
+            if deadline is not None and time.monotonic() >= deadline:
+                return Batch(self)
+
     def get_many(self, max_n: int, timeout: Optional[float] = None) -> List[Entry]:
         """Waits (like :meth:`wait_get`) until at least one entry is ready,
-        then returns up to ``max_n`` ready entries without waiting further.
+        then returns up to ``max_n`` ready entries without waiting further
+        (one library call; :meth:`get_batch` without an object per entry).
 
         ``timeout=0`` never blocks; ``None`` or ``-1`` waits without limit
         (other negative values and ``nan`` raise ``ValueError``). Returns
         ``[]`` when the timeout passes with nothing ready (it does not raise
         ``TimeoutError``).
         """
-        deadline = _deadline(timeout)
-        if max_n <= 0:
-            return []
-        lib = _ffi.lib()
-        if lib.al_worker_get_many is None:
-            return self._get_many_fallback(max_n, timeout)
-        # A fresh array per call: the GIL is released during the call, so a
-        # buffer shared by threads using this Worker could be overwritten.
-        buf = (EntryP * max_n)()
-        got = c_size_t(0)
-        fn = lib.al_worker_get_many
-        while True:
-            slice_ns = _slice_ns(deadline)
-            rc = fn(self._h, buf, max_n, slice_ns, byref(got))
-            n = got.value
-            if n:
-                return [Entry(self, h) for h in buf[:n]]
-            if rc != -_errno.ETIMEDOUT and rc != -_errno.EAGAIN and rc < 0:
-                raise _oserror(-rc, "get_many")
-            if deadline is not None and time.monotonic() >= deadline:
-                return []
+        return _entries(self, self.get_batch(max_n, timeout))
 
-    def _get_many_fallback(self, max_n: int, timeout: Optional[float]) -> List[Entry]:
-        try:
-            first = self.wait_get(timeout) if timeout != 0 else self.try_get()
-        except TimeoutError:
-            return []
-        if first is None:
-            return []
-        out = [first]
-        while len(out) < max_n:
-            e = self.try_get()
-            if e is None:
-                break
-            out.append(e)
-        return out
+    def _buffer_area(self) -> Tuple[int, Any]:
+        """(address, ctypes array type) of this worker's buffers in this
+        process, asked once (``al_worker_buffers``)."""
+        a = self._area
+        if a is None:
+            base = ctypes.c_void_p()
+            n = c_size_t()
+            _check(_ffi.lib().al_worker_buffers(self._h, byref(base), byref(n)), "buffers")
+            a = self._area = (base.value or 0, ctypes.c_uint8 * n.value)
+        return a
 
     # -- the window pattern --------------------------------------------------
+
+    def _window(self, paths: Iterable[PathLike], window: int, batch: int) -> Iterator[Batch]:
+        """The window loop behind :meth:`load` and :meth:`load_batches`:
+        keeps up to ``window`` requests in flight, each tagged with its
+        path's index in ``paths``, and yields batches of up to ``batch``
+        completions (a path that cannot even be requested as a failed
+        one-entry batch that owns no buffer). The consumer releases each
+        batch (or takes its entries) before asking for the next; closing
+        the generator waits for and releases the requests still in flight.
+        """
+        window = max(1, min(window, self._qd))
+        batch = max(1, batch)
+        it = iter(paths)
+        pending: List[Any] = []  # requested next, as given
+        tag = 0  # index of pending[0] in paths
+        exhausted = False
+        outstanding = 0
+        try:
+            while True:
+                # Fill the window.
+                while outstanding < window:
+                    want = window - outstanding
+                    if len(pending) < want and not exhausted:
+                        k = len(pending)
+                        pending += islice(it, want - k)
+                        exhausted = len(pending) < want
+                    if not pending:
+                        break
+                    chunk = pending[:want]
+                    try:
+                        n = self.request_many(chunk, tag)
+                    except (OSError, ValueError) as e:
+                        code = getattr(e, "errno", None) or _errno.EINVAL
+                        if code in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
+                            raise
+                        # The first path can never be requested: yield it as
+                        # a failed entry and go on.
+                        bad = pending.pop(0)
+                        try:
+                            pb = os.fsencode(bad)
+                        except Exception:
+                            pb = repr(bad).encode()
+                        tag += 1
+                        yield Batch._failed(self, tag - 1, pb, code)
+                        continue
+                    del pending[:n]
+                    tag += n
+                    outstanding += n
+                    if n < len(chunk):
+                        break  # queue full: entries are held elsewhere
+                if outstanding == 0:
+                    if exhausted and not pending:
+                        return
+                    raise RuntimeError(
+                        f"worker {self._id}: queue full with no request of this "
+                        "load in flight: release the entries you hold"
+                    )
+                b = self.get_batch(min(batch, outstanding))
+                outstanding -= len(b)
+                yield b
+        finally:
+            self._drain_in_flight(outstanding)
+
+    def load_batches(self, paths: Iterable[PathLike], window: int = 64, batch: int = 32) -> Iterator[Batch]:
+        """Loads every path like :meth:`load`, but yields :class:`Batch`
+        objects (up to ``batch`` entries each, in completion order): one
+        Python object and one library call per batch, not per file. Each
+        entry's tag (``batch.tags[i]``) is its path's index in ``paths``
+        (counting from 0 in iteration order), so results go straight to
+        their place::
+
+            out = [None] * len(paths)
+            for b in worker.load_batches(paths):
+                for i, tag in enumerate(b.tags):
+                    out[tag] = b.data(i)        # or b.view(i) while b lives
+
+        Each batch is released when the generator resumes: copy what you
+        keep, or drop the views first (a view still alive then raises
+        ``BufferError`` from the loop, and the batch is released when the
+        last view goes). Failed loads are in the batches too (check
+        ``b.errors[i]``, or let ``b.data(i)`` raise); a path that cannot
+        even be requested (too long, NUL byte) comes as a one-entry batch
+        with ``ENAMETOOLONG``/``EINVAL``. ``window`` is capped at the
+        worker's ``queue_depth``. Leaving the loop early waits for and
+        releases the requests still in flight.
+        """
+        gen = self._window(paths, window, batch)
+        held: Optional[Batch] = None
+        try:
+            for held in gen:
+                yield held
+                b, held = held, None
+                b.release()  # BufferError if a derived view is alive
+        finally:
+            if held is not None:
+                held._release_deferred()
+            gen.close()
 
     def load(self, paths: Iterable[PathLike], window: int = 64, batch: int = 32) -> Iterator[Entry]:
         """Loads every path, keeping up to ``window`` requests in flight, and
@@ -236,64 +342,24 @@ class Worker:
         too: check ``entry.error`` or let ``get_data()`` raise. A path that
         cannot even be requested (too long, NUL byte) is yielded as a failed
         entry (``ENAMETOOLONG`` / ``EINVAL``) that owns no buffer.
+        ``entry.tag`` is the path's index in ``paths``.
 
         ``window`` is capped at the worker's ``queue_depth``; ``batch`` is how
         many completions are fetched per library call. Leaving the loop early
         (``break``) waits for and releases the requests still in flight.
+        (:meth:`load_batches` does the same with one object per batch.)
         """
-        window = max(1, min(window, self._qd))
-        batch = max(1, batch)
-        it = iter(paths)
-        pending: List[Any] = []  # requested-next, as given
-        exhausted = False
-        outstanding = 0
+        gen = self._window(paths, window, batch)
         current: List[Entry] = []
         held: Optional[Entry] = None
         done: List[Any] = []  # handles detached, released in one call
         try:
-            while True:
-                if done:
-                    self._release_handles(done)
-                # Fill the window.
-                while (pending or not exhausted) and outstanding < window:
-                    want = window - outstanding
-                    while len(pending) < want:
-                        try:
-                            pending.append(next(it))
-                        except StopIteration:
-                            exhausted = True
-                            break
-                    if not pending:
-                        break
-                    chunk = pending[:want]
-                    try:
-                        n = self.request_many(chunk)
-                    except (OSError, ValueError) as e:
-                        code = getattr(e, "errno", None) or _errno.EINVAL
-                        if code in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
-                            raise
-                        # The first path can never be requested: yield it as
-                        # a failed entry and go on.
-                        bad = pending.pop(0)
-                        try:
-                            pb = os.fsencode(bad)
-                        except Exception:
-                            pb = repr(bad).encode()
-                        yield Entry(self, None, path=pb, err=code)
-                        continue
-                    del pending[:n]
-                    outstanding += n
-                    if n < len(chunk):
-                        break  # queue full: entries are held elsewhere
-                if outstanding == 0:
-                    if exhausted and not pending:
-                        return
-                    raise RuntimeError(
-                        f"worker {self._id}: queue full with no request of this "
-                        "load() in flight: release the entries you hold"
-                    )
-                current = self.get_many(min(batch, outstanding))
-                outstanding -= len(current)
+            for b in gen:
+                if b._handles[0] == 0:  # a path that could not be requested
+                    current = [Entry(self, None, path=b._paths[0], err=b.errors[0])]  # type: ignore[index]
+                    current[0]._tag = b.tags[0]
+                else:
+                    current = _entries(self, b)
                 current.reverse()
                 while current:
                     held = current.pop()
@@ -302,6 +368,9 @@ class Worker:
                     h = e._detach()  # BufferError if a derived view is alive
                     if h is not None:
                         done.append(h)
+                # Before the window refills: their buffers are its room.
+                if done:
+                    self._release_handles(done)
         finally:
             if done:
                 self._release_handles(done)
@@ -309,7 +378,7 @@ class Worker:
                 held._release_deferred()
             for e in current:
                 e._release_deferred()
-            self._drain_in_flight(outstanding)
+            gen.close()
 
     def load_into(self, paths: Sequence[PathLike], out: Any, window: int = 64) -> List[Tuple[int, int]]:
         """Loads every path and copies each file's bytes into ``out`` — any
@@ -339,37 +408,36 @@ class Worker:
         # be resized under the copies).
         pin = (ctypes.c_char * cap).from_buffer(dst) if cap else None
         base = ctypes.addressof(pin) if pin is not None else 0
-        index: Dict[bytes, List[int]] = {}
-        for i, p in enumerate(paths):
-            index.setdefault(_fspath_bytes(p), []).append(i)
-        result: List[Optional[Tuple[int, int]]] = [None] * len(paths)
+        result: List[Tuple[int, int]] = [(0, 0)] * len(paths)
         used = 0
         need = 0
+        missed = 0
         failure: Optional[BaseException] = None
-        for e in self.load(paths, window=window):
-            slots = index.get(e.path_bytes)
-            i = slots.pop(0) if slots else None
-            if e.error:
-                failure = failure or e.exception()
-                continue
-            size = e.size
-            need += size
-            if used + size > cap:
-                continue
-            if size:
-                ctypes.memmove(base + used, e._data, size)
-            if i is not None:
-                result[i] = (used, size)
-            used += size
+        memmove = ctypes.memmove
+        for b in self.load_batches(paths, window=window):
+            errors = b.errors
+            if failure is None and any(errors):
+                failure = b.exception(next(i for i, e in enumerate(errors) if e))
+            for tag, src, size, err in zip(b.tags, b._datas, b.sizes, errors):
+                if err:
+                    continue
+                need += size
+                if used + size > cap:
+                    missed += 1
+                    continue
+                if size:
+                    memmove(base + used, src, size)
+                result[tag] = (used, size)
+                used += size
         del pin
         if need > cap:
             raise ValueError(
                 f"load_into: the files need {need} bytes, the destination holds {cap}: "
-                f"{sum(r is None for r in result)} of {len(paths)} files were not copied"
+                f"{missed} of {len(paths)} files were not copied"
             )
         if failure is not None:
             raise failure
-        return [r if r is not None else (0, 0) for r in result]
+        return result
 
     def _release_handles(self, hs: List[Any]) -> None:
         """Releases detached entry handles (one call when the library has
@@ -438,3 +506,14 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<asyncloader.Worker id={self._id} loader={self._loader.name!r}>"
+
+
+def _entries(worker: Worker, b: Batch) -> List[Entry]:
+    """The entries of batch ``b`` as ``Entry`` objects, which own the
+    handles from then on (``b`` is marked released)."""
+    out = [
+        Entry._delivered(worker, h, d, s, e, t, pp, pl)
+        for h, d, s, e, t, pp, pl in zip(b._handles, b._datas, b.sizes, b.errors, b.tags, b._pptrs, b._plens)
+    ]
+    b._released = True
+    return out

@@ -34,7 +34,7 @@ def test_small_files_print_ratios(tmp_path):
     rc, out = run_bench(tmp_path / "d")
     assert rc == 0, out
     assert "50 files" in out, out
-    assert len(RATIO.findall(out)) == 2, out  # get_data() and memoryview() rows
+    assert len(RATIO.findall(out)) == 5, out  # get_data, memoryview, Batch.data, Batch.view, load_into
     assert "FAILED" not in out and "NOT COMPARABLE" not in out, out
 
 
@@ -46,7 +46,7 @@ def test_files_over_64k_load_sized_from_the_files(tmp_path):
     rc, out = run_bench(d, "--drive", "loader")
     assert rc == 0, out
     assert "20 files" in out and "max_file_size 102400" in out, out
-    assert len(RATIO.findall(out)) == 2, out
+    assert len(RATIO.findall(out)) == 5, out
     assert "FAILED" not in out, out
 
 

@@ -30,9 +30,14 @@ def small(**kw):
 
 
 def test_ctypes_structs_match_the_c_layout_and_carry_their_size():
-    for cls, size in [(_ffi.al_config, 56), (_ffi.al_stats, 96), (_ffi.al_entry_info, 48)]:
+    for cls, size in [(_ffi.al_config, 56), (_ffi.al_stats, 96), (_ffi.al_entry_info, 56)]:
         assert ctypes.sizeof(cls) == size
         assert cls().struct_size == size
+    # Fixed, no struct_size: read as 64-bit words by Batch.
+    assert ctypes.sizeof(_ffi.al_batch_item) == 48
+    assert [(n, getattr(_ffi.al_batch_item, n).offset) for n, _t in _ffi.al_batch_item._fields_] == [
+        ("entry", 0), ("data", 8), ("size", 16), ("tag", 24), ("error", 32), ("path_len", 36), ("path", 40)
+    ]
     assert _ffi.lib().al_abi_version() == _ffi.ABI_VERSION
 
 
