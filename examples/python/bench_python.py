@@ -74,6 +74,11 @@ except ImportError:  # run from a source checkout without installing
 # The library's largest max_file_size (src/config.rs, limits::MAX_FILE_SIZE).
 MAX_FILE_SIZE = 1 << 30
 
+# Files per load_into() call in the load_into row: a training batch, copied
+# into one destination reused from batch to batch (as a pinned staging
+# buffer would be).
+INTO_BATCH = 256
+
 
 # ---------------------------------------------------------------------------
 # Data sets
@@ -251,13 +256,18 @@ def pool_run(paths: list[str], procs: int, chunksize: int, per_file: bool = Fals
     return dt, len(paths) - failed, total, failed, wcpu, wcpu + scpu
 
 
-def _al_worker(worker, paths, sizes, window, mode, start, q):
+def _al_worker(worker, paths, sizes, window, mode, ready, start, q):
     try:
         if mode == "into":
             # The caller's destination exists before loading starts (a
             # preallocated batch array, reused): allocated and written
             # here, outside the timed part.
-            out = bytearray(b"\1") * sum(sizes)
+            chunks = [
+                (paths[k : k + INTO_BATCH], sum(sizes[k : k + INTO_BATCH]))
+                for k in range(0, len(paths), INTO_BATCH)
+            ]
+            out = bytearray(b"\1") * max(n for _, n in chunks)
+        ready.release()
         start.wait()
         c0 = time.process_time()
         total = files = failed = touch = 0
@@ -301,17 +311,18 @@ def _al_worker(worker, paths, sizes, window, mode, start, q):
                         touch ^= d[0]
                 if zero_copy:
                     del d  # views must be gone when the batch is released
-        else:  # "into": every file copied once into one preallocated buffer
-            try:
-                spans = worker.load_into(paths, out, window=window)
-            except OSError:
-                failed += 1  # load_into raises the first failure (after loading all)
-                spans = []
-            for off, n in spans:
-                total += n
-                files += 1
-                if n:
-                    touch ^= out[off]
+        else:  # "into": each batch of files copied once into one reused buffer
+            for chunk, _ in chunks:
+                try:
+                    spans = worker.load_into(chunk, out, window=window)
+                except OSError:
+                    failed += 1  # load_into raises the first failure (after loading all)
+                    continue
+                for off, n in spans:
+                    total += n
+                    files += 1
+                    if n:
+                        touch ^= out[off]
         q.put(("ok", total, files, failed, time.process_time() - c0))
     except BaseException as exc:  # report it: the parent must not wait forever
         q.put(("error", repr(exc)))
@@ -361,6 +372,7 @@ def asyncloader_run(paths, sizes, args, max_file_size, mode, info):
     ctx = mp.get_context("fork")
     with asyncloader.Loader(**loader_kwargs(args, max_file_size)) as ld:
         start = ctx.Event()
+        ready = ctx.Semaphore(0)
         q = ctx.Queue()
         procs = [
             ctx.Process(
@@ -369,8 +381,9 @@ def asyncloader_run(paths, sizes, args, max_file_size, mode, info):
                     ld.get_worker_context(i),
                     paths[i::workers],
                     sizes[i::workers],
-                    args.window,
+                    args.window or None,
                     mode,
+                    ready,
                     start,
                     q,
                 ),
@@ -380,7 +393,10 @@ def asyncloader_run(paths, sizes, args, max_file_size, mode, info):
         for p in procs:
             p.start()
         ld.start()
-        time.sleep(0.2)  # processes up and waiting, loader threads parked
+        for _ in procs:  # every process set up (a load_into destination allocated)
+            if not ready.acquire(timeout=600):
+                raise RuntimeError("an asyncloader worker process did not start")
+        time.sleep(0.1)  # processes waiting, loader threads parked
         s0 = _cpu_self()
         t0 = time.perf_counter()
         start.set()
@@ -424,7 +440,9 @@ def main() -> int:
         action="store_true",
         help="add a row with the old per-file Pool.imap_unordered (one result per file)",
     )
-    ap.add_argument("--window", type=int, default=64, help="requests in flight per worker")
+    ap.add_argument(
+        "--window", type=int, default=0, help="requests in flight per worker (0 = the package default: sized from the files)"
+    )
     ap.add_argument("--queue-depth", type=int, default=64)
     ap.add_argument("--dispatch-n", type=int, default=8)
     ap.add_argument("--idle-iters", type=int, default=16)

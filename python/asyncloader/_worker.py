@@ -19,6 +19,15 @@ from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _pack, 
 if TYPE_CHECKING:
     from ._loader import Loader
 
+#: Data the window loops (``load``, ``load_batches``, ``load_into``) keep in
+#: flight per worker when ``window=None``: the window is this many bytes
+#: over the mean file size so far, between :data:`WINDOW_MIN` and
+#: ``queue_depth``. Warm large files load faster through fewer buffers
+#: (they stay in the CPU cache: see docs/bench.md); small files fill the
+#: queue as before.
+WINDOW_BYTES = 2 << 20
+WINDOW_MIN = 8
+
 # ---------------------------------------------------------------------------
 # Worker
 # ---------------------------------------------------------------------------
@@ -234,16 +243,19 @@ class Worker:
 
     # -- the window pattern --------------------------------------------------
 
-    def _window(self, paths: Iterable[PathLike], window: int, batch: int) -> Iterator[Batch]:
+    def _window(self, paths: Iterable[PathLike], window: Optional[int], batch: int) -> Iterator[Batch]:
         """The window loop behind :meth:`load` and :meth:`load_batches`:
-        keeps up to ``window`` requests in flight, each tagged with its
-        path's index in ``paths``, and yields batches of up to ``batch``
-        completions (a path that cannot even be requested as a failed
-        one-entry batch that owns no buffer). The consumer releases each
-        batch (or takes its entries) before asking for the next; closing
-        the generator waits for and releases the requests still in flight.
+        keeps up to ``window`` requests in flight (``None``: see
+        :data:`WINDOW_BYTES`), each tagged with its path's index in
+        ``paths``, and yields batches of up to ``batch`` completions (a
+        path that cannot even be requested as a failed one-entry batch that
+        owns no buffer). The consumer releases each batch (or takes its
+        entries) before asking for the next; closing the generator waits
+        for and releases the requests still in flight.
         """
-        window = max(1, min(window, self._qd))
+        auto = window is None
+        window = self._qd if window is None else max(1, min(window, self._qd))
+        seen_files = seen_bytes = 0
         batch = max(1, batch)
         it = iter(paths)
         pending: List[Any] = []  # requested next, as given
@@ -292,11 +304,19 @@ class Worker:
                     )
                 b = self.get_batch(min(batch, outstanding))
                 outstanding -= len(b)
+                if auto and seen_files < 4096:
+                    # The window in bytes: settles on the files' mean size.
+                    seen_files += len(b)
+                    seen_bytes += sum(b.sizes)
+                    fit = WINDOW_BYTES * seen_files // max(1, seen_bytes)
+                    window = max(min(WINDOW_MIN, self._qd), min(self._qd, fit))
                 yield b
         finally:
             self._drain_in_flight(outstanding)
 
-    def load_batches(self, paths: Iterable[PathLike], window: int = 64, batch: int = 32) -> Iterator[Batch]:
+    def load_batches(
+        self, paths: Iterable[PathLike], window: Optional[int] = None, batch: int = 32
+    ) -> Iterator[Batch]:
         """Loads every path like :meth:`load`, but yields :class:`Batch`
         objects (up to ``batch`` entries each, in completion order): one
         Python object and one library call per batch, not per file. Each
@@ -315,8 +335,7 @@ class Worker:
         last view goes). Failed loads are in the batches too (check
         ``b.errors[i]``, or let ``b.data(i)`` raise); a path that cannot
         even be requested (too long, NUL byte) comes as a one-entry batch
-        with ``ENAMETOOLONG``/``EINVAL``. ``window`` is capped at the
-        worker's ``queue_depth``. Leaving the loop early waits for and
+        with ``ENAMETOOLONG``/``EINVAL``. ``window`` as for :meth:`load`. Leaving the loop early waits for and
         releases the requests still in flight.
         """
         gen = self._window(paths, window, batch)
@@ -331,7 +350,9 @@ class Worker:
                 held._release_deferred()
             gen.close()
 
-    def load(self, paths: Iterable[PathLike], window: int = 64, batch: int = 32) -> Iterator[Entry]:
+    def load(
+        self, paths: Iterable[PathLike], window: Optional[int] = None, batch: int = 32
+    ) -> Iterator[Entry]:
         """Loads every path, keeping up to ``window`` requests in flight, and
         yields entries in completion order (not request order).
 
@@ -344,8 +365,11 @@ class Worker:
         entry (``ENAMETOOLONG`` / ``EINVAL``) that owns no buffer.
         ``entry.tag`` is the path's index in ``paths``.
 
-        ``window`` is capped at the worker's ``queue_depth``; ``batch`` is how
-        many completions are fetched per library call. Leaving the loop early
+        ``window``: requests kept in flight, capped at the worker's
+        ``queue_depth``; ``None`` sizes it from the files as they arrive (as
+        many as :data:`WINDOW_BYTES` of data hold, at least 8: small files
+        fill the queue, large ones keep their buffers in the CPU cache).
+        ``batch`` is how many completions are fetched per library call. Leaving the loop early
         (``break``) waits for and releases the requests still in flight.
         (:meth:`load_batches` does the same with one object per batch.)
         """
@@ -380,7 +404,9 @@ class Worker:
                 e._release_deferred()
             gen.close()
 
-    def load_into(self, paths: Sequence[PathLike], out: Any, window: int = 64) -> List[Tuple[int, int]]:
+    def load_into(
+        self, paths: Sequence[PathLike], out: Any, window: Optional[int] = None
+    ) -> List[Tuple[int, int]]:
         """Loads every path and copies each file's bytes into ``out`` — any
         writable C-contiguous buffer: ``bytearray``, a ``numpy`` array, an
         ``array.array``, a ``memoryview`` of pinned memory — one file after

@@ -9,6 +9,7 @@ import os
 import pytest
 
 import asyncloader
+from conftest import make_files
 
 
 def _take_all(w, n, max_n=64):
@@ -321,3 +322,31 @@ def test_batch_cannot_be_pickled(loader, files):
             pickle.dumps(b)
         assert "1 entries, 0 failed" in repr(b)
     assert "released" in repr(b)
+
+
+def test_default_window_holds_about_window_bytes_of_large_files(tmp_path):
+    from asyncloader import _worker
+
+    big = make_files(tmp_path / "big", 80, lo=256 << 10, hi=256 << 10)
+    small = make_files(tmp_path / "small", 100, lo=100, hi=200)
+    with asyncloader.Loader(queue_depth=32, max_file_size=1 << 20, n_workers=1) as ld:
+        ld.start()
+        w = ld.get_worker_context(0)
+        peak = []
+        for b in w.load_batches(sorted(big), batch=1):
+            peak.append(w.outstanding)
+            assert b.data(0) == big[b.path(0)]
+        # 2 MiB / 256 KiB = 8 in flight once the first size is known (the
+        # first fill is the whole queue), plus the batch in hand.
+        assert max(peak) <= 32 and max(peak[30:60]) <= _worker.WINDOW_MIN + 1
+        assert _worker.WINDOW_BYTES // (256 << 10) <= _worker.WINDOW_MIN
+        peak = []
+        for b in w.load_batches(sorted(small), batch=1):
+            peak.append(w.outstanding)
+        assert max(peak) == 32  # small files fill the queue
+        # An explicit window is kept.
+        peak = []
+        for b in w.load_batches(sorted(big), window=20, batch=1):
+            peak.append(w.outstanding)
+        assert max(peak[30:60]) == 20
+        assert w.outstanding == 0
