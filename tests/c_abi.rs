@@ -444,6 +444,7 @@ c_cases!(
         old_loader_config_writes_only_its_fields,
         old_stats_caller_gets_only_its_fields,
         old_entry_info_caller_gets_only_its_fields,
+        entry_info_of_the_size_before_the_tag_leaves_the_bytes_after_alone,
         newer_config_with_unknown_fields_zero_is_accepted,
         newer_config_with_an_unknown_field_set_is_e2big,
         struct_size_that_is_too_small_or_cuts_a_field_is_einval,
@@ -452,6 +453,35 @@ c_cases!(
         last_error_message_is_cut_like_snprintf,
         fork_child_release_leaves_the_parent_entry_unchanged,
         fork_child_release_many_skips_inherited_entries,
+    ]
+);
+
+c_cases!(
+    batch_c,
+    "tests/c/batch.c",
+    [
+        tagged_requests_bring_each_file_back_with_its_tag,
+        untagged_requests_in_a_slot_that_had_a_tag_read_tag_zero,
+        tagged_request_refuses_what_request_bytes_refuses,
+        entry_tag_of_null_or_a_released_entry_is_zero,
+        packed_requests_tag_the_ith_path_first_tag_plus_i,
+        packed_request_stops_at_an_empty_path_with_einval,
+        packed_request_counts_a_last_path_without_its_nul,
+        packed_request_of_zero_bytes_or_null_arguments,
+        packed_request_on_a_full_queue_is_eagain_after_the_free_slots,
+        packed_request_of_a_missing_file_comes_back_with_its_tag_and_enoent,
+        packed_request_with_a_path_over_path_max_is_enametoolong,
+        get_batch_rejects_no_room_null_items_and_a_null_worker,
+        get_batch_of_one_takes_one_entry,
+        get_batch_of_n_takes_every_entry_outstanding,
+        get_batch_with_more_room_than_outstanding_returns_what_is_there,
+        get_batch_with_nothing_to_take_is_etimedout,
+        get_batch_after_shutdown_is_eshutdown,
+        batch_release_releases_every_item_once,
+        worker_buffers_span_every_entry_of_the_worker,
+        worker_buffers_span_every_entry_with_a_loader_process,
+        worker_buffers_rejects_null_arguments,
+        worker_buffers_of_a_freed_handle_is_einval_while_its_entry_lives,
     ]
 );
 

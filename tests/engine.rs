@@ -189,6 +189,124 @@ fn several_worker_processes_loader_threads_in_parent() {
     forked_workers(Mode::Threads);
 }
 
+/// `[start, end)` of a worker's buffer area, as addresses.
+fn area(w: &asyncloader::Worker) -> (usize, usize) {
+    let (base, len) = w.buffer_area();
+    (base as usize, base as usize + len)
+}
+
+/// Tags come back with their entries (`Entry::tag` and `EntryRef::tag`),
+/// every file's bytes checked against the disk; untagged requests read tag
+/// 0, also in slots whose previous request had a tag; every entry's buffer
+/// lies in its own worker's `buffer_area` and not in the other's. The
+/// backend is the one the suite runs on (`ASYNCLOADER_BACKEND`).
+fn tags_and_buffer_area(mode: Mode) {
+    use std::os::unix::ffi::OsStrExt;
+    const QD: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0, 1, 4096, 70_000, MAX as usize, 12_345, 4097];
+    let paths = make_files(dir.path(), &sizes);
+    let r = Running::new(cfg(2, QD), mode);
+    let ws = [r.worker(0), r.worker(1)];
+    let areas = [area(&ws[0]), area(&ws[1])];
+    for (start, end) in areas {
+        assert_eq!(start % 4096, 0, "area not page aligned");
+        assert_eq!((end - start) % 4096, 0, "area not whole pages");
+        assert!(
+            end - start >= QD as usize * MAX as usize,
+            "{start:#x}..{end:#x}"
+        );
+    }
+    assert!(
+        areas[0].1 <= areas[1].0 || areas[1].1 <= areas[0].0,
+        "the workers' areas overlap: {areas:x?}"
+    );
+    // Inside its own worker's area, whole buffer included; not the other's.
+    let check_in_area = |k: usize, e: &asyncloader::Entry| {
+        let p = e.data().as_ptr() as usize;
+        let (start, end) = areas[k];
+        assert!(
+            p >= start && p + MAX as usize <= end,
+            "{:?}: buffer {p:#x} outside {start:#x}..{end:#x}",
+            e.path()
+        );
+        let (o_start, o_end) = areas[1 - k];
+        assert!(
+            !(o_start..o_end).contains(&p),
+            "{:?}: in the other worker's area",
+            e.path()
+        );
+    };
+    let tag = |k: usize, i: usize| (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k as u64;
+    for (k, w) in ws.iter().enumerate() {
+        // Tagged, keeping the queue full.
+        let mut seen = vec![0; paths.len()];
+        let (mut next, mut got) = (0, 0);
+        while got < paths.len() {
+            while next < paths.len() {
+                match w.request_tagged(paths[next].as_os_str().as_bytes(), tag(k, next)) {
+                    Ok(()) => next += 1,
+                    Err(e) if e.kind() == ErrorKind::QueueFull => break,
+                    Err(e) => panic!("request_tagged: {e}"),
+                }
+            }
+            let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(e.view().tag(), e.tag());
+            let i = (0..paths.len())
+                .find(|&i| tag(k, i) == e.tag())
+                .unwrap_or_else(|| panic!("{:?}: unknown tag {:#x}", e.path(), e.tag()));
+            assert_eq!(e.path(), paths[i], "tag {:#x}", e.tag());
+            check_entry(&e);
+            check_in_area(k, &e);
+            seen[i] += 1;
+            e.release();
+            got += 1;
+        }
+        assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+        // Untagged, in the slots the tagged ones used, all held at once:
+        // tag 0, distinct buffers in the area.
+        for (i, p) in paths.iter().take(QD as usize).enumerate() {
+            if i % 2 == 0 {
+                w.request(p).unwrap();
+            } else {
+                w.request_bytes(p.as_os_str().as_bytes()).unwrap();
+            }
+        }
+        let held: Vec<_> = (0..QD)
+            .map(|_| w.wait_get_timeout(Duration::from_secs(30)).unwrap())
+            .collect();
+        let mut bufs: Vec<_> = held.iter().map(|e| e.data().as_ptr() as usize).collect();
+        for e in &held {
+            assert_eq!((e.tag(), e.view().tag()), (0, 0), "{:?}", e.path());
+            check_entry(e);
+            check_in_area(k, e);
+        }
+        bufs.sort_unstable();
+        bufs.dedup();
+        assert_eq!(
+            bufs.len(),
+            QD as usize,
+            "entries held at once share a buffer"
+        );
+        drop(held);
+        assert_eq!(w.outstanding(), 0);
+        // The area does not move.
+        assert_eq!(area(w), areas[k]);
+    }
+    assert_eq!(r.loader.stats().backend, expected_backend());
+    r.stop();
+}
+
+#[test]
+fn tags_and_buffer_area_loader_threads() {
+    tags_and_buffer_area(Mode::Threads);
+}
+
+#[test]
+fn tags_and_buffer_area_loader_process() {
+    tags_and_buffer_area(Mode::Process);
+}
+
 #[test]
 fn stress_20k_requests_random_release_order() {
     let dir = tempfile::tempdir().unwrap();

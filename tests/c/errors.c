@@ -24,8 +24,18 @@ _Static_assert(sizeof(al_stats) == 96 && _Alignof(al_stats) == 8, "al_stats layo
 _Static_assert(offsetof(al_stats, drive) == 88, "al_stats.drive");
 _Static_assert(offsetof(al_stats, state) == 4, "al_stats.state");
 _Static_assert(offsetof(al_stats, backend) == 72, "al_stats.backend");
-_Static_assert(sizeof(al_entry_info) == 48 && _Alignof(al_entry_info) == 8, "al_entry_info");
+_Static_assert(sizeof(al_entry_info) == 56 && _Alignof(al_entry_info) == 8, "al_entry_info");
 _Static_assert(offsetof(al_entry_info, error) == 4, "al_entry_info.error");
+_Static_assert(offsetof(al_entry_info, latency_ns) == 40, "al_entry_info.latency_ns");
+_Static_assert(offsetof(al_entry_info, tag) == 48, "al_entry_info.tag (after the old size)");
+_Static_assert(sizeof(al_batch_item) == 48 && _Alignof(al_batch_item) == 8, "al_batch_item");
+_Static_assert(offsetof(al_batch_item, entry) == 0, "al_batch_item.entry");
+_Static_assert(offsetof(al_batch_item, data) == 8, "al_batch_item.data");
+_Static_assert(offsetof(al_batch_item, size) == 16, "al_batch_item.size");
+_Static_assert(offsetof(al_batch_item, tag) == 24, "al_batch_item.tag");
+_Static_assert(offsetof(al_batch_item, error) == 32, "al_batch_item.error");
+_Static_assert(offsetof(al_batch_item, path_len) == 36, "al_batch_item.path_len");
+_Static_assert(offsetof(al_batch_item, path) == 40, "al_batch_item.path");
 
 /* queue_depth 4, two workers, 1 MiB files, one loader thread. */
 static al_config small_config(void) {

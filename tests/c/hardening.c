@@ -9,6 +9,7 @@
  * write past them is reported. */
 #include "runner.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define CANARY 0xA5
@@ -136,6 +137,46 @@ static void old_entry_info_caller_gets_only_its_fields(void) {
     al_worker_free(w);
     al_loader_free(l);
     free(p);
+}
+
+/* A caller compiled before al_entry_info grew its tag: 48 bytes, struct_size
+ * 48. It gets every field it knows; the 8 bytes after them (where the tag
+ * now lies) stay as they were. A current caller gets the tag. */
+static void entry_info_of_the_size_before_the_tag_leaves_the_bytes_after_alone(void) {
+    enum { OLD_INFO = 48 };
+    _Static_assert(offsetof(al_entry_info, tag) == OLD_INFO, "the tag follows the old fields");
+    char *path = make_file("tagged.bin", 5000, 6);
+    const uint64_t tag = 0x0102030405060708ULL;
+    al_config full = full_config(4);
+    al_loader *l = NULL;
+    al_worker *w = NULL;
+    al_entry *e = NULL;
+    CHECK_RC(al_loader_new(&full, &l), 0);
+    CHECK_RC(al_loader_start(l), 0);
+    CHECK_RC(al_loader_worker(l, 0, &w), 0);
+    CHECK_RC(al_worker_request_tagged(w, (const uint8_t *)path, strlen(path), tag), 0);
+    CHECK_RC(al_worker_wait_get(w, 10 * SEC, &e), 0);
+    unsigned char *p = canaried(OLD_INFO, 64);
+    memset(p, 0, OLD_INFO);
+    ((al_entry_info *)p)->struct_size = OLD_INFO;
+    CHECK_RC(al_entry_get_info(e, (al_entry_info *)p), 0);
+    al_entry_info old;
+    memcpy(&old, p, OLD_INFO);
+    CHECK(old.struct_size == OLD_INFO && old.error == 0 && old.size == 5000);
+    CHECK(old.path == al_entry_path(e) && old.path_len == strlen(path));
+    CHECK(old.data == al_entry_data(e) && old.latency_ns == al_entry_latency_ns(e));
+    CHECK(canary_intact(p, OLD_INFO, OLD_INFO + 64));
+    al_entry_info now;
+    memset(&now, 0, sizeof now);
+    now.struct_size = sizeof now;
+    CHECK_RC(al_entry_get_info(e, &now), 0);
+    CHECK(now.tag == tag && al_entry_tag(e) == tag);
+    CHECK(now.data == old.data && now.size == old.size && now.path == old.path);
+    CHECK_RC(al_entry_release(e), 0);
+    al_worker_free(w);
+    al_loader_free(l);
+    free(p);
+    free(path);
 }
 
 /* A "newer" caller: al_config plus a field this library does not know. */
@@ -342,6 +383,7 @@ static const struct test tests[] = {
     T(old_loader_config_writes_only_its_fields),
     T(old_stats_caller_gets_only_its_fields),
     T(old_entry_info_caller_gets_only_its_fields),
+    T(entry_info_of_the_size_before_the_tag_leaves_the_bytes_after_alone),
     T(newer_config_with_unknown_fields_zero_is_accepted),
     T(newer_config_with_an_unknown_field_set_is_e2big),
     T(struct_size_that_is_too_small_or_cuts_a_field_is_einval),
