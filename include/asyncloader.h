@@ -801,7 +801,8 @@ int al_worker_request_tagged(struct al_worker *w, const uint8_t *path, size_t le
 /**
  * Requests the paths packed in `len` bytes at `paths`, each ended by a
  * NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
- * too), in order; the i-th path (from 0) gets the tag `first_tag + i`.
+ * too), in order; the i-th path (from 0) gets the tag `first_tag + i`
+ * (modulo 2^64).
  * One call for a whole batch, for bindings where each call costs: Python
  * packs a list with one `"\0".join(...)`. Stops at the first path that
  * fails; `*accepted` (if not NULL) always receives the number queued.
@@ -1060,7 +1061,7 @@ uint64_t al_entry_tag(const struct al_entry *e);
 size_t al_batch_release(const struct al_batch_item *items, size_t n);
 
 /**
- * Writes path, data, sizes, error and latency of `e` to `*out` in one call
+ * Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call
  * (written only on success; the fields inside `out->struct_size`).
  * Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
  * cutting a field), `-E2BIG` (`struct_size` above 4096).

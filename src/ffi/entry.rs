@@ -301,6 +301,14 @@ pub struct al_batch_item {
 }
 
 const _: () = assert!(std::mem::size_of::<al_batch_item>() == 48);
+const _: () = assert!(std::mem::align_of::<al_batch_item>() == 8);
+// Python's Batch reads the array as 64-bit words at these offsets.
+const _: () = assert!(std::mem::offset_of!(al_batch_item, data) == 8);
+const _: () = assert!(std::mem::offset_of!(al_batch_item, size) == 16);
+const _: () = assert!(std::mem::offset_of!(al_batch_item, tag) == 24);
+const _: () = assert!(std::mem::offset_of!(al_batch_item, error) == 32);
+const _: () = assert!(std::mem::offset_of!(al_batch_item, path_len) == 36);
+const _: () = assert!(std::mem::offset_of!(al_batch_item, path) == 40);
 
 impl al_batch_item {
     /// The item for an entry about to be handed out as `entry`.
@@ -345,7 +353,7 @@ pub unsafe extern "C" fn al_batch_release(items: *const al_batch_item, n: usize)
     })
 }
 
-/// Writes path, data, sizes, error and latency of `e` to `*out` in one call
+/// Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call
 /// (written only on success; the fields inside `out->struct_size`).
 /// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
 /// cutting a field), `-E2BIG` (`struct_size` above 4096).

@@ -208,7 +208,8 @@ pub unsafe extern "C" fn al_worker_request_tagged(
 
 /// Requests the paths packed in `len` bytes at `paths`, each ended by a
 /// NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
-/// too), in order; the i-th path (from 0) gets the tag `first_tag + i`.
+/// too), in order; the i-th path (from 0) gets the tag `first_tag + i`
+/// (modulo 2^64).
 /// One call for a whole batch, for bindings where each call costs: Python
 /// packs a list with one `"\0".join(...)`. Stops at the first path that
 /// fails; `*accepted` (if not NULL) always receives the number queued.
