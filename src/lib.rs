@@ -55,6 +55,7 @@ pub mod process;
 pub(crate) mod region;
 #[doc(hidden)] // for benches/ring.rs; safe to use (atomics only), not an API
 pub mod ring;
+pub(crate) mod stack;
 #[cfg(not(loom))]
 pub mod worker;
 

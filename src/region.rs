@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! Header                                  (config, state, parking, stats)
-//! WorkerBlock[n_workers]                  (3 ring indices, parking, counters,
-//!                                          then request/completion/free slots)
+//! WorkerBlock[n_workers]                  (2 ring indices, the free stack,
+//!                                          parking, counters, then
+//!                                          request/completion slots and
+//!                                          free-stack links)
 //! EntryMeta[n_workers * queue_depth]      (state, status, size, path)
 //! buffers[n_workers * queue_depth]        (buf_size bytes each, 4 KiB aligned)
 //! ```
@@ -36,11 +38,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::futex::Parking;
 use crate::kinds::LoaderState;
 use crate::ring::{Ring, RingIndices};
+use crate::stack::{Stack, StackIndices};
 
 /// `b"ASYNCLDR"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ASYNCLDR");
 /// Bumped whenever the layout below changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Bytes of path an entry holds, including the terminating NUL (Linux
 /// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
 pub const PATH_CAP: usize = 4096;
@@ -78,7 +81,7 @@ pub mod state {
 /// still LOADING. `Loader::reclaim_worker` relies on this to take a dead
 /// worker's entries back while loader threads run.
 pub mod entry_state {
-    /// In the worker's free ring.
+    /// On the worker's free stack.
     pub const FREE: u32 = 0;
     /// Requested: in the request ring, not yet taken by a loader thread.
     pub const QUEUED: u32 = 1;
@@ -254,7 +257,9 @@ impl Header {
 pub struct WorkerBlock {
     pub req: RingIndices,
     pub comp: RingIndices,
-    pub free: RingIndices,
+    /// The free entries: a stack, so the buffer given back last is reused
+    /// first (see `stack`).
+    pub free: StackIndices,
     /// The worker sleeps here in `wait_get`; the loader notifies after a
     /// completion.
     pub parking: Parking,
@@ -396,7 +401,7 @@ pub struct WorkerRings<'a> {
     pub block: &'a WorkerBlock,
     pub req: Ring<'a>,
     pub comp: Ring<'a>,
-    pub free: Ring<'a>,
+    pub free: Stack<'a>,
 }
 
 fn random_nonce() -> u64 {
@@ -646,27 +651,21 @@ impl Region {
             block,
             req: Ring::new(&block.req, req),
             comp: Ring::new(&block.comp, comp),
-            free: Ring::new(&block.free, free),
+            free: Stack::new(&block.free, &free[..self.cfg.queue_depth as usize]),
         }
     }
 
     /// Empties worker `w`'s request and completion rings and puts all its
-    /// `queue_depth` entries on its free ring. Must not race with any other
+    /// `queue_depth` entries on its free stack. Must not race with any other
     /// operation on those rings: called on a region nobody else sees yet, or
     /// by `Loader::reclaim_worker` once no loader thread or worker can touch
     /// them.
     pub(crate) fn reset_worker_rings(&self, w: u32) {
         let r = self.worker(w);
-        let (req, comp, free) = self.slot_arrays(w);
+        let (req, comp, _) = self.slot_arrays(w);
         Ring::init(&r.block.req, req);
         Ring::init(&r.block.comp, comp);
-        Ring::init(&r.block.free, free);
-        for e in 0..self.cfg.queue_depth {
-            // A ring holds capacity_for(queue_depth) >= queue_depth values
-            // and was just emptied.
-            let pushed = r.free.push(e);
-            debug_assert!(pushed.is_ok());
-        }
+        r.free.init(self.cfg.queue_depth);
     }
 
     /// The `reclaiming` word process `pid` writes: its pid and a check
