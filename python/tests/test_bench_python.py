@@ -59,3 +59,23 @@ def test_lost_file_fails_without_comparison(tmp_path):
     # Every method is named with what it lost.
     for row in ("Pool(2) open().read()", "asyncloader get_data()", "asyncloader memoryview()"):
         assert f"{row}, run 1: lost 1 of 21 files" in out, out
+
+
+def test_python_cpu_reports_python_and_library_shares(tmp_path):
+    files = make_files(tmp_path / "d", 60, lo=100, hi=9000)
+    script = SCRIPT.parent / "python_cpu.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--dir", str(tmp_path / "d"), "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert f"{len(files)} files" in out, out
+    rows = re.findall(r"thread CPU +(\d+) +in library calls +(\d+) +Python +(-?\d+)", out)
+    assert len(rows) == 3, out
+    for cpu, lib, py in rows:
+        assert int(cpu) == int(lib) + int(py) or abs(int(cpu) - int(lib) - int(py)) <= 1, out
+        assert int(lib) > 0, out
