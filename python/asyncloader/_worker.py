@@ -253,7 +253,8 @@ class Worker:
         entries) before asking for the next; closing the generator waits
         for and releases the requests still in flight.
         """
-        auto = window is None
+        # O_DIRECT reads bypass the CPU cache (DMA) and want depth: no cap.
+        auto = window is None and not self._loader.direct
         window = self._qd if window is None else max(1, min(window, self._qd))
         seen_files = seen_bytes = 0
         batch = max(1, batch)
@@ -368,7 +369,8 @@ class Worker:
         ``window``: requests kept in flight, capped at the worker's
         ``queue_depth``; ``None`` sizes it from the files as they arrive (as
         many as :data:`WINDOW_BYTES` of data hold, at least 8: small files
-        fill the queue, large ones keep their buffers in the CPU cache).
+        fill the queue, large ones keep their buffers in the CPU cache;
+        with ``direct=True``, the whole queue).
         ``batch`` is how many completions are fetched per library call. Leaving the loop early
         (``break``) waits for and releases the requests still in flight.
         (:meth:`load_batches` does the same with one object per batch.)
