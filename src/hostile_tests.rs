@@ -325,3 +325,29 @@ fn scribbling_worker_hurts_nobody_else() {
         shutdown_within(l, Duration::from_secs(5));
     }
 }
+
+/// With loader threads (no worker drives), the driver counters in a worker
+/// block belong to nobody: a broken worker that leaves an odd ring epoch
+/// and a live pid there must not make `reclaim_worker` wait for a pass
+/// that no one is in.
+#[test]
+fn scribbled_driver_counters_do_not_block_reclaim_without_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = files(dir.path(), 40);
+    let l = Arc::new(Loader::new(cfg(2)).unwrap());
+    l.spawn().unwrap();
+    load_and_check(&l.worker(0).unwrap(), &set);
+    let block = l.region().worker(0).block;
+    block.stats.ring_epoch.store(7, Ordering::SeqCst); // "in a pass"
+    block.driver_pid.store(1, Ordering::SeqCst); // init: alive
+    let t0 = Instant::now();
+    // SAFETY: no entry of worker 0 is held.
+    unsafe { l.reclaim_worker(0) }.expect("reclaim");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "reclaim waited {:?}",
+        t0.elapsed()
+    );
+    load_and_check(&l.worker(0).unwrap(), &set);
+    shutdown_within(l, Duration::from_secs(5));
+}

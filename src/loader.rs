@@ -488,14 +488,29 @@ impl Loader {
         //    such thread (its epoch is in the worker block); one in a
         //    process that died will never leave its pass, nor load again.
         let h = r.header();
-        let driver_pid = rings.block.driver_pid.load(Ordering::Acquire);
-        let driver_gone = || driver_pid != 0 && !crate::process::pid_alive(driver_pid);
+        // Read anew after each epoch read: the driver stores its pid before
+        // it enters a pass. 0 (no driver ever passed) or a process that is
+        // gone cannot be in a pass, nor have loads in flight.
+        let driver_pid = || rings.block.driver_pid.load(Ordering::Acquire);
+        let driver_gone = || {
+            let p = driver_pid();
+            p <= 0 || !crate::process::pid_alive(p)
+        };
+        // A driver exists only when the workers drive (the header's drive
+        // word, which workers do not write); otherwise its counters in the
+        // worker block are nobody's, and waiting on them would let a
+        // scribbled word block the reclaim.
+        let worker_drive = h.drive() == Drive::Worker;
         let threads: Vec<&crate::region::ThreadStats> = h.thread_stats
             [..r.cfg().loader_threads as usize]
             .iter()
-            .chain(std::iter::once(&rings.block.stats))
+            .chain(worker_drive.then_some(&rings.block.stats))
             .collect();
-        let driver_t = threads.len() - 1;
+        let driver_t = if worker_drive {
+            threads.len() - 1
+        } else {
+            usize::MAX
+        };
         let odd: Vec<(usize, u64)> = threads
             .iter()
             .enumerate()
@@ -511,7 +526,11 @@ impl Loader {
                     break; // a dead loader's thread will never leave its pass
                 }
                 if Instant::now() >= deadline {
-                    return give_up("a loader thread did not finish its pass");
+                    return give_up(if t == driver_t {
+                        "this worker's driver did not finish its pass"
+                    } else {
+                        "a loader thread did not finish its pass"
+                    });
                 }
                 std::thread::sleep(Duration::from_micros(100));
             }
@@ -522,14 +541,13 @@ impl Loader {
         let base = id * qd;
         let loading =
             |e: u32| r.entry(base + e).state.load(Ordering::Acquire) as u32 == entry_state::LOADING;
-        let worker_drive = h.drive() == Drive::Worker;
         while (0..qd).any(loading) {
             if worker_drive {
                 if driver_gone() {
                     // Its io_uring requests all ended before it exited.
                     break;
                 }
-                if driver_pid == me as i32 {
+                if driver_pid() == me as i32 {
                     // Our own driver holds them: reap them (its passes take
                     // no request and hand nothing over while the flag is up).
                     let _ = crate::drive::drive(r, id, Some(Duration::from_millis(1)));
