@@ -4,7 +4,7 @@
 //! the path into it and pushes its index onto the worker's request ring;
 //! the loader loads it and pushes the index onto the completion ring;
 //! `try_get`/`wait_get` pop it and hand out an [`Entry`], and releasing the
-//! entry (explicitly or by dropping it) puts it back on the free ring.
+//! entry (explicitly or by dropping it) puts it back on the free stack.
 //!
 //! Entry ownership moves with the ring operations (release/acquire pairs), so
 //! at any moment exactly one party may touch an entry's path and buffer:
@@ -230,15 +230,15 @@ impl Worker {
             ));
         };
         if e >= self.qd {
-            return Err(corrupt("free ring"));
+            return Err(corrupt("free stack"));
         }
         let g = self.id * self.qd + e;
         let meta = self.region.entry(g);
         let word = meta.state.load(Ordering::Acquire);
         if word as u32 != entry_state::FREE {
-            return Err(corrupt("free ring (an entry that is not free)"));
+            return Err(corrupt("free stack (an entry that is not free)"));
         }
-        // SAFETY: we popped `e` from the free ring, so this worker side owns
+        // SAFETY: we popped `e` from the free stack, so this worker side owns
         // the entry exclusively until the request-ring push below publishes
         // it; path.len() < PATH_CAP, and for a relative path
         // path.len() + 1 + abs.len() < PATH_CAP (checked above), so every
@@ -779,14 +779,14 @@ fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
         .compare_exchange(expect, next, Ordering::AcqRel, Ordering::Acquire)
         .map_err(|_| Error::new(ErrorKind::InvalidArgument, "entry already released"))?;
     let qd = region.cfg().queue_depth;
-    // The free ring holds all queue_depth entries: a refusal is another
-    // thread of this worker preempted in the middle of a pop (it passes), or
-    // a corrupt ring, whose slot is lost to this worker until reclaim_worker.
+    // The free stack holds all queue_depth entries: a refusal is its head
+    // rewritten over and over by a broken process; the slot is lost to this
+    // worker until reclaim_worker.
     region
         .worker(g / qd)
         .free
         .push_patiently(g % qd, RING_PATIENCE)
-        .map_err(|_| corrupt("free ring"))
+        .map_err(|_| corrupt("free stack"))
 }
 
 /// The error for a ring or entry of this worker that holds what no correct
