@@ -88,6 +88,21 @@ fn try_get(w: &Worker) -> Result<Option<Entry>, Errno> {
     Ok(None)
 }
 
+/// Runs `f` with a counter starting at 0 and stores the final count in
+/// `count` whether `f` succeeds or fails: the "how many were done" output
+/// of the batch calls.
+fn counted(
+    count: Option<&mut usize>,
+    f: impl FnOnce(&mut usize) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let mut n = 0usize;
+    let r = f(&mut n);
+    if let Some(c) = count {
+        *c = n;
+    }
+    r
+}
+
 /// Frees the handle. Entries it delivered stay valid until released. NULL
 /// and a second call (while its entries keep it alive) are ignored.
 ///
@@ -232,8 +247,9 @@ pub unsafe extern "C" fn al_worker_request_packed(
     accepted: *mut usize,
 ) -> c_int {
     ffi_boundary!(int {
-        let mut done = 0usize;
-        let r = (|| {
+        // SAFETY: NULL or valid for writing a size_t (caller).
+        let count = unsafe { accepted.as_mut() };
+        counted(count, |done| {
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
             // SAFETY: NULL with len 0, or `len` readable bytes (caller).
@@ -244,17 +260,12 @@ pub unsafe extern "C" fn al_worker_request_packed(
                     Some(i) => (&rest[..i], &rest[i + 1..]),
                     None => (rest, &rest[rest.len()..]),
                 };
-                w.request_tagged(p, first_tag.wrapping_add(done as u64))?;
-                done += 1;
+                w.request_tagged(p, first_tag.wrapping_add(*done as u64))?;
+                *done += 1;
                 rest = after;
             }
             Ok(())
-        })();
-        if !accepted.is_null() {
-            // SAFETY: non-NULL and writable (caller).
-            unsafe { put(accepted, done) };
-        }
-        r
+        })
     })
 }
 
@@ -282,8 +293,9 @@ pub unsafe extern "C" fn al_worker_request_many(
     accepted: *mut usize,
 ) -> c_int {
     ffi_boundary!(int {
-        let mut done = 0usize;
-        let r = (|| {
+        // SAFETY: NULL or valid for writing a size_t (caller).
+        let count = unsafe { accepted.as_mut() };
+        counted(count, |done| {
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
             if paths.is_null() && n > 0 {
@@ -303,15 +315,10 @@ pub unsafe extern "C" fn al_worker_request_many(
                 // SAFETY: NULL or NUL-terminated (caller).
                 let p = unsafe { try_cstr(p) }?;
                 w.payload().request_bytes(p.to_bytes())?;
-                done += 1;
+                *done += 1;
             }
             Ok(())
-        })();
-        if !accepted.is_null() {
-            // SAFETY: non-NULL and writable (caller).
-            unsafe { put(accepted, done) };
-        }
-        r
+        })
     })
 }
 
@@ -384,22 +391,18 @@ pub unsafe extern "C" fn al_worker_get_many(
     got: *mut usize,
 ) -> c_int {
     ffi_boundary!(int {
-        let mut n = 0usize;
-        let r = (|| {
+        // SAFETY: NULL or valid for writing a size_t (caller).
+        let count = unsafe { got.as_mut() };
+        counted(count, |n| {
             let out = try_out(out)?;
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
-            take_many(w, max, timeout_ns, &mut n, |i, item| {
+            take_many(w, max, timeout_ns, n, |i, item| {
                 // SAFETY: i < max, so out + i is inside the caller's array
                 // of `max` pointers.
                 unsafe { put(out.add(i), item.entry) }
-            })
-        })();
-        if !got.is_null() {
-            // SAFETY: non-NULL and writable (caller).
-            unsafe { put(got, n) };
-        }
-        r
+        })
+        })
     })
 }
 
@@ -423,22 +426,18 @@ pub unsafe extern "C" fn al_worker_get_batch(
     got: *mut usize,
 ) -> c_int {
     ffi_boundary!(int {
-        let mut n = 0usize;
-        let r = (|| {
+        // SAFETY: NULL or valid for writing a size_t (caller).
+        let count = unsafe { got.as_mut() };
+        counted(count, |n| {
             let items = try_out(items)?;
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
-            take_many(w, max, timeout_ns, &mut n, |i, item| {
+            take_many(w, max, timeout_ns, n, |i, item| {
                 // SAFETY: i < max, so items + i is inside the caller's
                 // array of `max` items.
                 unsafe { put(items.add(i), item) }
-            })
-        })();
-        if !got.is_null() {
-            // SAFETY: non-NULL and writable (caller).
-            unsafe { put(got, n) };
-        }
-        r
+        })
+        })
     })
 }
 
