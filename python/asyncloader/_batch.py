@@ -9,6 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import _ffi, _util
+from ._entry import _exports
 from ._util import _oserror
 
 if TYPE_CHECKING:
@@ -226,18 +227,12 @@ class Batch:
 
     def _exports(self) -> int:
         """Buffers still exported after releasing our own views."""
-        pinned = 0
-        for v in self._views:
-            try:
-                v.release()
-            except BufferError:  # something (numpy...) holds a buffer on it
-                pinned += 1
-        self._views = []
         if self._ro is not None:
-            self._ro.release()
+            self._views.append(self._ro)
             self._ro = None
-        extra = sys.getrefcount(self._arr) - self._arr_base
-        return max(pinned, extra)
+        n = _exports(self._views, self._arr, self._arr_base)
+        self._views = []
+        return n
 
     # -- release ---------------------------------------------------------------
 

@@ -33,6 +33,22 @@ def _array_type(size: int) -> Any:
     return t
 
 
+def _exports(views: Any, arr: Any, base: int) -> int:
+    """Releases ``views`` (the views we handed out over ctypes array
+    ``arr``) and returns how many buffers are still exported from ``arr``:
+    views something else (numpy...) holds a buffer on, or objects derived
+    from them, which keep ``arr``'s reference count above ``base`` (its
+    count before any view existed)."""
+    pinned = 0
+    for v in views:
+        try:
+            v.release()
+        except BufferError:  # something (numpy...) holds a buffer on it
+            pinned += 1
+    extra = sys.getrefcount(arr) - base
+    return max(pinned, extra)
+
+
 def _release_handle(lib: _ffi.Lib, h: Any, pid: int, _worker: Any) -> None:
     """Releases a C entry (deferred releases; `_worker` keeps the handle
     table and the mapping alive until then)."""
@@ -319,15 +335,9 @@ class Entry:
         """Buffers still exported after releasing our own views."""
         if self._arr is None:
             return 0
-        pinned = 0
-        for v in self._views or ():
-            try:
-                v.release()
-            except BufferError:  # something (numpy...) holds a buffer on it
-                pinned += 1
+        n = _exports(self._views or (), self._arr, self._arr_base)
         self._views = []
-        extra = sys.getrefcount(self._arr) - self._arr_base
-        return max(pinned, extra)
+        return n
 
     # -- release -------------------------------------------------------------
 
