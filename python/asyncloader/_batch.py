@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import _ffi, _util
-from ._entry import _exports
+from ._entry import _release_views
 from ._util import _oserror
 
 if TYPE_CHECKING:
@@ -230,9 +230,10 @@ class Batch:
         if self._ro is not None:
             self._views.append(self._ro)
             self._ro = None
-        n = _exports(self._views, self._arr, self._arr_base)
+        pinned = _release_views(self._views)
         self._views = []
-        return n
+        # Objects derived from a view keep the array referenced.
+        return max(pinned, sys.getrefcount(self._arr) - self._arr_base)
 
     # -- release ---------------------------------------------------------------
 

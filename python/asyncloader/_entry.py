@@ -33,20 +33,16 @@ def _array_type(size: int) -> Any:
     return t
 
 
-def _exports(views: Any, arr: Any, base: int) -> int:
-    """Releases ``views`` (the views we handed out over ctypes array
-    ``arr``) and returns how many buffers are still exported from ``arr``:
-    views something else (numpy...) holds a buffer on, or objects derived
-    from them, which keep ``arr``'s reference count above ``base`` (its
-    count before any view existed)."""
+def _release_views(views: Any) -> int:
+    """Releases ``views`` (the views we handed out) and returns how many
+    could not be released: something (numpy...) holds a buffer on them."""
     pinned = 0
     for v in views:
         try:
             v.release()
-        except BufferError:  # something (numpy...) holds a buffer on it
+        except BufferError:
             pinned += 1
-    extra = sys.getrefcount(arr) - base
-    return max(pinned, extra)
+    return pinned
 
 
 def _release_handle(lib: _ffi.Lib, h: Any, pid: int, _worker: Any) -> None:
@@ -335,9 +331,10 @@ class Entry:
         """Buffers still exported after releasing our own views."""
         if self._arr is None:
             return 0
-        n = _exports(self._views or (), self._arr, self._arr_base)
+        pinned = _release_views(self._views or ())
         self._views = []
-        return n
+        # Objects derived from a view keep the array referenced.
+        return max(pinned, sys.getrefcount(self._arr) - self._arr_base)
 
     # -- release -------------------------------------------------------------
 
