@@ -256,73 +256,83 @@ def pool_run(paths: list[str], procs: int, chunksize: int, per_file: bool = Fals
     return dt, len(paths) - failed, total, failed, wcpu, wcpu + scpu
 
 
-def _al_worker(worker, paths, sizes, window, mode, ready, start, q):
-    try:
-        if mode == "into":
-            # The caller's destination exists before loading starts (a
-            # preallocated batch array, reused): allocated and written
-            # here, outside the timed part.
-            chunks = [
-                (paths[k : k + INTO_BATCH], sum(sizes[k : k + INTO_BATCH]))
-                for k in range(0, len(paths), INTO_BATCH)
-            ]
-            out = bytearray(b"\1") * max(n for _, n in chunks)
-        ready.release()
-        start.wait()
-        c0 = time.process_time()
-        total = files = failed = touch = 0
-        if mode == "mv":
-            for e in worker.load(paths, window=window):
-                try:
-                    mv = e.memoryview()  # released by load() with the entry
-                except OSError:
+def into_setup(paths, sizes):
+    """For the ``into`` mode: the paths in batches of ``INTO_BATCH`` and one
+    destination for the largest batch, allocated and written (the caller's
+    preallocated batch array, reused), before anything is timed."""
+    chunks = [paths[k : k + INTO_BATCH] for k in range(0, len(paths), INTO_BATCH)]
+    most = max((sum(sizes[k : k + INTO_BATCH]) for k in range(0, len(paths), INTO_BATCH)), default=0)
+    return chunks, bytearray(b"\1") * most
+
+
+def consume(worker, paths, window, mode, into=None):
+    """Loads ``paths`` through ``worker`` the way row ``mode`` does, taking
+    each file's length and first byte; returns (bytes, files, failures).
+    ``into``: ``into_setup``'s result, for the ``into`` mode."""
+    total = files = failed = touch = 0
+    if mode == "mv":
+        for e in worker.load(paths, window=window):
+            try:
+                mv = e.memoryview()  # released by load() with the entry
+            except OSError:
+                failed += 1
+                continue
+            n = len(mv)
+            total += n
+            files += 1
+            if n:
+                touch ^= mv[0]
+    elif mode == "bytes":
+        for e in worker.load(paths, window=window):
+            try:
+                d = e.get_data()
+            except OSError:
+                failed += 1
+                continue
+            n = len(d)
+            total += n
+            files += 1
+            if n:
+                touch ^= d[0]
+    elif mode in ("batch", "bview"):
+        zero_copy = mode == "bview"
+        for b in worker.load_batches(paths, window=window):
+            get = b.view if zero_copy else b.data
+            for i, err in enumerate(b.errors):
+                if err:
                     failed += 1
                     continue
-                n = len(mv)
-                total += n
-                files += 1
-                if n:
-                    touch ^= mv[0]
-        elif mode == "bytes":
-            for e in worker.load(paths, window=window):
-                try:
-                    d = e.get_data()
-                except OSError:
-                    failed += 1
-                    continue
+                d = get(i)
                 n = len(d)
                 total += n
                 files += 1
                 if n:
                     touch ^= d[0]
-        elif mode in ("batch", "bview"):
-            zero_copy = mode == "bview"
-            for b in worker.load_batches(paths, window=window):
-                get = b.view if zero_copy else b.data
-                for i, err in enumerate(b.errors):
-                    if err:
-                        failed += 1
-                        continue
-                    d = get(i)
-                    n = len(d)
-                    total += n
-                    files += 1
-                    if n:
-                        touch ^= d[0]
-                if zero_copy:
-                    del d  # views must be gone when the batch is released
-        else:  # "into": each batch of files copied once into one reused buffer
-            for chunk, _ in chunks:
-                try:
-                    spans = worker.load_into(chunk, out, window=window)
-                except OSError:
-                    failed += 1  # load_into raises the first failure (after loading all)
-                    continue
-                for off, n in spans:
-                    total += n
-                    files += 1
-                    if n:
-                        touch ^= out[off]
+            if zero_copy:
+                del d  # views must be gone when the batch is released
+    else:  # "into": each batch of files copied once into one reused buffer
+        chunks, out = into
+        for chunk in chunks:
+            try:
+                spans = worker.load_into(chunk, out, window=window)
+            except OSError:
+                failed += 1  # load_into raises the first failure (after loading all)
+                continue
+            for off, n in spans:
+                total += n
+                files += 1
+                if n:
+                    touch ^= out[off]
+    return total, files, failed
+
+
+def _al_worker(worker, paths, sizes, window, mode, ready, start, q):
+    try:
+        into = into_setup(paths, sizes) if mode == "into" else None
+        ready.release()
+        start.wait()
+        c0 = time.process_time()
+        total, files, failed = consume(worker, paths, window, mode, into)
         q.put(("ok", total, files, failed, time.process_time() - c0))
     except BaseException as exc:  # report it: the parent must not wait forever
         q.put(("error", repr(exc)))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_python import dataset, list_files, stat_sizes, warm  # noqa: E402
+from bench_python import consume, dataset, list_files, stat_sizes, warm  # noqa: E402
 
 try:
     import asyncloader
@@ -81,39 +81,6 @@ class Meter:
             setattr(lib, name, wrapped)
 
 
-def run(worker, paths, mode):
-    total = files = failed = touch = 0
-    if mode == "bdata" or mode == "bview":
-        zero_copy = mode == "bview"
-        for b in worker.load_batches(paths):
-            get = b.view if zero_copy else b.data
-            for i, err in enumerate(b.errors):
-                if err:
-                    failed += 1
-                    continue
-                d = get(i)
-                n = len(d)
-                total += n
-                files += 1
-                if n:
-                    touch ^= d[0]
-            if zero_copy:
-                del d
-    else:
-        for e in worker.load(paths):
-            try:
-                d = e.get_data()
-            except OSError:
-                failed += 1
-                continue
-            n = len(d)
-            total += n
-            files += 1
-            if n:
-                touch ^= d[0]
-    return files, total
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, help="directory of files (default: the generated small set)")
@@ -126,10 +93,10 @@ def main() -> int:
     max_file_size = max(4096, (max(sizes) + 4095) // 4096 * 4096)
     lib = _ffi.lib()
     meter = Meter(lib)
-    rows = {
-        "bdata": "load_batches + data(i)",
+    rows = {  # bench_python's modes
+        "batch": "load_batches + data(i)",
         "bview": "load_batches + view(i)",
-        "entry": "load + get_data()",
+        "bytes": "load + get_data()",
     }
     res: dict[str, list] = {k: [] for k in rows}
     print(
@@ -145,7 +112,7 @@ def main() -> int:
                 ns0, calls0 = meter.ns, meter.calls
                 c0 = time.thread_time_ns()
                 t0 = time.perf_counter()
-                files, total = run(w, paths, mode)
+                total, files, _ = consume(w, paths, None, mode)
                 wall = time.perf_counter() - t0
                 cpu = time.thread_time_ns() - c0
                 lib_ns = meter.ns - ns0
