@@ -36,6 +36,7 @@ import random
 import re
 import socket
 import stat as _stat
+import time
 import threading
 from collections import deque
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -55,6 +56,9 @@ __all__ = [
 SKIP: Any = object()
 
 _DEFAULT_QUEUE_DEPTH = 128
+
+# How long a packed batch waits for the main process to take earlier ones.
+_PACKED_WAIT_S = 600.0
 
 
 try:
@@ -330,21 +334,83 @@ def _load_ordered(worker: _worker.Worker, paths: Sequence[Any], on_done: Callabl
                 e._release_deferred()
 
 
+def _pack_tensors(sizes: List[int], data: Any):
+    """(data, offsets) tensors for samples of ``sizes`` laid out in ``data``."""
+    import torch
+
+    offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64)
+    if sizes:
+        torch.cumsum(torch.tensor(sizes, dtype=torch.int64), 0, out=offsets[1:])
+    return data, offsets
+
+
 def collate_bytes(batch: Sequence[bytes]):
     """A ``collate_fn`` for raw samples: packs a batch of ``bytes`` into one
     ``uint8`` tensor and an ``int64`` tensor of ``len(batch) + 1`` offsets
     (sample ``i`` is ``data[offsets[i]:offsets[i+1]]``). One tensor crosses
     from a DataLoader worker to the main process (through shared memory)
-    instead of ``len(batch)`` pickled ``bytes`` objects."""
+    instead of ``len(batch)`` pickled ``bytes`` objects.
+
+    A batch of a ``FileDataset(packed=True)`` is not copied in the worker:
+    only the tickets of its entries cross to the main process, which copies
+    the bytes once, straight from the loader's shared memory, into the
+    batch tensor (see :class:`FileDataset`)."""
     import torch
 
+    if isinstance(batch, PackedSamples):
+        return batch if _worker_info() is not None else batch.unpack()
     sizes = [len(b) for b in batch]
-    offsets = torch.zeros(len(batch) + 1, dtype=torch.int64)
-    if sizes:
-        torch.cumsum(torch.tensor(sizes, dtype=torch.int64), 0, out=offsets[1:])
     buf = bytearray(b"".join(batch))
     data = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
-    return data, offsets
+    return _pack_tensors(sizes, data)
+
+
+class PackedSamples:
+    """The samples of a ``FileDataset(packed=True)`` batch, still in the
+    loader's shared memory: one ticket per sample (see
+    :meth:`asyncloader.Batch.handoff`). :func:`collate_bytes` turns it into
+    the usual ``(data, offsets)`` pair; pickled (from a DataLoader worker to
+    the main process) it travels as the tickets alone and is unpacked, once,
+    in the receiving process. Each ticket must be unpacked (or dropped) by
+    exactly one process: a ``PackedSamples`` that is never unpacked keeps
+    its buffers until the loader closes."""
+
+    __slots__ = ("loader_name", "tickets", "sizes", "keep", "extra")
+
+    def __init__(self, loader_name: str, tickets: List[int], sizes: List[int], keep: Optional[List[int]], extra: Dict[int, bytes]):
+        self.loader_name = loader_name
+        self.tickets = tickets  # one per requested position
+        self.sizes = sizes
+        self.keep = keep  # positions kept, in order (None: all)
+        self.extra = extra  # position -> replacement bytes (on_error callable)
+
+    def __len__(self) -> int:
+        return len(self.tickets) if self.keep is None else len(self.keep)
+
+    def __reduce__(self):
+        return (_unpack_packed, (self.loader_name, self.tickets, self.sizes, self.keep, self.extra))
+
+    def unpack(self):
+        """The ``(data, offsets)`` tensors: copies the bytes out of the
+        shared memory (one copy) and releases the entries."""
+        return _unpack_packed(self.loader_name, self.tickets, self.sizes, self.keep, self.extra)
+
+
+def _unpack_packed(name: str, tickets: List[int], sizes: List[int], keep, extra):
+    import torch
+
+    loader = _loader._known.get(name) or _loader.Loader.attach(name)
+    data = torch.empty(sum(sizes), dtype=torch.uint8)
+    got = loader.take(tickets, data.numpy()) if tickets else []
+    if keep is None:
+        return _pack_tensors(got, data)
+    # Some samples were skipped or replaced (on_error): lay them out anew.
+    offs = [0]
+    for n in got:
+        offs.append(offs[-1] + n)
+    raw = data.numpy()
+    parts = [extra[p] if p in extra else raw[offs[p] : offs[p + 1]].tobytes() for p in keep]
+    return collate_bytes(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -515,6 +581,17 @@ class FileDataset(_LoaderMixin, _Dataset):
       ``on_error(path, exc)`` returning the replacement sample (or ``SKIP``).
     * ``loader_kwargs``: more ``Loader`` arguments (``loader_threads``,
       ``direct``, ``backend``...).
+    * ``packed``: for raw bytes with ``collate_fn=collate_bytes`` (no
+      ``transform``): a DataLoader worker does not copy the batch; it hands
+      its entries over (tickets, a few bytes each) and the main process
+      copies the bytes once, from the loader's shared memory, into the
+      ``(data, offsets)`` tensors. Saves the worker's copies and the
+      per-batch shared-memory tensor that DataLoader would send. A batch
+      holds its buffers until the main process takes it, so
+      ``queue_depth`` must hold a whole batch (and ``prefetch_factor + 1``
+      batches to keep a worker busy); batches the main process never
+      receives (a DataLoader shut down mid-epoch without persistent
+      workers) keep their buffers until the dataset closes.
 
     Call :meth:`close` (or use ``with``) to shut the loader down at once;
     otherwise it goes when the dataset is garbage-collected.
@@ -532,7 +609,11 @@ class FileDataset(_LoaderMixin, _Dataset):
         on_error: Union[str, Callable[[str, OSError], Any]] = "raise",
         loader_kwargs: Optional[Dict[str, Any]] = None,
         lookahead_bytes: int = 64 << 20,
+        packed: bool = False,
     ):
+        if packed and transform is not None:
+            raise ValueError("packed=True hands raw bytes to collate_bytes: it takes no transform")
+        self.packed = bool(packed)
         self.paths = list(paths)
         self.transform = transform
         self.on_error = _check_on_error(on_error)
@@ -571,6 +652,8 @@ class FileDataset(_LoaderMixin, _Dataset):
         worker are requested ahead, within ``lookahead_bytes``."""
         idx = [int(i) for i in indices]
         paths = self.paths
+        if self.packed:
+            return self._getitems_packed(idx)  # type: ignore[return-value]
         bs = [_util._fspath_bytes(paths[i]) for i in idx]  # IndexError before any request
         worker = self._worker()
         claim = self._claim
@@ -686,6 +769,80 @@ class FileDataset(_LoaderMixin, _Dataset):
             self.skipped += len(out) - len(kept)
             return kept
         return out
+
+    def _getitems_packed(self, idx: List[int]) -> "PackedSamples":
+        """``packed=True``: loads the batch and hands its entries over
+        (tickets) instead of copying them; see :class:`PackedSamples`."""
+        paths = [self.paths[i] for i in idx]  # IndexError before any request
+        worker = self._worker()
+        loader = self._loader
+        n = len(paths)
+        if n > worker.loader.queue_depth:
+            raise ValueError(
+                f"a batch of {n} samples does not fit in queue_depth={worker.loader.queue_depth} "
+                "(packed=True holds a whole batch): raise queue_depth"
+            )
+        tickets = [0] * n
+        sizes = [0] * n
+        errors: Dict[int, int] = {}
+        nxt = inflight = 0
+        waited = 0.0
+        try:
+            while nxt < n or inflight:
+                if nxt < n:
+                    k = worker.request_many(paths[nxt:], first_tag=nxt)
+                    nxt += k
+                    inflight += k
+                    if k == 0 and inflight == 0:
+                        # The queue holds batches handed to the main process
+                        # and not taken yet: it takes them in order, and
+                        # they were sent before this one.
+                        if waited > _PACKED_WAIT_S:
+                            raise RuntimeError(
+                                f"asyncloader worker {worker.id}: queue full for {waited:.0f} s with "
+                                "batches handed over and not taken (is the main process consuming?)"
+                            )
+                        time.sleep(0.001)
+                        waited += 0.001
+                        continue
+                b = worker.get_batch(inflight)
+                inflight -= len(b)
+                for pos, size, err in zip(b.tags, b.sizes, b.errors):
+                    sizes[pos] = size
+                    if err:
+                        errors[pos] = err
+                for pos, t in zip(b.tags, b.handoff()):
+                    tickets[pos] = t
+        except BaseException:
+            loader.drop_tickets([t for t in tickets if t])
+            while inflight > 0:  # what is still in flight goes back too
+                try:
+                    more = worker.get_batch(inflight, timeout=10.0)
+                except OSError:
+                    break
+                if not len(more):
+                    break
+                inflight -= len(more)
+                more.release()
+            raise
+        keep: Optional[List[int]] = None
+        extra: Dict[int, bytes] = {}
+        if errors:
+            keep = []
+            try:
+                for pos in range(n):
+                    if pos not in errors:
+                        keep.append(pos)
+                        continue
+                    sample = _failed(self.on_error, errors[pos], os.fsdecode(paths[pos]), idx[pos])
+                    if sample is not SKIP:
+                        extra[pos] = bytes(sample)
+                        keep.append(pos)
+            except BaseException:
+                loader.drop_tickets([t for t in tickets if t])
+                raise
+            self.skipped += n - len(keep)
+        return PackedSamples(loader.name, tickets, sizes, keep, extra)
 
     def _plan(self, batch: Any, la: _Lookahead) -> List[int]:
         """The indices of this worker's next batches, as far as the byte

@@ -164,6 +164,82 @@ def test_collate_bytes_packs_a_batch(data):
     assert buf.numel() == 0 and off.tolist() == [0]
 
 
+def unpacked(dl):
+    """The samples of (data, offsets) batches, as bytes, batch by batch."""
+    return [[bytes(buf[off[i]:off[i + 1]].numpy()) for i in range(len(off) - 1)] for buf, off in dl]
+
+
+def all_taken(ds):
+    """Every entry handed over was taken: no worker id holds a buffer."""
+    return all(ds.loader.get_worker_context(w).outstanding == 0 for w in range(ds.loader.n_workers))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_packed_batches_are_exact_in_process_and_through_workers(data, method):
+    paths, files = data
+    with FileDataset(paths, packed=True) as ds:
+        batches = fixed_batches(N, seed=3)
+        for nw in (0, 2):
+            dl = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=collate_bytes,
+                            multiprocessing_context=method if nw else None)
+            got = unpacked(dl)
+            assert got == [[files[paths[i]] for i in idx] for idx in batches]
+            del dl
+            assert all_taken(ds)
+        # shuffled, persistent workers, several epochs
+        dl = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True,
+                        collate_fn=collate_bytes, multiprocessing_context=method)
+        for _epoch in range(3):
+            seen = [x for b in unpacked(dl) for x in b]
+            assert sorted(seen) == sorted(files.values())
+        del dl
+        assert all_taken(ds)
+
+
+def test_packed_errors_raise_skip_or_replace_and_keep_nothing(data, tmp_path):
+    paths, files = data
+    gone = str(tmp_path / "gone.bin")
+    p2 = paths[:20] + [gone] + paths[20:40]
+    for on_error, want in (
+        ("skip", [files[p] for p in paths[:40]]),
+        (replace_with_marker, [files[p] for p in paths[:20]] + [b"missing:gone.bin:2"] + [files[p] for p in paths[20:40]]),
+    ):
+        with FileDataset(p2, packed=True, on_error=on_error) as ds:
+            for nw in (0, 2):
+                dl = DataLoader(ds, batch_size=len(p2), num_workers=nw, collate_fn=collate_bytes,
+                                multiprocessing_context="fork" if nw else None)
+                assert unpacked(dl) == [want]
+                del dl
+                assert all_taken(ds)
+    with FileDataset(p2, packed=True) as ds:
+        with pytest.raises(BatchLoadError) as ei:
+            ds.__getitems__(list(range(len(p2))))
+        assert ei.value.errno == errno.ENOENT and ei.value.index == 20
+        assert all_taken(ds)
+        dl = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_bytes,
+                        multiprocessing_context="fork")
+        with pytest.raises(BatchLoadError):
+            list(dl)
+        del dl
+    with pytest.raises(ValueError, match="no transform"):
+        FileDataset(paths, transform=tagged, packed=True)
+    with FileDataset(paths, packed=True, queue_depth=4) as ds:
+        with pytest.raises(ValueError, match="queue_depth"):
+            ds.__getitems__(list(range(8)))
+
+
+def test_packed_queue_smaller_than_the_prefetched_batches_still_flows(data):
+    """Workers wait for the main process to take earlier batches when their
+    queue is full of handed-over entries; nothing deadlocks."""
+    paths, files = data
+    with FileDataset(paths, packed=True, queue_depth=BATCH) as ds:
+        dl = DataLoader(ds, batch_size=BATCH, num_workers=2, prefetch_factor=4, collate_fn=collate_bytes,
+                        multiprocessing_context="fork")
+        assert [x for b in unpacked(dl) for x in b] == [files[p] for p in paths]
+        del dl
+        assert all_taken(ds)
+
+
 def test_too_few_worker_ids_is_a_clear_error(data):
     paths, _ = data
     with FileDataset(paths, n_workers=1) as ds:
