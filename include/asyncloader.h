@@ -626,6 +626,41 @@ int al_loader_prefault(struct al_loader *l);
 int al_loader_reclaim_worker(struct al_loader *l, uint32_t id, uint32_t *reclaimed);
 
 /**
+ * Takes entries handed over by tickets (`al_entry_handoff`,
+ * `al_batch_handoff`, possibly in another process): copies their data
+ * into `dst`, one after another in ticket order, writes each one's size
+ * to `sizes[i]` (0 for a failed load) and releases them. Every ticket is
+ * checked before anything is copied: `-EINVAL` (nothing copied or
+ * released) for a ticket that is not a delivered entry of that
+ * generation (stale, taken already, made up), for `dst` smaller than the
+ * entries' total size, or NULL arguments (`dst` may be NULL when
+ * `dst_len` is 0). Returns 0.
+ *
+ * # Safety
+ *
+ * As `al_loader_start`; `tickets` points to `n` readable `uint64_t`,
+ * `sizes` to `n` writable ones, `dst` to `dst_len` writable bytes; each
+ * ticket is taken once, by one taker (its entry is released here).
+ */
+int al_loader_take(const struct al_loader *l,
+                   const uint64_t *tickets,
+                   size_t n,
+                   uint8_t *dst,
+                   size_t dst_len,
+                   uint64_t *sizes);
+
+/**
+ * Releases the entries of `tickets` without copying them (a taker's
+ * error path); stale tickets are skipped. Returns how many were released
+ * (0 for NULL arguments).
+ *
+ * # Safety
+ *
+ * As `al_loader_take`.
+ */
+size_t al_loader_drop_tickets(const struct al_loader *l, const uint64_t *tickets, size_t n);
+
+/**
  * Frees the handle. In the process that created the loader (or runs its
  * threads or child) this also shuts the loader down. NULL is ignored.
  * Call at most once per handle, when no other thread uses it.
@@ -1059,6 +1094,38 @@ uint64_t al_entry_tag(const struct al_entry *e);
  * `entry` as for `al_entry_release`.
  */
 size_t al_batch_release(const struct al_batch_item *items, size_t n);
+
+/**
+ * Gives up the handle without releasing the entry, and writes to
+ * `*ticket` what stands for the entry from then on: the hand-over of a
+ * loaded file to another process (or thread) that takes it with
+ * `al_loader_take` (copy out and release) or `al_loader_drop_tickets`.
+ * The entry stays delivered and counts against its worker's
+ * `queue_depth` until then; the handle is released (accessors return
+ * NULL/0 afterwards). Returns 0; `-EINVAL` for NULL or a released entry;
+ * `-EPERM` in a process forked after the delivery (the entry is the
+ * parent's).
+ *
+ * # Safety
+ *
+ * As `al_entry_release`; `ticket` is NULL or valid for writing a
+ * `uint64_t`.
+ */
+int al_entry_handoff(struct al_entry *e, uint64_t *ticket);
+
+/**
+ * `al_entry_handoff` of `items[0 .. n-1]` (their `entry` fields), writing
+ * each ticket to `tickets[i]` (0 for an item that could not be handed
+ * over: NULL, released, inherited across `fork`). Returns how many were
+ * handed over.
+ *
+ * # Safety
+ *
+ * `items` is NULL or points to `n` readable items, each `entry` as for
+ * `al_entry_release`; `tickets` is NULL or valid for writing `n`
+ * `uint64_t`.
+ */
+size_t al_batch_handoff(const struct al_batch_item *items, size_t n, uint64_t *tickets);
 
 /**
  * Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call

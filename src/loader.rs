@@ -630,6 +630,94 @@ impl Loader {
         self.region.header().loader_pid.load(Ordering::Acquire)
     }
 
+    /// Copies the data of the entries that `tickets` stand for into `dst`,
+    /// one after another in ticket order, writes each one's size to
+    /// `sizes`, and releases them: the receiving end of a hand-over, where
+    /// one process takes the entries another process's worker loaded (a
+    /// `DataLoader` worker hands a batch to the main process, which copies
+    /// it once into its batch tensor). A ticket (never 0) stands for a
+    /// delivered entry whose holder gave up its handle without
+    /// releasing it (`al_entry_handoff` / `al_batch_handoff`); the entry
+    /// counts against its worker's `queue_depth` until taken here. A
+    /// failed load's entry has size 0.
+    ///
+    /// Checks every ticket before it copies anything: `InvalidArgument` for
+    /// one that is not a delivered entry of that generation (stale, taken
+    /// already, made up) and `InvalidArgument` when `dst` cannot hold them
+    /// all (nothing is copied or released then).
+    ///
+    /// # Safety
+    ///
+    /// Each ticket is used once, by one taker, and its entry is held by
+    /// nobody else (the hand-over gave it up): the entries are released
+    /// here and their buffers go to the next requests.
+    pub unsafe fn take_tickets(
+        &self,
+        tickets: &[u64],
+        dst: &mut [u8],
+        sizes: &mut [u64],
+    ) -> Result<usize> {
+        if sizes.len() < tickets.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "fewer sizes than tickets",
+            ));
+        }
+        let region = &*self.region;
+        let mut total = 0usize;
+        for (i, &t) in tickets.iter().enumerate() {
+            let (g, generation) = crate::worker::ticket_parts(t).unwrap_or((u32::MAX, 0));
+            // SAFETY: the entry is ours (the caller's promise); nobody
+            // releases it while we look.
+            let Some(l) = (unsafe { crate::worker::delivered_ref(region, g, generation) }) else {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("ticket {i} is not a delivered entry (stale or taken already)"),
+                ));
+            };
+            sizes[i] = l.len() as u64;
+            total += l.len();
+        }
+        if total > dst.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the entries hold {total} bytes, the destination {}",
+                    dst.len()
+                ),
+            ));
+        }
+        let mut at = 0usize;
+        for &t in tickets {
+            let (g, generation) = crate::worker::ticket_parts(t).unwrap_or((u32::MAX, 0));
+            // SAFETY: as above; checked delivered in the first pass and
+            // released only below, by us.
+            if let Some(l) = unsafe { crate::worker::delivered_ref(region, g, generation) } {
+                let d = l.data();
+                dst[at..at + d.len()].copy_from_slice(d);
+                at += d.len();
+            }
+            crate::worker::release_raw(region, g, generation)?;
+        }
+        Ok(at)
+    }
+
+    /// Releases the entries `tickets` stand for without copying them (the
+    /// taker's error path); stale tickets are skipped. Returns how many
+    /// were released.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::take_tickets`].
+    pub unsafe fn drop_tickets(&self, tickets: &[u64]) -> usize {
+        let region = &*self.region;
+        tickets
+            .iter()
+            .filter_map(|&t| crate::worker::ticket_parts(t))
+            .filter(|&(g, generation)| crate::worker::release_raw(region, g, generation).is_ok())
+            .count()
+    }
+
     /// The region, for the tests that scribble on it.
     #[cfg(test)]
     pub(crate) fn region(&self) -> &Arc<Region> {

@@ -541,6 +541,41 @@ impl Worker {
     }
 }
 
+/// The ticket that stands for delivered entry `(g, generation)` in a
+/// hand-over (`Loader::take_tickets`): `(g + 1) << 32 | generation`, never
+/// 0, so that 0 can mean "no ticket".
+pub(crate) fn ticket(g: u32, generation: u32) -> u64 {
+    ((g as u64 + 1) << 32) | generation as u64
+}
+
+/// The `(g, generation)` of a ticket; `None` for 0 (or anything no
+/// [`ticket`] makes).
+pub(crate) fn ticket_parts(t: u64) -> Option<(u32, u32)> {
+    let hi = t >> 32;
+    (hi != 0).then(|| ((hi - 1) as u32, t as u32))
+}
+
+/// A view of entry `g` of any worker if it is delivered with `generation`
+/// (the check of [`Worker::entry_ref`], for a loader handle taking entries
+/// handed over by tickets).
+///
+/// # Safety
+///
+/// As [`Worker::entry_ref`]: nobody releases the entry while the view is
+/// in use.
+pub(crate) unsafe fn delivered_ref(
+    region: &Region,
+    g: u32,
+    generation: u32,
+) -> Option<EntryRef<'_>> {
+    if g >= region.n_entries() {
+        return None;
+    }
+    let expect = ((generation as u64) << 32) | entry_state::DONE as u64;
+    // Acquire: pairs with the loader's release of DONE.
+    (region.entry(g).state.load(Ordering::Acquire) == expect).then_some(EntryRef { region, g })
+}
+
 /// What an entry shows: path, bytes, errno, latency. Borrowed from an
 /// [`Entry`] (its accessors are these) or, for handles kept outside Rust,
 /// from [`Worker::entry_ref`]. Valid while the entry is delivered and not
@@ -740,6 +775,18 @@ impl Entry {
         (self.g, self.generation)
     }
 
+    /// Gives up this handle without releasing the entry and returns the
+    /// ticket that stands for it: the hand-over to another process (or
+    /// thread) that takes it with [`Loader::take_tickets`](crate::Loader::take_tickets)
+    /// (copy out and release). The entry keeps its buffer, and counts
+    /// against the worker's `queue_depth`, until then. In a process forked
+    /// after the delivery the entry is the parent's: `None`, and nothing
+    /// is handed over.
+    pub fn into_ticket(mut self) -> Option<u64> {
+        self.released = true;
+        (self.epoch == fork_epoch()).then(|| ticket(self.g, self.generation))
+    }
+
     /// Returns the slot to the worker (same as dropping the entry).
     pub fn release(mut self) {
         self.release_inner();
@@ -768,7 +815,7 @@ impl Drop for Entry {
 
 /// Releases entry `g` of generation `generation`: `InvalidArgument` when it
 /// was already released (the generation moved on) or is not delivered.
-fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
+pub(crate) fn release_raw(region: &Region, g: u32, generation: u32) -> Result<()> {
     if g >= region.n_entries() {
         return Err(Error::new(ErrorKind::InvalidArgument, "no such entry"));
     }

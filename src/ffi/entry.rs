@@ -353,6 +353,82 @@ pub unsafe extern "C" fn al_batch_release(items: *const al_batch_item, n: usize)
     })
 }
 
+/// Gives up the handle without releasing the entry, and writes to
+/// `*ticket` what stands for the entry from then on: the hand-over of a
+/// loaded file to another process (or thread) that takes it with
+/// `al_loader_take` (copy out and release) or `al_loader_drop_tickets`.
+/// The entry stays delivered and counts against its worker's
+/// `queue_depth` until then; the handle is released (accessors return
+/// NULL/0 afterwards). Returns 0; `-EINVAL` for NULL or a released entry;
+/// `-EPERM` in a process forked after the delivery (the entry is the
+/// parent's).
+///
+/// # Safety
+///
+/// As `al_entry_release`; `ticket` is NULL or valid for writing a
+/// `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_entry_handoff(e: *mut al_entry, ticket: *mut u64) -> c_int {
+    ffi_boundary!(int {
+        let ticket = try_out(ticket)?;
+        // SAFETY: the caller's promise.
+        let t = unsafe { handoff(e) }?;
+        // SAFETY: non-NULL and writable (caller).
+        unsafe { ticket.write(t) };
+        Ok(())
+    })
+}
+
+/// `al_entry_handoff` of `items[0 .. n-1]` (their `entry` fields), writing
+/// each ticket to `tickets[i]` (0 for an item that could not be handed
+/// over: NULL, released, inherited across `fork`). Returns how many were
+/// handed over.
+///
+/// # Safety
+///
+/// `items` is NULL or points to `n` readable items, each `entry` as for
+/// `al_entry_release`; `tickets` is NULL or valid for writing `n`
+/// `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_batch_handoff(
+    items: *const al_batch_item,
+    n: usize,
+    tickets: *mut u64,
+) -> usize {
+    ffi_boundary!(0 => {
+        if items.is_null() || tickets.is_null() || n > isize::MAX as usize / std::mem::size_of::<al_batch_item>() {
+            return 0;
+        }
+        // SAFETY: non-NULL, `n` readable items (caller), size checked.
+        let items = unsafe { std::slice::from_raw_parts(items, n) };
+        let mut handed = 0;
+        for (i, item) in items.iter().enumerate() {
+            // SAFETY: each entry as for al_entry_release (caller).
+            let t = unsafe { handoff(item.entry) }.unwrap_or(0);
+            handed += usize::from(t != 0);
+            // SAFETY: i < n, inside the caller's array of `n` u64.
+            unsafe { tickets.add(i).write(t) };
+        }
+        handed
+    })
+}
+
+/// Gives up a handle without releasing its entry; the ticket of the entry.
+///
+/// # Safety
+///
+/// As `release`.
+unsafe fn handoff(e: *const al_entry) -> Result<u64, Errno> {
+    let mut ticket = 0u64;
+    let keep = |_: &Worker, g: u32, generation: u32| -> Result<(), Errno> {
+        ticket = crate::worker::ticket(g, generation);
+        Ok(())
+    };
+    // SAFETY: NULL or a slot of a live table (caller).
+    unsafe { EntrySlot::release(e.cast(), fork_epoch(), keep) }?;
+    Ok(ticket)
+}
+
 /// Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call
 /// (written only on success; the fields inside `out->struct_size`).
 /// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or

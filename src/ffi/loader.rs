@@ -506,6 +506,84 @@ pub unsafe extern "C" fn al_loader_reclaim_worker(
     })
 }
 
+/// Takes entries handed over by tickets (`al_entry_handoff`,
+/// `al_batch_handoff`, possibly in another process): copies their data
+/// into `dst`, one after another in ticket order, writes each one's size
+/// to `sizes[i]` (0 for a failed load) and releases them. Every ticket is
+/// checked before anything is copied: `-EINVAL` (nothing copied or
+/// released) for a ticket that is not a delivered entry of that
+/// generation (stale, taken already, made up), for `dst` smaller than the
+/// entries' total size, or NULL arguments (`dst` may be NULL when
+/// `dst_len` is 0). Returns 0.
+///
+/// # Safety
+///
+/// As `al_loader_start`; `tickets` points to `n` readable `uint64_t`,
+/// `sizes` to `n` writable ones, `dst` to `dst_len` writable bytes; each
+/// ticket is taken once, by one taker (its entry is released here).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_take(
+    l: *const al_loader,
+    tickets: *const u64,
+    n: usize,
+    dst: *mut u8,
+    dst_len: usize,
+    sizes: *mut u64,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        if (n > 0 && (tickets.is_null() || sizes.is_null())) || (dst.is_null() && dst_len > 0) {
+            return Err(Errno::INVAL);
+        }
+        if n > isize::MAX as usize / 8 || dst_len > isize::MAX as usize {
+            return Err(Errno::INVAL);
+        }
+        let (tickets, sizes) = if n == 0 {
+            (&[][..], &mut [][..])
+        } else {
+            // SAFETY: non-NULL, `n` readable / writable u64 (caller), byte
+            // sizes fit isize (checked).
+            unsafe { (std::slice::from_raw_parts(tickets, n), std::slice::from_raw_parts_mut(sizes, n)) }
+        };
+        let dst = if dst_len == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: non-NULL, `dst_len` writable bytes (caller), fits isize.
+            unsafe { std::slice::from_raw_parts_mut(dst, dst_len) }
+        };
+        // SAFETY: each ticket is taken once, by us (caller).
+        unsafe { l.loader.take_tickets(tickets, dst, sizes) }?;
+        Ok(())
+    })
+}
+
+/// Releases the entries of `tickets` without copying them (a taker's
+/// error path); stale tickets are skipped. Returns how many were released
+/// (0 for NULL arguments).
+///
+/// # Safety
+///
+/// As `al_loader_take`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_drop_tickets(
+    l: *const al_loader,
+    tickets: *const u64,
+    n: usize,
+) -> usize {
+    ffi_boundary!(0 => {
+        // SAFETY: NULL or live (caller).
+        let Ok(l) = (unsafe { try_ref(l) }) else { return 0 };
+        if tickets.is_null() || n > isize::MAX as usize / 8 {
+            return 0;
+        }
+        // SAFETY: non-NULL, `n` readable u64 (caller), size checked.
+        let tickets = unsafe { std::slice::from_raw_parts(tickets, n) };
+        // SAFETY: each ticket is taken once, by us (caller).
+        unsafe { l.loader.drop_tickets(tickets) }
+    })
+}
+
 /// Frees the handle. In the process that created the loader (or runs its
 /// threads or child) this also shuts the loader down. NULL is ignored.
 /// Call at most once per handle, when no other thread uses it.
