@@ -350,3 +350,81 @@ def test_default_window_holds_about_window_bytes_of_large_files(tmp_path):
             peak.append(w.outstanding)
         assert max(peak[30:60]) == 20
         assert w.outstanding == 0
+
+
+def _handed(w, paths, tmp_path=None):
+    """Requests paths, hands every batch over; [(tag, size, ticket)]."""
+    assert w.request_many(paths) == len(paths)
+    out = []
+    while len(out) < len(paths):
+        b = w.get_batch(len(paths), timeout=10)
+        out += list(zip(b.tags, b.sizes, b.handoff()))
+        assert b.released
+    return out
+
+
+def test_handoff_and_take_in_this_process(loader, files):
+    w = loader.get_worker_context(0)
+    paths = sorted(files)[:12]
+    got = _handed(w, paths)
+    assert w.outstanding == 12  # handed over, not taken: still held
+    tickets = [t for _, _, t in got]
+    assert all(tickets)
+    need = sum(s for _, s, _ in got)
+    with pytest.raises(OSError) as ei:
+        loader.take(tickets, bytearray(need - 1))  # too small: nothing done
+    assert ei.value.errno == errno.EINVAL and w.outstanding == 12
+    out = bytearray(need)
+    sizes = loader.take(tickets, out)
+    assert sizes == [s for _, s, _ in got]
+    off = 0
+    for (tag, size, _), n in zip(got, sizes):
+        assert bytes(out[off : off + n]) == files[paths[tag]]
+        off += n
+    assert w.outstanding == 0
+    with pytest.raises(OSError) as ei:
+        loader.take(tickets[:1], bytearray(1 << 20))  # taken already
+    assert ei.value.errno == errno.EINVAL
+    assert loader.drop_tickets(tickets) == 0
+
+
+def test_handoff_taken_by_a_forked_process_and_dropped(loader, files, tmp_path):
+    w = loader.get_worker_context(1)
+    paths = sorted(files)[:10]
+    got = _handed(w, paths)
+    r, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the taker: another process mapping the region
+        ok = 0
+        try:
+            out = bytearray(sum(s for _, s, _ in got))
+            sizes = loader.take([t for _, _, t in got], out)
+            off = 0
+            ok = 1
+            for (tag, _, _), n in zip(got, sizes):
+                ok &= bytes(out[off : off + n]) == files[paths[tag]]
+                off += n
+        finally:
+            os.write(wr, b"1" if ok else b"0")
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    assert w.outstanding == 0  # released by the other process
+    got = _handed(w, paths[:4])
+    assert loader.drop_tickets([t for _, _, t in got] + [0, 12345]) == 4
+    assert w.outstanding == 0
+
+
+def test_handoff_refuses_under_a_live_view_and_after_release(loader, files):
+    w = loader.get_worker_context(2)
+    assert w.request(sorted(files)[0])
+    b = w.get_batch(1, timeout=10)
+    keep = b.view(0)[1:]
+    with pytest.raises(BufferError):
+        b.handoff()
+    del keep
+    tickets = b.handoff()
+    with pytest.raises(ValueError):
+        b.handoff()
+    assert loader.drop_tickets(tickets) == 1
+    assert w.outstanding == 0
