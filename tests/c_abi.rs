@@ -275,8 +275,12 @@ fn attach_from_an_unrelated_process() {
     compile("tests/c/attach.c", &exe, false, &[]);
     let files = make_tree(&tmp.path().join("data"), 30);
 
+    // The library this run built, as `run` gives the "work" process: a
+    // server on another copy (the uplifted one in target/debug, from an
+    // earlier `cargo build`) may have another layout and refuse it.
     let mut server = Command::new(&exe)
         .arg("serve")
+        .env("LD_LIBRARY_PATH", lib_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
