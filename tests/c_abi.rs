@@ -275,8 +275,12 @@ fn attach_from_an_unrelated_process() {
     compile("tests/c/attach.c", &exe, false, &[]);
     let files = make_tree(&tmp.path().join("data"), 30);
 
+    // The library this run built, as `run` gives the "work" process: a
+    // server on another copy (the uplifted one in target/debug, from an
+    // earlier `cargo build`) may have another layout and refuse it.
     let mut server = Command::new(&exe)
         .arg("serve")
+        .env("LD_LIBRARY_PATH", lib_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -482,6 +486,10 @@ c_cases!(
         worker_buffers_span_every_entry_with_a_loader_process,
         worker_buffers_rejects_null_arguments,
         worker_buffers_of_a_freed_handle_is_einval_while_its_entry_lives,
+        batch_handed_over_is_taken_by_a_forked_process,
+        entry_handoff_kills_the_handle_and_the_entry_counts_until_taken,
+        loader_take_checks_every_ticket_and_the_room_before_it_releases,
+        failed_load_handed_over_is_taken_with_size_zero,
     ]
 );
 

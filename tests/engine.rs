@@ -1047,3 +1047,226 @@ fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter_threads() {
 fn shutdown_with_requests_in_flight_delivers_or_fails_every_waiter_process() {
     shutdown_with_requests_in_flight(Mode::Process);
 }
+
+/// Requests `paths` (at most the queue depth) through `w` and hands every
+/// entry over with `Entry::into_ticket`: the tickets, and the path each
+/// one stands for. The caller holds no entry afterwards; every one still
+/// counts as outstanding.
+fn hand_over(w: &asyncloader::Worker, paths: &[PathBuf]) -> (Vec<u64>, Vec<PathBuf>) {
+    let before = w.outstanding() as usize;
+    for p in paths {
+        w.request(p).unwrap();
+    }
+    let mut tickets = Vec::new();
+    let mut order = Vec::new();
+    for _ in paths {
+        let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+        order.push(e.path().to_path_buf());
+        let t = e
+            .into_ticket()
+            .expect("a ticket where the entry was delivered");
+        assert_ne!(t, 0, "ticket 0");
+        assert!(!tickets.contains(&t), "ticket {t:#x} twice");
+        tickets.push(t);
+    }
+    assert_eq!(
+        w.outstanding() as usize,
+        before + paths.len(),
+        "entries handed over still count against the queue"
+    );
+    (tickets, order)
+}
+
+/// What a taker should find for `path`: its bytes on disk, nothing for a
+/// file that failed to load (missing).
+fn disk_bytes(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Asserts that `dst` starts with the files of `order` one after another
+/// and `sizes` holds their sizes; returns their total size.
+fn check_taken(dst: &[u8], sizes: &[u64], order: &[PathBuf]) -> usize {
+    assert_eq!(sizes.len(), order.len());
+    let mut at = 0;
+    for (p, &size) in order.iter().zip(sizes) {
+        let disk = disk_bytes(p);
+        assert_eq!(size, disk.len() as u64, "{p:?}: size");
+        assert!(dst[at..at + disk.len()] == disk[..], "{p:?}: bytes differ");
+        at += disk.len();
+    }
+    at
+}
+
+/// Entries handed over by `Entry::into_ticket` come back through
+/// `Loader::take_tickets` in ticket order (here the reverse of delivery),
+/// every byte as on disk, a missing file with size 0; they are released
+/// (nothing outstanding, the slots load again). A second take of the same
+/// tickets, or of one of them, is `InvalidArgument` and copies nothing.
+#[test]
+fn tickets_round_trip_copies_every_byte_and_a_second_take_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = make_files(dir.path(), &boundary_sizes());
+    paths.push(dir.path().join("missing"));
+    let r = Running::new(cfg(1, paths.len() as u32), Mode::Threads);
+    let w = r.worker(0);
+    let (mut tickets, mut order) = hand_over(&w, &paths);
+    tickets.reverse();
+    order.reverse();
+    let total: usize = order.iter().map(|p| disk_bytes(p).len()).sum();
+    let mut dst = vec![0xA5; total + 100];
+    let mut sizes = vec![u64::MAX; tickets.len()];
+    // SAFETY: the tickets were handed over above and are taken once, here.
+    let copied = unsafe { r.loader.take_tickets(&tickets, &mut dst, &mut sizes) }.unwrap();
+    assert_eq!(copied, total);
+    assert_eq!(check_taken(&dst, &sizes, &order), total);
+    assert!(
+        dst[total..].iter().all(|&b| b == 0xA5),
+        "wrote past the entries"
+    );
+    assert_eq!(w.outstanding(), 0, "taken entries are released");
+
+    dst.fill(0x5A);
+    for ts in [&tickets[..], &tickets[3..4]] {
+        // SAFETY: stale tickets; the call must refuse them.
+        let err = unsafe { r.loader.take_tickets(ts, &mut dst, &mut sizes) }.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(dst.iter().all(|&b| b == 0x5A), "a stale take copied");
+    }
+    assert_eq!(load_all(&w, &paths[..paths.len() - 1]), paths.len() - 1);
+    r.stop();
+}
+
+/// `take_tickets` checks every ticket and the room in `dst` before it
+/// copies or releases anything: a `dst` one byte short, fewer sizes than
+/// tickets, a ticket 0, a made-up one or one of another generation after
+/// the good ones are `InvalidArgument` with `dst` untouched and every
+/// entry still outstanding; then the right take works.
+#[test]
+fn take_tickets_checks_every_ticket_and_the_room_before_it_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[70_000, 1, 0, 4097]);
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    let (tickets, order) = hand_over(&w, &paths);
+    let total: usize = order.iter().map(|p| disk_bytes(p).len()).sum();
+    let mut dst = vec![0xA5; total + 64];
+    let mut sizes = vec![0; tickets.len() + 1];
+    let untouched = |dst: &[u8]| dst.iter().all(|&b| b == 0xA5);
+    let refused = |ts: &[u64], dst: &mut [u8], sizes: &mut [u64], what: &str| {
+        // SAFETY: handed over above, taken by nobody else; the call must
+        // refuse and release nothing.
+        let err = unsafe { r.loader.take_tickets(ts, dst, sizes) }.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: {err}");
+        assert_eq!(w.outstanding(), 4, "{what}: released an entry");
+    };
+
+    refused(
+        &tickets,
+        &mut dst[..total - 1],
+        &mut sizes,
+        "one byte short",
+    );
+    assert!(untouched(&dst));
+    refused(&tickets, &mut dst, &mut sizes[..3], "fewer sizes");
+    assert!(untouched(&dst));
+    for (bad, what) in [
+        (0, "ticket 0"),
+        (u64::MAX, "no such entry"),
+        (
+            (1_000_000 << 32) | (tickets[0] & 0xFFFF_FFFF),
+            "no such entry",
+        ),
+        (tickets[0] + 1, "another generation"),
+    ] {
+        let mut mixed = tickets.clone();
+        mixed.push(bad);
+        refused(&mixed, &mut dst, &mut sizes, what);
+        assert!(untouched(&dst), "{what}: copied");
+    }
+
+    // SAFETY: handed over above and taken once, here.
+    let copied = unsafe {
+        r.loader
+            .take_tickets(&tickets, &mut dst[..total], &mut sizes)
+    };
+    assert_eq!(copied.unwrap(), total);
+    assert_eq!(check_taken(&dst, &sizes[..4], &order), total);
+    assert_eq!(w.outstanding(), 0);
+    r.stop();
+}
+
+/// `drop_tickets` releases what the tickets stand for without copying and
+/// counts it; stale tickets (taken already, dropped already) and 0 are
+/// skipped.
+#[test]
+fn drop_tickets_releases_and_skips_stale_tickets() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[5000, 0, 100_000, 3]);
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    let (mut tickets, order) = hand_over(&w, &paths);
+    let two = disk_bytes(&order[0]).len() + disk_bytes(&order[1]).len();
+    let mut dst = vec![0; two];
+    let mut sizes = [0; 2];
+    // SAFETY: handed over above and taken once, here.
+    let copied = unsafe { r.loader.take_tickets(&tickets[..2], &mut dst, &mut sizes) };
+    assert_eq!(copied.unwrap(), two);
+    assert_eq!(check_taken(&dst, &sizes, &order[..2]), two);
+    assert_eq!(w.outstanding(), 2);
+    tickets.push(0);
+    // SAFETY: the last two are handed over and dropped once, here; the
+    // others are stale.
+    assert_eq!(unsafe { r.loader.drop_tickets(&tickets) }, 2);
+    assert_eq!(w.outstanding(), 0);
+    // SAFETY: all stale now.
+    assert_eq!(unsafe { r.loader.drop_tickets(&tickets) }, 0);
+    // SAFETY: stale; the take must refuse them.
+    let err = unsafe { r.loader.take_tickets(&tickets[2..4], &mut dst, &mut sizes) }.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(load_all(&w, &paths), paths.len());
+    r.stop();
+}
+
+/// The hand-over between processes: this process loads the entries and
+/// keeps only their tickets; a forked child takes them (copies every
+/// byte, releases). Afterwards nothing is outstanding here, the tickets
+/// are stale, and the slots load again.
+fn tickets_taken_by_a_forked_process(mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = make_files(dir.path(), &[MAX as usize, 0, 4096, 12_345, 1]);
+    let r = Running::new(cfg(2, 5), mode);
+    let w = r.worker(1);
+    let (tickets, order) = hand_over(&w, &paths);
+    let total: usize = order.iter().map(|p| disk_bytes(p).len()).sum();
+    let loader = &r.loader;
+    let child = in_child(|| {
+        let mut dst = vec![0; total];
+        let mut sizes = vec![0; tickets.len()];
+        // SAFETY: the parent handed these over and holds nothing; this
+        // child is their one taker.
+        let copied = unsafe { loader.take_tickets(&tickets, &mut dst, &mut sizes) };
+        assert_eq!(copied.unwrap(), total);
+        assert_eq!(check_taken(&dst, &sizes, &order), total);
+    });
+    assert!(child_ok(child), "the child's take failed");
+    assert_eq!(w.outstanding(), 0, "the child released the entries");
+    let mut dst = vec![0; total];
+    let mut sizes = vec![0; tickets.len()];
+    // SAFETY: taken by the child: stale, and the take must refuse them.
+    let err = unsafe { r.loader.take_tickets(&tickets, &mut dst, &mut sizes) }.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    // SAFETY: stale.
+    assert_eq!(unsafe { r.loader.drop_tickets(&tickets) }, 0);
+    assert_eq!(load_all(&w, &paths), paths.len());
+    r.stop();
+}
+
+#[test]
+fn tickets_taken_by_a_forked_process_loader_process() {
+    tickets_taken_by_a_forked_process(Mode::Process);
+}
+
+#[test]
+fn tickets_taken_by_a_forked_process_loader_threads() {
+    tickets_taken_by_a_forked_process(Mode::Threads);
+}

@@ -1,9 +1,11 @@
 /* The C ABI's calls for whole batches, one behaviour per case: tagged
  * requests (al_worker_request_tagged, al_entry_tag, al_entry_info.tag),
  * packed requests (al_worker_request_packed), batches of entries
- * (al_worker_get_batch, al_batch_item, al_batch_release) and the span of
- * the worker's buffers (al_worker_buffers). Every loaded byte is compared
- * with the file on disk (read()), every tag with the path it was given to.
+ * (al_worker_get_batch, al_batch_item, al_batch_release), the span of
+ * the worker's buffers (al_worker_buffers) and the hand-over of entries by
+ * ticket (al_entry_handoff, al_batch_handoff, al_loader_take,
+ * al_loader_drop_tickets). Every loaded byte is compared with the file on
+ * disk (read()), every tag with the path it was given to.
  *
  * Usage: batch list | batch <case>|all <scratch-dir>   (tests/c/runner.h)
  * Built by tests/c_abi.rs (one Rust test per case) and scripts/c-sanitize.sh
@@ -847,6 +849,365 @@ static void worker_buffers_of_a_freed_handle_is_einval_while_its_entry_lives(voi
     free(small);
 }
 
+/* --- hand-over by ticket --------------------------------------------------- */
+
+/* The bytes of the file at `path`, read with read() into a malloc'd block
+ * of `*len` bytes; NULL (and a failed check) when it cannot be read. */
+static uint8_t *read_whole(const char *path, size_t *len) {
+    *len = 0;
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    if (fd < 0) return NULL;
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0);
+    size_t n = (size_t)st.st_size, have = 0;
+    uint8_t *buf = malloc(n ? n : 1);
+    while (have < n) {
+        ssize_t k = read(fd, buf + have, n - have);
+        if (k <= 0) break;
+        have += (size_t)k;
+    }
+    close(fd);
+    CHECK(have == n);
+    if (have != n) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* 1 when the `n` bytes at `p` are exactly the bytes of the file at `path`. */
+static int same_bytes_as_file(const uint8_t *p, size_t n, const char *path) {
+    size_t len = 0;
+    uint8_t *disk = read_whole(path, &len);
+    int ok = disk != NULL && len == n && (n == 0 || memcmp(p, disk, n) == 0);
+    free(disk);
+    return ok;
+}
+
+/* Size of the file at `path` (stat), 0 when it cannot be stat'ed. */
+static size_t file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}
+
+/* Loads the `n` paths (n <= QD) packed with tags TAG0 + i through `w`,
+ * takes them as a batch and hands the batch over: tickets[i] for the
+ * entry of paths[which[i]]. Every ticket is non-zero and distinct, every
+ * handle dead, every entry still outstanding. Returns the number handed
+ * over (n unless a check failed). */
+static size_t load_and_hand_over(al_worker *w, char *const *paths, size_t n, uint64_t *tickets,
+                                 size_t *which) {
+    size_t len = 0, acc = 0;
+    uint8_t *block = pack(paths, n, &len);
+    CHECK_RC(al_worker_request_packed(w, block, len, TAG0, &acc), 0);
+    free(block);
+    CHECK(acc == n);
+    al_batch_item items[2 * QD];
+    size_t got = take_batches(w, items, n, QD);
+    CHECK(got == n);
+    for (size_t i = 0; i < got; i++) {
+        which[i] = (size_t)(items[i].tag - TAG0);
+        CHECK(which[i] < n);
+    }
+    memset(tickets, 0, n * sizeof *tickets);
+    size_t handed = al_batch_handoff(items, got, tickets);
+    CHECK(handed == got);
+    for (size_t i = 0; i < got; i++) {
+        CHECK(tickets[i] != 0);
+        for (size_t j = 0; j < i; j++) CHECK(tickets[j] != tickets[i]);
+        /* The handle is gone; the entry is not. */
+        CHECK(al_entry_data(items[i].entry) == NULL && al_entry_size(items[i].entry) == 0);
+        CHECK_RC(al_entry_release(items[i].entry), -EINVAL);
+    }
+    CHECK(al_worker_outstanding(w) == got);
+    return handed;
+}
+
+/* A batch handed over in this process is taken by a forked child (its
+ * loader handle inherited): the child copies every entry's bytes in ticket
+ * order (the reverse of the batch's) and releases them; the parent then
+ * has nothing outstanding, its tickets are stale, and the slots load
+ * again. A loader process: no threads here when it forks. */
+static void batch_handed_over_is_taken_by_a_forked_process(void) {
+    char **paths = make_files(QD);
+    al_loader *l = new_loader(0);
+    if (l) CHECK_RC(al_loader_spawn(l), 0);
+    al_worker *w = worker(l, 0);
+    if (w) {
+        uint64_t items_tickets[QD], tickets[QD];
+        size_t which_item[QD], which[QD];
+        size_t handed = load_and_hand_over(w, paths, QD, items_tickets, which_item);
+        size_t total = 0;
+        for (size_t i = 0; i < QD; i++) {
+            tickets[i] = items_tickets[QD - 1 - i];
+            which[i] = which_item[QD - 1 - i] < QD ? which_item[QD - 1 - i] : 0;
+            total += file_size(paths[which[i]]);
+        }
+        CHECK(total > 0);
+        if (handed == QD) {
+            pid_t pid = fork_or_exit();
+            if (pid == 0) {
+                int bad = 0;
+                uint8_t *dst = malloc(total);
+                uint64_t sizes[QD];
+                memset(dst, FILL, total);
+                int rc = al_loader_take(l, tickets, QD, dst, total, sizes);
+                bad += rc != 0;
+                size_t at = 0;
+                for (size_t i = 0; rc == 0 && i < QD; i++) {
+                    size_t want = file_size(paths[which[i]]);
+                    bad += sizes[i] != want;
+                    bad += !same_bytes_as_file(dst + at, want, paths[which[i]]);
+                    at += want;
+                }
+                bad += rc == 0 && at != total;
+                free(dst);
+                if (bad) fprintf(stderr, "child: al_loader_take = %d, %d checks failed\n", rc, bad);
+                _exit(bad ? 1 : 0);
+            }
+            int status = 0;
+            CHECK(waitpid(pid, &status, 0) == pid);
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+            CHECK(al_worker_outstanding(w) == 0);
+            /* Taken there: stale here. */
+            uint8_t *dst = malloc(total);
+            uint64_t sizes[QD];
+            memset(dst, FILL, total);
+            CHECK_RC(al_loader_take(l, tickets, QD, dst, total, sizes), -EINVAL);
+            CHECK(untouched(dst, total));
+            CHECK_RC(al_loader_take(l, tickets, 1, dst, total, sizes), -EINVAL);
+            CHECK(untouched(dst, total));
+            CHECK(al_loader_drop_tickets(l, tickets, QD) == 0);
+            free(dst);
+            /* The slots are free: a full queue's worth loads and comes back. */
+            uint64_t again[QD];
+            CHECK(load_and_hand_over(w, paths, QD, again, which) == QD);
+            CHECK(al_loader_drop_tickets(l, again, QD) == QD);
+            CHECK(al_worker_outstanding(w) == 0);
+        }
+    }
+    stop(l, w);
+    free_files(paths, QD);
+}
+
+/* al_entry_handoff of one entry: the handle is dead at once (accessors
+ * NULL/0, release and a second hand-over -EINVAL), the entry counts
+ * against the queue until its ticket is taken. A NULL entry or ticket
+ * pointer is -EINVAL and hands nothing over; in a process forked after
+ * the delivery the entry is the parent's: -EPERM there, and the parent's
+ * handle is unaffected. */
+static void entry_handoff_kills_the_handle_and_the_entry_counts_until_taken(void) {
+    char *small = make_file("small.bin", 70000, 3);
+    al_loader *l = new_loader(0);
+    if (l) CHECK_RC(al_loader_spawn(l), 0);
+    al_worker *w = worker(l, 0);
+    if (w) {
+        al_entry *e = NULL;
+        CHECK_RC(al_worker_request(w, small), 0);
+        CHECK_RC(al_worker_wait_get(w, 10 * SEC, &e), 0);
+        CHECK(e && same_as_file(e, small));
+        uint64_t t = 0;
+        CHECK_RC(al_entry_handoff(NULL, &t), -EINVAL);
+        CHECK(t == 0);
+        CHECK_RC(al_entry_handoff(e, NULL), -EINVAL);
+        CHECK(same_as_file(e, small)); /* still the caller's */
+
+        pid_t pid = fork_or_exit();
+        if (pid == 0) {
+            uint64_t ct = 0;
+            int bad = 0;
+            bad += al_entry_handoff(e, &ct) != -EPERM;
+            bad += ct != 0;
+            bad += al_entry_data(e) != NULL; /* forgotten here */
+            _exit(bad ? 1 : 0);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK(same_as_file(e, small));
+        CHECK(al_worker_outstanding(w) == 1);
+
+        CHECK_RC(al_entry_handoff(e, &t), 0);
+        CHECK(t != 0);
+        CHECK(al_entry_data(e) == NULL && al_entry_size(e) == 0 && al_entry_path(e) == NULL);
+        CHECK_RC(al_entry_release(e), -EINVAL);
+        uint64_t t2 = 0;
+        CHECK_RC(al_entry_handoff(e, &t2), -EINVAL);
+        CHECK(t2 == 0);
+        CHECK(al_worker_outstanding(w) == 1);
+
+        size_t n = file_size(small);
+        uint8_t *dst = malloc(n);
+        uint64_t size = 0;
+        CHECK_RC(al_loader_take(l, &t, 1, dst, n, &size), 0);
+        CHECK(size == n && same_bytes_as_file(dst, n, small));
+        CHECK(al_worker_outstanding(w) == 0);
+        free(dst);
+    }
+    stop(l, w);
+    free(small);
+}
+
+/* al_loader_take checks every ticket, and the room in dst, before it
+ * copies or releases anything: a dst one byte short, a ticket 0, a
+ * made-up ticket or a stale one after valid ones fail with -EINVAL and
+ * leave dst untouched and every entry outstanding; then a correct take
+ * works. al_loader_drop_tickets releases and counts, skipping stale and
+ * 0 tickets; NULL arguments are -EINVAL / 0. */
+static void loader_take_checks_every_ticket_and_the_room_before_it_releases(void) {
+    char **paths = make_files(QD);
+    al_loader *l = new_loader(1);
+    al_worker *w = worker(l, 0);
+    if (w) {
+        uint64_t tickets[QD], sizes[QD + 1];
+        size_t which[QD];
+        CHECK(load_and_hand_over(w, paths, QD, tickets, which) == QD);
+        for (size_t i = 0; i < QD; i++)
+            if (which[i] >= QD) which[i] = 0;
+        /* Tickets of the last files first: the first two stand for files
+         * of different, non-zero sizes (the ticket order shows). */
+        for (size_t i = 0; i < QD; i++)
+            for (size_t j = i + 1; j < QD; j++)
+                if (which[j] > which[i]) {
+                    size_t k = which[i];
+                    uint64_t t = tickets[i];
+                    which[i] = which[j], tickets[i] = tickets[j];
+                    which[j] = k, tickets[j] = t;
+                }
+        size_t total = 0;
+        for (size_t i = 0; i < QD; i++) total += file_size(paths[which[i]]);
+        CHECK(total > 0);
+        uint8_t *dst = malloc(total + 64);
+        memset(dst, FILL, total + 64);
+
+        /* One byte short. */
+        CHECK_RC(al_loader_take(l, tickets, QD, dst, total - 1, sizes), -EINVAL);
+        CHECK(untouched(dst, total + 64));
+        CHECK(al_worker_outstanding(w) == QD);
+        /* A bad ticket after good ones: 0, made up (no such entry, another
+         * generation of a real one), and none of the good ones goes. */
+        uint64_t bad[3] = {
+            0,
+            ((uint64_t)1000000 << 32) | (tickets[0] & 0xFFFFFFFFu),
+            tickets[0] + 1,
+        };
+        for (int k = 0; k < 3; k++) {
+            uint64_t mixed[QD + 1];
+            memcpy(mixed, tickets, sizeof tickets);
+            mixed[QD] = bad[k];
+            CHECK_RC(al_loader_take(l, mixed, QD + 1, dst, total + 64, sizes), -EINVAL);
+            CHECK(untouched(dst, total + 64));
+            CHECK(al_worker_outstanding(w) == QD);
+            CHECK_RC(al_loader_take(l, &bad[k], 1, dst, total + 64, sizes), -EINVAL);
+            CHECK(al_worker_outstanding(w) == QD);
+        }
+        /* NULL arguments. */
+        CHECK_RC(al_loader_take(NULL, tickets, QD, dst, total, sizes), -EINVAL);
+        CHECK_RC(al_loader_take(l, NULL, QD, dst, total, sizes), -EINVAL);
+        CHECK_RC(al_loader_take(l, tickets, QD, NULL, total, sizes), -EINVAL);
+        CHECK_RC(al_loader_take(l, tickets, QD, dst, total, NULL), -EINVAL);
+        CHECK(untouched(dst, total + 64));
+        CHECK(al_worker_outstanding(w) == QD);
+        /* Nothing to take. */
+        CHECK_RC(al_loader_take(l, NULL, 0, NULL, 0, NULL), 0);
+        CHECK(al_worker_outstanding(w) == QD);
+
+        /* The first two, into exactly their size: copied in ticket order,
+         * released; a second take of them is stale. */
+        CHECK(file_size(paths[which[0]]) != file_size(paths[which[1]]));
+        CHECK(file_size(paths[which[0]]) > 0 && file_size(paths[which[1]]) > 0);
+        size_t two = file_size(paths[which[0]]) + file_size(paths[which[1]]);
+        memset(sizes, 0xFF, sizeof sizes);
+        CHECK_RC(al_loader_take(l, tickets, 2, dst, two, sizes), 0);
+        CHECK(sizes[0] == file_size(paths[which[0]]) && sizes[1] == file_size(paths[which[1]]));
+        CHECK(sizes[2] == UINT64_MAX); /* only n sizes are written */
+        CHECK(same_bytes_as_file(dst, (size_t)sizes[0], paths[which[0]]));
+        CHECK(same_bytes_as_file(dst + sizes[0], (size_t)sizes[1], paths[which[1]]));
+        CHECK(untouched(dst + two, total + 64 - two));
+        CHECK(al_worker_outstanding(w) == QD - 2);
+        memset(dst, FILL, total + 64);
+        CHECK_RC(al_loader_take(l, tickets, 2, dst, total + 64, sizes), -EINVAL);
+        CHECK(untouched(dst, total + 64));
+        CHECK(al_worker_outstanding(w) == QD - 2);
+
+        /* Drop: NULL arguments count 0; stale and 0 tickets are skipped. */
+        CHECK(al_loader_drop_tickets(NULL, tickets, QD) == 0);
+        CHECK(al_loader_drop_tickets(l, NULL, QD) == 0);
+        CHECK(al_loader_drop_tickets(l, tickets, 0) == 0);
+        CHECK(al_worker_outstanding(w) == QD - 2);
+        uint64_t with_zero[QD + 1];
+        memcpy(with_zero, tickets, sizeof tickets);
+        with_zero[QD] = 0;
+        CHECK(al_loader_drop_tickets(l, with_zero, QD + 1) == QD - 2);
+        CHECK(al_worker_outstanding(w) == 0);
+        CHECK(al_loader_drop_tickets(l, tickets, QD) == 0);
+        CHECK_RC(al_loader_take(l, tickets + 2, 2, dst, total + 64, sizes), -EINVAL);
+
+        /* The batch handoff of nothing, or to NULL: 0. */
+        al_batch_item none = {0};
+        uint64_t t = 99;
+        CHECK(al_batch_handoff(NULL, 1, &t) == 0);
+        CHECK(al_batch_handoff(&none, 1, NULL) == 0);
+        CHECK(al_batch_handoff(&none, 1, &t) == 0);
+        CHECK(t == 0);
+        free(dst);
+    }
+    stop(l, w);
+    free_files(paths, QD);
+}
+
+/* A failed load (missing file) handed over is taken with size 0 and
+ * released: alone with no dst at all, and between loaded files, where it
+ * takes no room. */
+static void failed_load_handed_over_is_taken_with_size_zero(void) {
+    char *paths[3] = {make_file("a.bin", 5000, 1), join(scratch, "missing"),
+                      make_file("b.bin", 3000, 2)};
+    al_loader *l = new_loader(1);
+    al_worker *w = worker(l, 0);
+    if (w) {
+        /* Alone: dst NULL, dst_len 0. */
+        uint64_t t = 0, size = 99;
+        al_entry *e = NULL;
+        CHECK_RC(al_worker_request(w, paths[1]), 0);
+        CHECK_RC(al_worker_wait_get(w, 10 * SEC, &e), 0);
+        CHECK(e && al_entry_error(e) == ENOENT);
+        CHECK_RC(al_entry_handoff(e, &t), 0);
+        CHECK(al_worker_outstanding(w) == 1);
+        CHECK_RC(al_loader_take(l, &t, 1, NULL, 0, &size), 0);
+        CHECK(size == 0);
+        CHECK(al_worker_outstanding(w) == 0);
+        CHECK_RC(al_loader_take(l, &t, 1, NULL, 0, &size), -EINVAL);
+
+        /* Among loaded files: exactly their bytes' room. */
+        uint64_t tickets[3], sizes[3];
+        size_t which[3];
+        CHECK(load_and_hand_over(w, paths, 3, tickets, which) == 3);
+        size_t total = file_size(paths[0]) + file_size(paths[2]);
+        uint8_t *dst = malloc(total);
+        memset(sizes, 0xFF, sizeof sizes);
+        CHECK_RC(al_loader_take(l, tickets, 3, dst, total, sizes), 0);
+        size_t at = 0;
+        for (size_t i = 0; i < 3; i++) {
+            if (which[i] >= 3) continue;
+            if (which[i] == 1) {
+                CHECK(sizes[i] == 0);
+            } else {
+                CHECK(sizes[i] == file_size(paths[which[i]]));
+                CHECK(at + sizes[i] <= total &&
+                      same_bytes_as_file(dst + at, (size_t)sizes[i], paths[which[i]]));
+            }
+            at += (size_t)sizes[i];
+        }
+        CHECK(at == total);
+        CHECK(al_worker_outstanding(w) == 0);
+        free(dst);
+    }
+    stop(l, w);
+    for (int i = 0; i < 3; i++) free(paths[i]);
+}
+
 static const struct test tests[] = {
     T(tagged_requests_bring_each_file_back_with_its_tag),
     T(untagged_requests_in_a_slot_that_had_a_tag_read_tag_zero),
@@ -870,6 +1231,10 @@ static const struct test tests[] = {
     T(worker_buffers_span_every_entry_with_a_loader_process),
     T(worker_buffers_rejects_null_arguments),
     T(worker_buffers_of_a_freed_handle_is_einval_while_its_entry_lives),
+    T(batch_handed_over_is_taken_by_a_forked_process),
+    T(entry_handoff_kills_the_handle_and_the_entry_counts_until_taken),
+    T(loader_take_checks_every_ticket_and_the_room_before_it_releases),
+    T(failed_load_handed_over_is_taken_with_size_zero),
 };
 
 int main(int argc, char **argv) {
