@@ -632,7 +632,8 @@ int al_loader_reclaim_worker(struct al_loader *l, uint32_t id, uint32_t *reclaim
  * to `sizes[i]` (0 for a failed load) and releases them. Every ticket is
  * checked before anything is copied: `-EINVAL` (nothing copied or
  * released) for a ticket that is not a delivered entry of that
- * generation (stale, taken already, made up), for `dst` smaller than the
+ * generation (stale, taken already, made up), for a ticket given twice,
+ * for `dst` smaller than the
  * entries' total size, or NULL arguments (`dst` may be NULL when
  * `dst_len` is 0). Returns 0.
  *

@@ -643,8 +643,8 @@ impl Loader {
     ///
     /// Checks every ticket before it copies anything: `InvalidArgument` for
     /// one that is not a delivered entry of that generation (stale, taken
-    /// already, made up) and `InvalidArgument` when `dst` cannot hold them
-    /// all (nothing is copied or released then).
+    /// already, made up), for a ticket given twice, and when `dst` cannot
+    /// hold them all (nothing is copied or released then).
     ///
     /// # Safety
     ///
@@ -677,6 +677,14 @@ impl Loader {
             };
             sizes[i] = l.len() as u64;
             total += l.len();
+        }
+        let mut seen = tickets.to_vec();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a ticket appears twice",
+            ));
         }
         if total > dst.len() {
             return Err(Error::new(

@@ -1138,8 +1138,9 @@ fn tickets_round_trip_copies_every_byte_and_a_second_take_fails() {
 
 /// `take_tickets` checks every ticket and the room in `dst` before it
 /// copies or releases anything: a `dst` one byte short, fewer sizes than
-/// tickets, a ticket 0, a made-up one or one of another generation after
-/// the good ones are `InvalidArgument` with `dst` untouched and every
+/// tickets, a ticket 0, a made-up one, one of another generation or one
+/// given twice after the good ones are `InvalidArgument` with `dst`
+/// untouched and every
 /// entry still outstanding; then the right take works.
 #[test]
 fn take_tickets_checks_every_ticket_and_the_room_before_it_releases() {
@@ -1177,6 +1178,7 @@ fn take_tickets_checks_every_ticket_and_the_room_before_it_releases() {
             "no such entry",
         ),
         (tickets[0] + 1, "another generation"),
+        (tickets[1], "a ticket given twice"),
     ] {
         let mut mixed = tickets.clone();
         mixed.push(bad);

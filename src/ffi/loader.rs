@@ -512,7 +512,8 @@ pub unsafe extern "C" fn al_loader_reclaim_worker(
 /// to `sizes[i]` (0 for a failed load) and releases them. Every ticket is
 /// checked before anything is copied: `-EINVAL` (nothing copied or
 /// released) for a ticket that is not a delivered entry of that
-/// generation (stale, taken already, made up), for `dst` smaller than the
+/// generation (stale, taken already, made up), for a ticket given twice,
+/// for `dst` smaller than the
 /// entries' total size, or NULL arguments (`dst` may be NULL when
 /// `dst_len` is 0). Returns 0.
 ///
