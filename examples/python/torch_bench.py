@@ -11,8 +11,9 @@ workers, shuffle, persistent workers), on
 * JPEG decoding: Pillow-generated 224x224 JPEGs decoded with Pillow into
   uint8 HWC tensors (stacked by the default collate).
 
-Warm page cache: one untimed epoch first (it also starts the workers), then
-``--repeat`` timed epochs each; the median is reported. ``--cold`` evicts
+Warm page cache: one untimed epoch per row first (it also starts the
+workers), then ``--repeat`` timed epochs of every row, interleaved (each
+row goes first in turn); the median is reported. ``--cold`` evicts
 the set's files from the page cache (``posix_fadvise(DONTNEED)`` per file,
 so only these files) before every epoch.
 
@@ -111,32 +112,42 @@ def evict(paths) -> None:
             os.close(fd)
 
 
-def run(ds, collate, args, lookahead=False) -> list:
-    common = dict(num_workers=args.workers, persistent_workers=True, collate_fn=collate,
-                  multiprocessing_context=args.start_method)
-    if lookahead:  # batches the workers can predict: each requests its next ones ahead
-        sampler = ds.batch_sampler(args.batch, shuffle=True)
-        dl = DataLoader(ds, batch_sampler=sampler, **common)
-    else:
-        sampler = None
-        dl = DataLoader(ds, batch_size=args.batch, shuffle=True, **common)
-    times = []
-    n_expect = len(ds)
-    for epoch in range(args.repeat + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if args.cold:
-            evict(ds.paths)
+class Row:
+    """One dataset and its DataLoader (persistent workers), run an epoch at
+    a time so that the rows' epochs interleave."""
+
+    def __init__(self, ds, collate, args, lookahead=False):
+        self.ds = ds
+        self.args = args
+        common = dict(num_workers=args.workers, persistent_workers=True, collate_fn=collate,
+                      multiprocessing_context=args.start_method)
+        if lookahead:  # batches the workers can predict: each requests its next ones ahead
+            self.sampler = ds.batch_sampler(args.batch, shuffle=True)
+            self.dl = DataLoader(ds, batch_sampler=self.sampler, **common)
+        else:
+            self.sampler = None
+            self.dl = DataLoader(ds, batch_size=args.batch, shuffle=True, **common)
+        self.epoch = 0
+        self.times: list = []
+
+    def epoch_time(self) -> float:
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        if self.args.cold:
+            evict(self.ds.paths)
         t = time.perf_counter()
         n = 0
-        for batch in dl:
+        for batch in self.dl:
             n += len(batch[1]) - 1 if isinstance(batch, tuple) else len(batch)
         dt = time.perf_counter() - t
-        assert n == n_expect, (n, n_expect)
-        if epoch:  # the first epoch warms the cache and starts the workers
-            times.append(dt)
-    del dl
-    return times
+        assert n == len(self.ds), (n, len(self.ds))
+        return dt
+
+    def close(self) -> None:
+        del self.dl
+        if hasattr(self.ds, "close"):
+            self.ds.close()
 
 
 def main() -> int:
@@ -170,13 +181,21 @@ def main() -> int:
             variants.append(
                 ("  packed=True", lambda: FileDataset(paths, packed=True, queue_depth=PACKED_QD), False)
             )
-        for label, make, la in variants:
-            ds = make()
-            try:
-                times = run(ds, collate, args, la)
-            finally:
-                if hasattr(ds, "close"):
-                    ds.close()
+        runs = []
+        try:
+            for label, make, la in variants:
+                runs.append((label, Row(make(), collate, args, la)))
+                runs[-1][1].epoch_time()  # warms the cache and starts the workers
+            # Epochs interleaved, each row first in turn (the machine drifts).
+            for r in range(args.repeat):
+                k = r % len(runs)
+                for label, row in runs[k:] + runs[:k]:
+                    row.times.append(row.epoch_time())
+        finally:
+            for _, row in runs:
+                row.close()
+        for label, row in runs:
+            times = row.times
             med = statistics.median(times)
             rows[label] = med
             print(f"  {label:<28} {len(paths) / med:9.0f} files/s  {size / med / 1e6:8.1f} MB/s  "
