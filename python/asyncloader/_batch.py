@@ -263,6 +263,26 @@ class Batch:
             # Entries of a batch inherited across fork stay the parent's.
             _ffi.lib().al_batch_release(self._items, len(self.tags))
 
+    def handoff(self) -> List[int]:
+        """Gives up the batch's entries without releasing them and returns
+        one ticket per entry (in entry order; 0 for an entry this process
+        cannot hand over: one inherited across ``fork``), for another
+        process (or thread) to take with :meth:`Loader.take` — copy out and
+        release — or :meth:`Loader.drop_tickets`. The entries keep their
+        buffers, and count against this worker's ``queue_depth``, until
+        then. The batch is released here (its views too; ``BufferError``
+        while something derived from one lives, as for :meth:`release`).
+        A ``DataLoader`` worker hands a batch to the main process this way,
+        which copies it once into its batch tensor."""
+        if self._released:
+            raise ValueError("batch was released")
+        n = len(self.tags)
+        if not self._detach() or self._pid != _util._PID:
+            return [0] * n  # nothing to hand over (synthetic, or the parent's)
+        tickets = (ctypes.c_uint64 * n)()
+        _ffi.lib().al_batch_handoff(self._items, n, tickets)
+        return list(tickets)
+
     def _release_deferred(self) -> None:
         """Releases now, or when the last exported buffer dies. Never raises."""
         if self._released:

@@ -323,6 +323,13 @@ class Lib:
         )
         self.al_entry_tag = d("al_entry_tag", c_uint64, [EntryP])
         self.al_batch_release = d("al_batch_release", c_size_t, [c_void_p, c_size_t])
+        # Hand-over of entries to another process (tickets).
+        self.al_entry_handoff = d("al_entry_handoff", c_int, [EntryP, POINTER(c_uint64)])
+        self.al_batch_handoff = d("al_batch_handoff", c_size_t, [c_void_p, c_size_t, c_void_p])
+        self.al_loader_take = d(
+            "al_loader_take", c_int, [LoaderP, c_void_p, c_size_t, c_void_p, c_size_t, c_void_p]
+        )
+        self.al_loader_drop_tickets = d("al_loader_drop_tickets", c_size_t, [LoaderP, c_void_p, c_size_t])
         self.al_worker_eventfd = d(
             "al_worker_eventfd", c_int, [WorkerP, POINTER(c_int)], required=False
         )

@@ -7,7 +7,7 @@ import errno as _errno
 import threading
 import weakref
 from ctypes import byref
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from . import _ffi, _util
 from ._ffi import LoaderP, WorkerP
@@ -308,6 +308,39 @@ class Loader:
         if lib.al_loader_prefault is None:
             raise NotImplementedError("this libasyncloader has no al_loader_prefault")
         _check(lib.al_loader_prefault(self._h), "prefault")
+
+    def take(self, tickets: Any, out: Any) -> List[int]:
+        """Takes entries handed over by :meth:`Batch.handoff` (in this or
+        another process): copies their bytes into ``out`` (a writable
+        C-contiguous buffer: ``bytearray``, numpy array, ``tensor.numpy()``),
+        one after another in ticket order, releases them, and returns their
+        sizes. Every ticket is checked first: ``OSError(EINVAL)``, nothing
+        copied or released, for a stale or already taken ticket or an
+        ``out`` smaller than the entries (their sizes travel with the
+        tickets: allocate ``sum(sizes)``)."""
+        n = len(tickets)
+        dst = memoryview(out)
+        if dst.readonly:
+            raise TypeError("take needs a writable buffer")
+        if not dst.c_contiguous:
+            raise ValueError("take needs a C-contiguous buffer")
+        if dst.format != "B" or dst.ndim != 1:
+            dst = dst.cast("B")
+        cap = dst.nbytes
+        pin = (ctypes.c_char * cap).from_buffer(dst) if cap else None
+        arr = (ctypes.c_uint64 * n)(*tickets)
+        sizes = (ctypes.c_uint64 * n)()
+        rc = _ffi.lib().al_loader_take(self._h, arr, n, pin, cap, sizes)
+        del pin
+        _check(rc, "take")
+        return list(sizes)
+
+    def drop_tickets(self, tickets: Any) -> int:
+        """Releases handed-over entries without copying them (a taker's
+        error path); stale tickets are skipped. Returns how many."""
+        n = len(tickets)
+        arr = (ctypes.c_uint64 * n)(*tickets)
+        return _ffi.lib().al_loader_drop_tickets(self._h, arr, n)
 
     def reclaim_worker(self, worker_id: int) -> int:
         """Takes back the entries of worker ``worker_id`` after the process
