@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import _ffi, _util
-from ._entry import _release_views
+from ._entry import _Held, _release_views
 from ._util import _oserror
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def _release_items(lib: _ffi.Lib, items: Any, n: int, pid: int, _worker: Any) ->
         lib.al_batch_release(items, n)
 
 
-class Batch:
+class Batch(_Held):
     """Entries a worker delivered in one library call
     (:meth:`Worker.get_batch`, :meth:`Worker.load_batches`), read as plain
     lists instead of one Python object per file.
@@ -305,21 +305,6 @@ class Batch:
                 )
                 return
         _release_items(lib, self._items, len(self.tags), _util._PID, self._worker)
-
-    def __del__(self) -> None:
-        try:
-            self._release_deferred()
-        except Exception:  # pragma: no cover - never raise from __del__
-            pass
-
-    def __enter__(self) -> "Batch":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.release()
-        else:
-            self._release_deferred()
 
     def __reduce__(self):
         raise TypeError("a Batch cannot be pickled; send data(i) instead")

@@ -52,7 +52,30 @@ def _release_handle(lib: _ffi.Lib, h: Any, pid: int, _worker: Any) -> None:
         lib.al_entry_release(h)
 
 
-class Entry:
+class _Held:
+    """What Entry and Batch share: they hold entries of a worker, release
+    them at the end of a ``with`` block (deferred when the block raised, so
+    that a ``BufferError`` does not mask the exception) and when collected."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        try:
+            self._release_deferred()  # type: ignore[attr-defined]
+        except Exception:  # pragma: no cover - never raise from __del__
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.release()  # type: ignore[attr-defined]
+        else:
+            self._release_deferred()  # type: ignore[attr-defined]
+
+
+class Entry(_Held):
     """A completed request: the path and either the file's bytes or an errno.
 
     The entry owns one of its worker's ``queue_depth`` buffers until
@@ -392,22 +415,6 @@ class Entry:
             return
         self._arr = None
         lib.al_entry_release(self._h)
-
-    def __del__(self) -> None:
-        try:
-            self._release_deferred()
-        except Exception:  # pragma: no cover - never raise from __del__
-            pass
-
-    def __enter__(self) -> "Entry":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.release()
-        else:
-            # Do not mask the body's exception with a BufferError.
-            self._release_deferred()
 
     def __reduce__(self):
         raise TypeError("an Entry cannot be pickled; send get_data() instead")

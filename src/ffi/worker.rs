@@ -401,7 +401,7 @@ pub unsafe extern "C" fn al_worker_get_many(
                 // SAFETY: i < max, so out + i is inside the caller's array
                 // of `max` pointers.
                 unsafe { put(out.add(i), item.entry) }
-        })
+            })
         })
     })
 }
@@ -436,7 +436,7 @@ pub unsafe extern "C" fn al_worker_get_batch(
                 // SAFETY: i < max, so items + i is inside the caller's
                 // array of `max` items.
                 unsafe { put(items.add(i), item) }
-        })
+            })
         })
     })
 }
