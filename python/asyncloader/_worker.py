@@ -177,14 +177,13 @@ class Worker:
         consumer leaves a loading loop early."""
         while outstanding > 0:
             try:
-                got = self.get_many(outstanding, timeout=5.0)
+                b = self.get_batch(outstanding, timeout=5.0)
             except OSError:
                 break
-            if not got:
+            if not len(b):
                 break
-            outstanding -= len(got)
-            for e in got:
-                e._release_deferred()
+            outstanding -= len(b)
+            b._release_deferred()
 
     def get_batch(self, max_n: int = 32, timeout: Optional[float] = None) -> Batch:
         """Waits (like :meth:`wait_get`) until at least one entry is ready,

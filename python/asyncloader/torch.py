@@ -322,16 +322,7 @@ def _load_ordered(worker: _worker.Worker, paths: Sequence[Any], on_done: Callabl
             worker._release_handles(done)
         for e in got:
             e._release_deferred()
-        while outstanding > 0:
-            try:
-                more = worker.get_many(outstanding, timeout=10.0)
-            except OSError:
-                break
-            if not more:
-                break
-            outstanding -= len(more)
-            for e in more:
-                e._release_deferred()
+        worker._drain_in_flight(outstanding)
 
 
 def _pack_tensors(sizes: List[int], data: Any):
@@ -534,16 +525,7 @@ class _Lookahead:
             for e in es:
                 e._release_deferred()
         self.ready.clear()
-        while self.outstanding > 0:
-            try:
-                more = worker.get_many(self.outstanding, timeout=10.0)
-            except OSError:
-                break
-            if not more:
-                break
-            self.outstanding -= len(more)
-            for e in more:
-                e._release_deferred()
+        worker._drain_in_flight(self.outstanding)
         self.owners.clear()
         self.flying.clear()
         self.bytes = 0
@@ -815,15 +797,7 @@ class FileDataset(_LoaderMixin, _Dataset):
                     tickets[pos] = t
         except BaseException:
             loader.drop_tickets([t for t in tickets if t])
-            while inflight > 0:  # what is still in flight goes back too
-                try:
-                    more = worker.get_batch(inflight, timeout=10.0)
-                except OSError:
-                    break
-                if not len(more):
-                    break
-                inflight -= len(more)
-                more.release()
+            worker._drain_in_flight(inflight)  # what is still in flight goes back too
             raise
         keep: Optional[List[int]] = None
         extra: Dict[int, bytes] = {}
