@@ -214,13 +214,6 @@ impl Driver {
         let running = region.header().state.load(Ordering::Acquire) == state::RUNNING;
         let mut got = 0u32;
         if running {
-            // Who drives, before the pass starts: a reclaimer that sees the
-            // pass (the epoch's SeqCst increment) sees the pid too, and a
-            // worker whose pid is 0 never had a driver in a pass.
-            let me = std::process::id() as i32;
-            if block.driver_pid.load(Ordering::Relaxed) != me {
-                block.driver_pid.store(me, Ordering::Relaxed);
-            }
             let _pass = RingPass::enter(&stats.ring_epoch);
             if usable(region, w) {
                 let req = region.worker(w).req;
@@ -254,6 +247,9 @@ impl Driver {
         }
         if got > 0 {
             stats.batches.fetch_add(1, Ordering::Relaxed);
+            block
+                .driver_pid
+                .store(std::process::id() as i32, Ordering::Relaxed);
         }
         if got > 0 || self.backend.has_followups() {
             self.backend

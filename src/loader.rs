@@ -488,13 +488,12 @@ impl Loader {
         //    such thread (its epoch is in the worker block); one in a
         //    process that died will never leave its pass, nor load again.
         let h = r.header();
-        // Read anew after each epoch read: the driver stores its pid before
-        // it enters a pass. 0 (no driver ever passed) or a process that is
-        // gone cannot be in a pass, nor have loads in flight.
+        // The process whose driver last took this worker's requests (its
+        // loads are the ones in flight); read anew at every check.
         let driver_pid = || rings.block.driver_pid.load(Ordering::Acquire);
         let driver_gone = || {
             let p = driver_pid();
-            p <= 0 || !crate::process::pid_alive(p)
+            p != 0 && !crate::process::pid_alive(p)
         };
         // A driver exists only when the workers drive (the header's drive
         // word, which workers do not write); otherwise its counters in the

@@ -265,9 +265,8 @@ pub struct WorkerBlock {
     pub parking: Parking,
     /// Requests accepted from this worker.
     pub requests: AtomicU64,
-    /// Pid of the process whose driver last entered a pass over this
-    /// worker's rings (`Drive::Worker`; stored before the pass starts; 0
-    /// before any). `reclaim_worker` waits for its loads
+    /// Pid of the process whose driver last took this worker's requests
+    /// (`Drive::Worker`; 0 before). `reclaim_worker` waits for its loads
     /// only while it lives: a process's io_uring requests all end before
     /// it exits.
     pub driver_pid: AtomicI32,
