@@ -214,7 +214,16 @@ fn check(e: &Entry, sh: &Shared, count: bool) -> Result<(), String> {
                 return bad("an in-place file failed".into());
             }
             if data.len() > MAX || data != &inplace_pattern(i)[..data.len()] {
-                return bad("not a prefix of its pattern".into());
+                let pat = inplace_pattern(i);
+                let at = data
+                    .iter()
+                    .zip(pat.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                let zeros = data[at..].iter().take_while(|&&b| b == 0).count();
+                return bad(format!(
+                    "not a prefix of its pattern: first difference at byte {at}, {zeros} zero bytes from there"
+                ));
             }
             if count {
                 sh.add(C_INPLACE, 1);
@@ -352,10 +361,14 @@ fn mutator_main(dir: &Path, n_versioned: u64, n_inplace: u64, seed: u64) -> i32 
                 f.write_all_at(&patterns[i as usize][cur..to], cur as u64)
                     .unwrap();
             } else {
-                // Shrink to a page boundary only: truncating inside a page
-                // zeroes its tail, which a concurrent read may copy out (a
-                // page-cache effect every reader sees, not the loader's).
-                f.set_len((to & !4095) as u64).unwrap();
+                // Shrink to empty only: truncating inside a page-cache folio
+                // zeroes its tail in place, which a concurrent read may copy
+                // out (a page-cache effect every reader sees, not the
+                // loader's). Folios are no longer one page: ext4 on 6.18
+                // caches these files in folios of up to 128 KiB, and a
+                // shrink to a 4 KiB boundary showed up as zeros from 64 KiB
+                // on in a read.
+                f.set_len(0).unwrap();
             }
         }
         std::thread::sleep(Duration::from_micros(500 + rng.below(1500)));
