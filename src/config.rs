@@ -41,6 +41,11 @@ pub struct Config {
     /// default; see [`Drive`]). With `Worker`, `loader_threads` is not
     /// used and `ring_window` is per worker.
     pub drive: Drive,
+    /// Bytes of destination memory in the shared region (rounded up to
+    /// 4 KiB; 0 = none): memory id [`ARENA`](crate::ARENA) of
+    /// `Worker::request_into`, reachable from every process that maps the
+    /// loader (see docs/architecture.md, "Ranges and destinations").
+    pub arena_size: u64,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             ring_window: 0,
             backend: BackendKind::Auto,
             drive: Drive::Auto,
+            arena_size: 0,
         }
     }
 }
@@ -79,6 +85,8 @@ pub mod limits {
     /// Largest whole shared region (all buffers of all workers), 256 GiB of
     /// address space; memory is only used for the bytes actually loaded.
     pub const MAX_REGION_BYTES: u64 = 256 << 30;
+    /// Largest `arena_size` (64 GiB).
+    pub const MAX_ARENA_BYTES: u64 = 64 << 30;
 }
 
 /// Why a [`Config`] was refused.
@@ -150,6 +158,12 @@ impl Config {
             return Err(ConfigError::new(
                 "ring_window",
                 format!("{} is more than {MAX_RING_WINDOW}", self.ring_window),
+            ));
+        }
+        if self.arena_size > MAX_ARENA_BYTES {
+            return Err(ConfigError::new(
+                "arena_size",
+                format!("{} is more than {MAX_ARENA_BYTES}", self.arena_size),
             ));
         }
         let entries = self.n_workers as u64 * self.queue_depth as u64;

@@ -35,9 +35,11 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::backend::{Backend, Done, Job};
+use crate::backend::{Backend, Done};
 use crate::config::EnvOverrides;
-use crate::engine::{Completions, RingPass, flush_counters, make_backend, take_entry, usable};
+use crate::engine::{
+    Completions, RingPass, flush_counters, job_for, make_backend, take_entry, usable,
+};
 use crate::error::{Error, Result};
 use crate::process::fork_epoch;
 use crate::region::{Region, entry_state, state};
@@ -232,15 +234,12 @@ impl Driver {
                         continue;
                     }
                     // SAFETY: we moved `g` from QUEUED to LOADING, so the
-                    // entry is ours until we complete it.
-                    let path = unsafe { region.queued_path(g) };
-                    // SAFETY: the entry is ours until we complete it (above);
-                    // its path and buffer (`buf_size` bytes in the region)
-                    // are touched by nobody else until the backend reports
-                    // its Done, and the backend holds the mapping guard for
-                    // as long as it may write later.
-                    let job = unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) };
-                    self.backend.push(job);
+                    // entry is ours until we complete it; the backend holds
+                    // the mapping guard for as long as it may write later.
+                    match unsafe { job_for(region, g) } {
+                        Ok(job) => self.backend.push(job),
+                        Err(e) => self.done.push(Done::new(g, Err(e))),
+                    }
                     got += 1;
                 }
             }

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use crate::backend::threads::ThreadsBackend;
 use crate::backend::uring::UringBackend;
-use crate::backend::{Backend, Done, Job, KeepAlive};
+use crate::backend::{Backend, Done, Job, KeepAlive, Span};
 use crate::config::{BackendKind, EnvOverrides};
 use crate::error::{Error, Result};
-use crate::region::{Region, ThreadStats, entry_state, now_ns, state};
+use crate::region::{NO_DEST, Region, ThreadStats, WHOLE_FILE, entry_state, now_ns, state};
 
 /// Longest block in the backend while files are in flight and no request
 /// arrives; a new request waits at most this long to be gathered.
@@ -172,6 +172,72 @@ fn requests_ready(region: &Region) -> bool {
 
 /// Runs one loader thread until shutdown. Returns the error that stopped it
 /// early, if any.
+/// The job for entry `g`, which the caller moved from QUEUED to LOADING
+/// (so its path, range and destination are no longer written by anyone),
+/// or the errno to complete it with at once: the range and destination
+/// come from shared memory and are checked again here (`EINVAL` for a bad
+/// range or a destination outside its memory, `EFBIG` for a range larger
+/// than an entry's buffer, `EXDEV` for memory registered by another
+/// process).
+///
+/// # Safety
+///
+/// The caller owns entry `g` in the LOADING state until the backend reports
+/// the job's `Done` (or, if the backend is dropped first, for as long as
+/// its keep-alive guard of the region lives). A destination in registered
+/// memory is valid by `Loader::register_memory`'s contract.
+pub(crate) unsafe fn job_for(region: &Region, g: u32) -> std::result::Result<Job, i32> {
+    let meta = region.entry(g);
+    // SAFETY: the caller owns the entry (see # Safety).
+    let path = unsafe { region.queued_path(g) };
+    let rlen = meta.range_len.load(Ordering::Relaxed);
+    let mem = meta.dst_mem.load(Ordering::Relaxed);
+    if rlen == WHOLE_FILE && mem == NO_DEST {
+        // SAFETY: the entry is ours until the backend reports its Done; its
+        // path and buffer (`buf_size` bytes in the region) are touched by
+        // nobody else meanwhile, and the backend holds a clone of the
+        // region (the keep-alive) for as long as it may write later.
+        return Ok(unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) });
+    }
+    if rlen == WHOLE_FILE {
+        return Err(libc::EINVAL);
+    }
+    let off = meta.range_off.load(Ordering::Relaxed);
+    if off
+        .checked_add(rlen)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(libc::EINVAL);
+    }
+    if mem == NO_DEST {
+        if rlen > region.cfg().max_file_size {
+            return Err(libc::EFBIG);
+        }
+        let span = Span {
+            offset: off,
+            len: rlen,
+            exact: false,
+        };
+        // SAFETY: as for a whole file above.
+        return Ok(
+            unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) }.with_range(span),
+        );
+    }
+    let dst = region.dest(mem, meta.dst_off.load(Ordering::Relaxed), rlen)?;
+    let span = Span {
+        offset: off,
+        len: rlen,
+        exact: true,
+    };
+    // SAFETY: `dest` checked that the span lies inside the arena (in the
+    // region, kept alive by the backend's guard like a buffer) or inside
+    // memory this process registered, valid by the registration's
+    // contract; the requester leaves it alone until the entry is released
+    // (`Worker::request_into`'s contract), so it is the backend's until
+    // the Done.
+    Ok(unsafe { Job::new(g, path, dst, rlen) }.with_range(span))
+}
+
 pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
     if ctx.tid == 0 && ctx.parent.is_some() {
         // A forked loader process writes every buffer: map them here once.
@@ -231,15 +297,12 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
                         continue;
                     }
                     // SAFETY: we moved `g` from QUEUED to LOADING, so the
-                    // entry is ours until we complete it.
-                    let path = unsafe { region.queued_path(g) };
-                    // SAFETY: the entry is ours until we complete it (above):
-                    // its path and buffer (`buf_size` bytes in the region)
-                    // are touched by nobody else until the backend reports
-                    // its Done, and the backend holds a clone of the region
-                    // (the keep-alive) for as long as it may write later.
-                    let job = unsafe { Job::new(g, path, region.buffer(g), region.buf_size()) };
-                    backend.push(job);
+                    // entry is ours until we complete it; the backend holds
+                    // a clone of the region (the keep-alive).
+                    match unsafe { job_for(region, g) } {
+                        Ok(job) => backend.push(job),
+                        Err(e) => done.push(Done::new(g, Err(e))),
+                    }
                     got += 1;
                     any = true;
                 }
@@ -385,6 +448,7 @@ impl Completions {
             match d.result {
                 Ok(len) => {
                     meta.size.store(len, Ordering::Relaxed);
+                    meta.data_off.store(d.skip, Ordering::Relaxed);
                     meta.status.store(0, Ordering::Relaxed);
                     stats.bytes.fetch_add(len, Ordering::Relaxed);
                 }

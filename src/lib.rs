@@ -74,4 +74,5 @@ pub use kinds::LoaderState;
 #[cfg(not(loom))]
 pub use loader::{Loader, Stats};
 #[cfg(not(loom))]
-pub use worker::{Entry, Worker};
+pub use region::ARENA;
+pub use worker::{Dest, Entry, Worker};

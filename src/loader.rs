@@ -133,6 +133,54 @@ impl Loader {
         Worker::new(self.region.clone(), id)
     }
 
+    /// The arena (`Config::arena_size`): destination memory id
+    /// [`ARENA`](crate::ARENA) of [`Worker::request_into`], shared by every
+    /// process that maps this loader (at a different address in each).
+    /// Start and length (0 without an arena); 4 KiB aligned. Reading bytes
+    /// a load is writing is a data race: read a span once its entry is
+    /// delivered.
+    pub fn arena(&self) -> (*mut u8, usize) {
+        let (p, n) = self.region.arena();
+        (p, n as usize)
+    }
+
+    /// Registers `len` bytes at `base` — any memory of this process: a
+    /// pinned tensor, a preallocated batch array — as destination memory
+    /// for [`Worker::request_into`], and returns its id (`1..=16`).
+    ///
+    /// Registered memory is an address in this process: requests into it
+    /// must come from this process and its loads must run here (loader
+    /// threads started with [`start`](Self::start), or workers that drive
+    /// their own loads, `Drive::Worker`); anything else fails with `EXDEV`.
+    /// A loader process (`spawn`) or another process's worker can use the
+    /// arena instead. `ENOSPC` when 16 registrations are in use.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid for writes of `len` bytes until it is
+    /// unregistered or the loader is dropped, and every load into it has
+    /// completed (entries released, or the loader shut down).
+    pub unsafe fn register_memory(&self, base: *mut u8, len: usize) -> Result<u32> {
+        if base.is_null() || len == 0 {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidArgument,
+                "destination memory must be a non-null pointer and a non-zero length",
+            ));
+        }
+        self.region.register_memory(base, len as u64)
+    }
+
+    /// Forgets registration `id` (made by this process). Requests into it
+    /// fail with `EINVAL` from now on.
+    ///
+    /// # Safety
+    ///
+    /// No load into the memory may still be in flight (every entry of a
+    /// request into it released, or the loader shut down).
+    pub unsafe fn unregister_memory(&self, id: u32) -> Result<()> {
+        self.region.unregister_memory(id)
+    }
+
     /// `Ok` while the loader can deliver; `Shutdown` or `LoaderDead` otherwise.
     pub fn health(&self) -> Result<()> {
         loader_health(&self.region)

@@ -9,8 +9,11 @@
 //!                                          parking, counters, then
 //!                                          request/completion slots and
 //!                                          free-stack links)
-//! EntryMeta[n_workers * queue_depth]      (state, status, size, path)
+//! EntryMeta[n_workers * queue_depth]      (state, status, size, range,
+//!                                          destination, path)
 //! buffers[n_workers * queue_depth]        (buf_size bytes each, 4 KiB aligned)
+//! arena                                   (Config::arena_size, 4 KiB aligned:
+//!                                          destination memory id ARENA)
 //! ```
 //!
 //! Processes forked after creation inherit the mapping. Unrelated processes
@@ -43,7 +46,7 @@ use crate::stack::{Stack, StackIndices};
 /// `b"ASYNCLDR"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ASYNCLDR");
 /// Bumped whenever the layout below changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Bytes of path an entry holds, including the terminating NUL (Linux
 /// `PATH_MAX`): a request path may be at most `PATH_CAP - 1` bytes.
 pub const PATH_CAP: usize = 4096;
@@ -107,6 +110,8 @@ pub struct RawConfig {
     /// A [`Drive`](crate::Drive).
     pub drive: u32,
     pub _pad: u32,
+    /// Bytes of the arena (a multiple of 4 KiB).
+    pub arena_size: u64,
 }
 
 impl RawConfig {
@@ -123,6 +128,7 @@ impl RawConfig {
             max_file_size: c.max_file_size,
             drive: c.drive as u32,
             _pad: 0,
+            arena_size: c.arena_size.div_ceil(crate::config::BUF_ALIGN) * crate::config::BUF_ALIGN,
         }
     }
 
@@ -164,6 +170,7 @@ impl RawConfig {
             ring_window: self.ring_window,
             backend: BackendKind::from_u32(self.backend).unwrap_or_default(),
             drive: crate::Drive::from_u32(self.drive).unwrap_or_default(),
+            arena_size: self.arena_size,
         }
     }
 }
@@ -187,6 +194,23 @@ pub struct ThreadStats {
 }
 
 const _: () = assert!(std::mem::size_of::<ThreadStats>() == 64);
+
+/// Memory registered by a process for destination requests
+/// (`Loader::register_memory`): an address in that process. `pid` is the
+/// claim (0 = free; set by compare-and-swap), `ready` publishes `base` and
+/// `len` (1 = usable).
+#[repr(C)]
+#[derive(Default)]
+pub struct MemSlot {
+    pub pid: AtomicI32,
+    pub ready: AtomicU32,
+    pub base: AtomicU64,
+    pub len: AtomicU64,
+    pub _pad: u64,
+}
+
+/// How many memory registrations a loader holds (ids `1..=MAX_MEMS`).
+pub const MAX_MEMS: u32 = 16;
 
 /// The first bytes of the region.
 #[repr(C, align(128))]
@@ -227,6 +251,8 @@ pub struct Header {
     /// Loader threads sleep here when idle; workers notify after a request.
     pub loader_parking: Parking,
     pub thread_stats: [ThreadStats; limits::MAX_LOADER_THREADS as usize],
+    /// Registered destination memory, id `i + 1` in slot `i`.
+    pub mems: [MemSlot; MAX_MEMS as usize],
 }
 
 impl Header {
@@ -309,7 +335,18 @@ pub struct EntryMeta {
     /// an untagged one). Written by the worker with the path, read back by
     /// the worker's `Entry`; the loader never looks at it.
     pub tag: AtomicU64,
-    _pad: u64,
+    /// The requested byte range: offset, and length ([`WHOLE_FILE`] for a
+    /// request of the whole file).
+    pub range_off: AtomicU64,
+    pub range_len: AtomicU64,
+    /// Destination of a `request_into`: memory id ([`NO_DEST`]: the
+    /// entry's own buffer) and offset inside that memory.
+    pub dst_off: AtomicU64,
+    pub dst_mem: AtomicU32,
+    /// Where in the entry's buffer the data starts (an `O_DIRECT` range
+    /// reads the aligned span around it). Written by the loader.
+    pub data_off: AtomicU32,
+    _pad: [u64; 4],
     /// The requested path, NUL-terminated. Written by the worker while the
     /// entry is FREE→QUEUED (before the request-ring push that publishes it),
     /// read by the loader after popping the request, and by the worker's
@@ -318,7 +355,14 @@ pub struct EntryMeta {
     pub path: UnsafeCell<[u8; PATH_CAP]>,
 }
 
-const _: () = assert!(std::mem::size_of::<EntryMeta>() == 64 + PATH_CAP);
+const _: () = assert!(std::mem::size_of::<EntryMeta>() == 128 + PATH_CAP);
+
+/// `EntryMeta::range_len` of a whole-file request.
+pub const WHOLE_FILE: u64 = u64::MAX;
+/// `EntryMeta::dst_mem` of a request loading into the entry's buffer.
+pub const NO_DEST: u32 = u32::MAX;
+/// Memory id of the region's arena (`Config::arena_size`).
+pub const ARENA: u32 = 0;
 const _: () = assert!(std::mem::align_of::<Header>() == 128);
 
 /// Where everything is, computed from the configuration alone.
@@ -331,6 +375,7 @@ pub struct Layout {
     pub entries_off: u64,
     pub entry_stride: u64,
     pub buffers_off: u64,
+    pub arena_off: u64,
     pub total_size: u64,
 }
 
@@ -351,6 +396,7 @@ impl Layout {
         let entry_stride = std::mem::size_of::<EntryMeta>() as u64;
         let buffers_off = round_up(entries_off + entry_stride * n_entries, 4096);
         let buf_size = buffer_size(cfg.max_file_size);
+        let arena_off = buffers_off + buf_size * n_entries;
         Layout {
             ring_cap,
             buf_size,
@@ -359,7 +405,8 @@ impl Layout {
             entries_off,
             entry_stride,
             buffers_off,
-            total_size: buffers_off + buf_size * n_entries,
+            arena_off,
+            total_size: arena_off + cfg.arena_size,
         }
     }
 }
@@ -709,6 +756,99 @@ impl Region {
     /// Buffer size per entry (max_file_size + 1 rounded up to 4 KiB).
     pub fn buf_size(&self) -> u64 {
         self.layout.buf_size
+    }
+
+    /// The arena (`Config::arena_size`): its start in this process's
+    /// mapping and its length (0 when the loader has none).
+    pub fn arena(&self) -> (*mut u8, u64) {
+        // SAFETY: arena_off + arena_size == total_size == the mapping's
+        // length, so the start is inside the mapping or one past its end
+        // (an empty arena).
+        let p = unsafe { self.base.add(self.layout.arena_off as usize) };
+        (p, self.cfg.arena_size)
+    }
+
+    /// Records `len` bytes at `base` in this process as destination memory
+    /// and returns its id (`1..=MAX_MEMS`). See `Loader::register_memory`
+    /// for the contract.
+    pub(crate) fn register_memory(&self, base: *mut u8, len: u64) -> Result<u32> {
+        let pid = std::process::id() as i32;
+        for (i, m) in self.header().mems.iter().enumerate() {
+            if m.pid
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                m.base.store(base as u64, Ordering::Relaxed);
+                m.len.store(len, Ordering::Relaxed);
+                m.ready.store(1, Ordering::Release);
+                return Ok(i as u32 + 1);
+            }
+        }
+        Err(Error::os(
+            libc::ENOSPC,
+            format!("all {MAX_MEMS} memory registrations are in use"),
+        ))
+    }
+
+    /// Forgets registration `id`, made by this process.
+    pub(crate) fn unregister_memory(&self, id: u32) -> Result<()> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("no memory registered as {id} by this process"),
+            )
+        };
+        let m = id
+            .checked_sub(1)
+            .and_then(|i| self.header().mems.get(i as usize))
+            .ok_or_else(bad)?;
+        if m.pid.load(Ordering::Acquire) != std::process::id() as i32
+            || m.ready.load(Ordering::Acquire) != 1
+        {
+            return Err(bad());
+        }
+        m.ready.store(0, Ordering::Release);
+        m.base.store(0, Ordering::Relaxed);
+        m.len.store(0, Ordering::Relaxed);
+        m.pid.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Where `len` bytes at offset `off` of destination memory `mem` are in
+    /// this process: `EINVAL` when `mem` is not registered (or is the empty
+    /// arena) or the span is not inside it, `EXDEV` when the memory belongs
+    /// to another process (registered memory is reachable only from the
+    /// process that registered it; the arena from every process). Read
+    /// from shared memory, so a scribbled table yields an error, never an
+    /// address outside what was registered.
+    pub fn dest(&self, mem: u32, off: u64, len: u64) -> std::result::Result<*mut u8, i32> {
+        let end = off.checked_add(len).ok_or(libc::EINVAL)?;
+        if mem == ARENA {
+            let (p, n) = self.arena();
+            if n == 0 || end > n {
+                return Err(libc::EINVAL);
+            }
+            // SAFETY: off + len <= arena length: inside the mapping.
+            return Ok(unsafe { p.add(off as usize) });
+        }
+        let m = mem
+            .checked_sub(1)
+            .and_then(|i| self.header().mems.get(i as usize))
+            .ok_or(libc::EINVAL)?;
+        if m.ready.load(Ordering::Acquire) != 1 {
+            return Err(libc::EINVAL);
+        }
+        if m.pid.load(Ordering::Relaxed) != std::process::id() as i32 {
+            return Err(libc::EXDEV);
+        }
+        let (base, n) = (
+            m.base.load(Ordering::Relaxed),
+            m.len.load(Ordering::Relaxed),
+        );
+        if end > n {
+            return Err(libc::EINVAL);
+        }
+        Ok((base + off) as *mut u8)
     }
 
     /// Raw pointer to entry `g`'s path bytes.

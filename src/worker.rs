@@ -22,7 +22,18 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::kinds::{Drive, LoaderState};
 use crate::notify::NotifyCell;
 use crate::process::{fork_epoch, pid_alive};
-use crate::region::{PATH_CAP, Region, entry_state, now_ns, state};
+use crate::region::{ARENA, NO_DEST, PATH_CAP, Region, WHOLE_FILE, entry_state, now_ns, state};
+
+/// Where a [`Worker::request_into`] puts the bytes: `len` bytes at
+/// `offset` of destination memory `mem` (the arena, [`ARENA`], or an id
+/// from [`Loader::register_memory`](crate::Loader::register_memory)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest {
+    /// Memory id.
+    pub mem: u32,
+    /// Byte offset inside that memory.
+    pub offset: u64,
+}
 
 /// Spins on the completion ring before sleeping on the futex. Short: on a
 /// machine with few cores a spinning worker takes CPU from the loader
@@ -171,6 +182,88 @@ impl Worker {
     /// entry returns as [`Entry::tag`], so that a consumer matches entries
     /// to requests without comparing paths. Untagged requests have tag 0.
     pub fn request_tagged(&self, path: &[u8], tag: u64) -> Result<()> {
+        self.request_with(path, tag, None, None)
+    }
+
+    /// Requests `len` bytes of `path` at byte `offset`: the entry holds the
+    /// bytes actually read, fewer at end of file (none for a range past it),
+    /// never more than `len`, and reports `offset` as [`Entry::offset`].
+    /// Same rules and errors as [`request_bytes`](Self::request_bytes),
+    /// plus: `offset + len` past `i64::MAX` is `InvalidArgument`, and a
+    /// `len` over `max_file_size` is refused with `EFBIG` (ask for several
+    /// ranges, or load into destination memory with
+    /// [`request_into`](Self::request_into)). Ranges of one file requested
+    /// close together share one open of it (see docs/architecture.md).
+    pub fn request_range(&self, path: impl AsRef<Path>, offset: u64, len: u64) -> Result<()> {
+        self.request_range_tagged(path.as_ref().as_os_str().as_bytes(), offset, len, 0)
+    }
+
+    /// [`request_range`](Self::request_range) with the path as bytes and a
+    /// tag (see [`request_tagged`](Self::request_tagged)).
+    pub fn request_range_tagged(&self, path: &[u8], offset: u64, len: u64, tag: u64) -> Result<()> {
+        self.request_with(path, tag, Some((offset, len)), None)
+    }
+
+    /// Requests `len` bytes of `path` at `offset`, read straight into
+    /// destination memory `dest` (the arena, [`ARENA`](crate::ARENA), or
+    /// memory registered with [`Loader::register_memory`](crate::Loader::register_memory))
+    /// instead of the entry's buffer, without the `max_file_size` limit.
+    /// The entry's [`data`](Entry::data) is that memory, `len()` the bytes
+    /// read. Files of any size load this way, in reads of 1 MiB several at
+    /// a time.
+    ///
+    /// Fails with `InvalidArgument` (`EINVAL`) when `dest` names no memory
+    /// or the span `dest.offset .. dest.offset + len` is not inside it, and
+    /// with `EXDEV` when the memory was registered by another process
+    /// (registered memory is reachable only by the process that registered
+    /// it, and only while its loads run in that process; the arena from
+    /// everywhere). Nothing is written then.
+    ///
+    /// # Safety
+    ///
+    /// Until the entry is released, the loader writes the destination span:
+    /// nothing else may read or write it meanwhile (no other request into an
+    /// overlapping span, no reference to it in Rust).
+    pub unsafe fn request_into(
+        &self,
+        path: &[u8],
+        offset: u64,
+        len: u64,
+        dest: Dest,
+        tag: u64,
+    ) -> Result<()> {
+        self.request_with(path, tag, Some((offset, len)), Some(dest))
+    }
+
+    fn request_with(
+        &self,
+        path: &[u8],
+        tag: u64,
+        range: Option<(u64, u64)>,
+        dest: Option<Dest>,
+    ) -> Result<()> {
+        if let Some((off, len)) = range {
+            if off.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("range {off} + {len} goes past the largest file offset"),
+                ));
+            }
+            match dest {
+                None if len > self.region.cfg().max_file_size => {
+                    return Err(Error::os(
+                        libc::EFBIG,
+                        format!(
+                            "a range of {len} bytes is more than max_file_size = {} \
+                             (split it, or load it into destination memory)",
+                            self.region.cfg().max_file_size
+                        ),
+                    ));
+                }
+                None => {}
+                Some(d) => self.check_dest(d, len)?,
+            }
+        }
         if path.is_empty() {
             return Err(Error::new(ErrorKind::InvalidPath, "empty path"));
         }
@@ -261,6 +354,13 @@ impl Worker {
         meta.load_off.store(load_off as u32, Ordering::Relaxed);
         meta.load_len.store(load_len as u32, Ordering::Relaxed);
         meta.tag.store(tag, Ordering::Relaxed);
+        let (roff, rlen) = range.unwrap_or((0, WHOLE_FILE));
+        meta.range_off.store(roff, Ordering::Relaxed);
+        meta.range_len.store(rlen, Ordering::Relaxed);
+        let (dmem, doff) = dest.map_or((NO_DEST, 0), |d| (d.mem, d.offset));
+        meta.dst_mem.store(dmem, Ordering::Relaxed);
+        meta.dst_off.store(doff, Ordering::Relaxed);
+        meta.data_off.store(0, Ordering::Relaxed);
         meta.status.store(0, Ordering::Relaxed);
         meta.size.store(0, Ordering::Relaxed);
         meta.t_request.store(now, Ordering::Relaxed);
@@ -292,6 +392,51 @@ impl Worker {
             rings.block.parking.notify(i32::MAX);
         } else {
             self.region.header().loader_parking.notify(i32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Refuses a destination the loads cannot reach (see `request_into`).
+    fn check_dest(&self, d: Dest, len: u64) -> Result<()> {
+        match self.region.dest(d.mem, d.offset, len) {
+            Ok(_) => {}
+            Err(libc::EXDEV) => {
+                return Err(Error::os(
+                    libc::EXDEV,
+                    format!(
+                        "destination memory {} was registered by another process; \
+                         only the arena is shared between processes",
+                        d.mem
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "destination memory {} has no {len} bytes at offset {}",
+                        d.mem, d.offset
+                    ),
+                ));
+            }
+        }
+        // Registered memory is an address in this process: the loads must
+        // run here too (loader threads started here, or this worker
+        // driving). A loader in another process would fail them with EXDEV.
+        let h = self.region.header();
+        let pid = h.loader_pid.load(Ordering::Acquire);
+        if d.mem != ARENA
+            && h.drive() == Drive::Loader
+            && pid != 0
+            && pid != std::process::id() as i32
+        {
+            return Err(Error::os(
+                libc::EXDEV,
+                format!(
+                    "the loader runs in process {pid}, which cannot reach memory \
+                     registered here; use the arena (Config::arena_size)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -468,9 +613,17 @@ impl Worker {
         self.qd
     }
 
+    /// The loader's arena (see [`Loader::arena`](crate::Loader::arena)), as
+    /// mapped in this process: start and length (0 without one).
+    pub fn arena(&self) -> (*mut u8, usize) {
+        let (p, n) = self.region.arena();
+        (p, n as usize)
+    }
+
     /// This worker's buffers, as one span of memory in this process's
     /// mapping: every entry's data lies inside it (entry `e` of the
-    /// worker at `e * buffer_size`, whole 4 KiB pages). For registering
+    /// worker at `e * buffer_size`, whole 4 KiB pages), except a
+    /// destination request's (`request_into`). For registering
     /// the memory once with something that wants it pinned or known in
     /// advance (`cudaHostRegister`, a buffer protocol export). Only the
     /// bytes of delivered, unreleased entries may be read; the loader
@@ -628,11 +781,57 @@ impl<'a> EntryRef<'a> {
 
     /// Number of bytes loaded (0 for a failed load).
     pub fn len(&self) -> usize {
+        self.span().1
+    }
+
+    /// Where the data is and how long it is: in the entry's buffer (at the
+    /// offset the loader gave), or in the destination memory. Every value
+    /// read from the region is bounds-checked: a scribbled entry shows no
+    /// data, never memory outside its buffer or destination.
+    fn span(&self) -> (*const u8, usize) {
+        let m = self.region.entry(self.g);
+        let buf = self.region.buffer(self.g);
         if !self.is_ok() {
-            return 0;
+            return (buf, 0);
         }
-        (self.region.entry(self.g).size.load(Ordering::Relaxed)).min(self.region.buf_size())
-            as usize
+        let size = m.size.load(Ordering::Relaxed);
+        let mem = m.dst_mem.load(Ordering::Relaxed);
+        if mem == NO_DEST {
+            let cap = self.region.buf_size();
+            let off = (m.data_off.load(Ordering::Relaxed) as u64).min(cap);
+            // SAFETY: off <= buf_size: inside (or at the end of) the buffer.
+            let p = unsafe { buf.add(off as usize) };
+            return (p, size.min(cap - off) as usize);
+        }
+        let len = size.min(m.range_len.load(Ordering::Relaxed));
+        match self
+            .region
+            .dest(mem, m.dst_off.load(Ordering::Relaxed), len)
+        {
+            Ok(p) => (p, len as usize),
+            Err(_) => (buf, 0),
+        }
+    }
+
+    /// The requested byte offset (0 for a whole file).
+    pub fn offset(&self) -> u64 {
+        let m = self.region.entry(self.g);
+        if m.range_len.load(Ordering::Relaxed) == WHOLE_FILE {
+            0
+        } else {
+            m.range_off.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The destination of a [`Worker::request_into`] (`None`: the entry's
+    /// own buffer).
+    pub fn dest(&self) -> Option<Dest> {
+        let m = self.region.entry(self.g);
+        let mem = m.dst_mem.load(Ordering::Relaxed);
+        (mem != NO_DEST).then(|| Dest {
+            mem,
+            offset: m.dst_off.load(Ordering::Relaxed),
+        })
     }
 
     /// True when no byte was loaded.
@@ -640,13 +839,19 @@ impl<'a> EntryRef<'a> {
         self.len() == 0
     }
 
-    /// The file's bytes (empty for a failed load). The slice starts at the
-    /// entry's buffer (4096-byte aligned) also when it is empty.
+    /// The bytes loaded (empty for a failed load): the file, or the
+    /// requested range of it. For a whole file the slice starts at the
+    /// entry's buffer (4096-byte aligned) also when it is empty; for a
+    /// destination request it is the destination memory.
     pub fn data(&self) -> &'a [u8] {
-        // SAFETY: the buffer holds buf_size bytes and len() <= buf_size; the
-        // entry is DONE and not released while this view lives, so the
-        // loader no longer writes it and nobody reuses it.
-        unsafe { std::slice::from_raw_parts(self.region.buffer(self.g), self.len()) }
+        let (p, n) = self.span();
+        // SAFETY: `span` keeps the slice inside the entry's buffer or the
+        // destination span (checked against the registration). The entry
+        // is DONE and not released while this view lives, so the loader no
+        // longer writes it and nobody reuses the buffer; a destination span
+        // is the requester's alone until release (`request_into`'s
+        // contract).
+        unsafe { std::slice::from_raw_parts(p, n) }
     }
 
     /// The bytes, or the load's error as an `io::Error`.
@@ -758,6 +963,18 @@ impl Entry {
     /// The request's tag (see [`Worker::request_tagged`]).
     pub fn tag(&self) -> u64 {
         self.view().tag()
+    }
+
+    /// The requested byte offset (0 for a whole file; see
+    /// [`Worker::request_range`]).
+    pub fn offset(&self) -> u64 {
+        self.view().offset()
+    }
+
+    /// The destination of a [`Worker::request_into`] (`None`: the entry's
+    /// own buffer).
+    pub fn dest(&self) -> Option<Dest> {
+        self.view().dest()
     }
 
     /// Global entry index and generation, for handles kept outside Rust.

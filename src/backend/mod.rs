@@ -13,6 +13,7 @@
 //! io-wq thread) keeps a keep-alive guard of that memory, given at
 //! construction, for as long as the reads may still write.
 
+pub mod range;
 pub mod threads;
 pub mod uring;
 
@@ -33,8 +34,23 @@ pub struct Job {
     path: *const libc::c_char,
     /// Destination buffer, `buf_len` bytes.
     buf: *mut u8,
-    /// Size of `buf`: `max_file_size + 1` rounded up to 4 KiB.
+    /// Size of `buf`: `max_file_size + 1` rounded up to 4 KiB, or the
+    /// range's length for a destination.
     buf_len: u64,
+    /// A byte range instead of the whole file.
+    range: Option<Span>,
+}
+
+/// A byte range of a file, and where its bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// First byte of the file to read.
+    pub offset: u64,
+    /// Bytes to read at most (fewer at end of file).
+    pub len: u64,
+    /// `buf` is the caller's destination, exactly `len` bytes: nothing may
+    /// be written around it (no aligned superset for `O_DIRECT`).
+    pub exact: bool,
 }
 
 impl Job {
@@ -61,7 +77,17 @@ impl Job {
             path,
             buf,
             buf_len,
+            range: None,
         }
+    }
+
+    /// This job reads `span` instead of the whole file. With `span.exact`,
+    /// `buf_len` must be `span.len` (the destination); otherwise `buf` is an
+    /// entry buffer and the data lands at [`Done::skip`] in it.
+    pub fn with_range(mut self, span: Span) -> Job {
+        debug_assert!(!span.exact || span.len == self.buf_len);
+        self.range = Some(span);
+        self
     }
 
     /// The path, for diagnostics.
@@ -85,6 +111,16 @@ pub struct Done {
     pub g: u32,
     /// Bytes loaded, or the positive errno.
     pub result: Result<u64, i32>,
+    /// Where in the buffer the data starts (an `O_DIRECT` range read the
+    /// aligned span around the range into an entry buffer); 0 otherwise.
+    pub skip: u32,
+}
+
+impl Done {
+    /// A whole-file job's result (data at the start of the buffer).
+    pub fn new(g: u32, result: Result<u64, i32>) -> Done {
+        Done { g, result, skip: 0 }
+    }
 }
 
 /// Counters a backend reports to the loader's stats.

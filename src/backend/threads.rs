@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, after_read, plan};
+use super::range::{self, FileCache, RangeFile, RangePlan};
+use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, Span, after_read, plan};
 
 /// How long dropping the backend waits for its threads before it detaches
 /// the ones still stuck (the loader loop has already waited for in-flight
@@ -92,14 +93,38 @@ impl ThreadsBackend {
                 .spawn(move || {
                     // Held until this thread returns, even detached.
                     let _keep_alive = keep_alive;
-                    for SendJob(job) in jrx {
-                        let mut c = BackendCounters::default();
-                        let result = if cancel.load(Ordering::Acquire) {
-                            Err(libc::ECANCELED)
+                    // Files of range jobs, kept open briefly for the next
+                    // ranges of the same file (see `range`).
+                    let mut files = FileCache::default();
+                    loop {
+                        let next = if files.is_empty() {
+                            jrx.recv().map_err(|_| true)
                         } else {
-                            load(&job, direct, max_file_size, &cancel, &mut c)
+                            jrx.recv_timeout(Duration::from_nanos(range::IDLE_CLOSE_NS))
+                                .map_err(|e| e.is_disconnected())
                         };
-                        if dtx.send((Done { g: job.g, result }, c)).is_err() {
+                        let job = match next {
+                            Ok(SendJob(job)) => job,
+                            Err(true) => break,
+                            Err(false) => {
+                                files.trim(u64::MAX);
+                                continue;
+                            }
+                        };
+                        let mut c = BackendCounters::default();
+                        let (result, skip) = if cancel.load(Ordering::Acquire) {
+                            (Err(libc::ECANCELED), 0)
+                        } else if let Some(span) = job.range {
+                            load_range(&job, span, direct, &cancel, &mut c, &mut files)
+                        } else {
+                            (load(&job, direct, max_file_size, &cancel, &mut c), 0)
+                        };
+                        let done = Done {
+                            g: job.g,
+                            result,
+                            skip,
+                        };
+                        if dtx.send((done, c)).is_err() {
                             break;
                         }
                     }
@@ -270,6 +295,101 @@ fn load(
     }
 }
 
+/// Loads a range job: `(bytes, where they start in the buffer)` or the
+/// errno. The file comes from this pool thread's cache.
+fn load_range(
+    job: &Job,
+    span: Span,
+    direct: bool,
+    cancel: &AtomicBool,
+    c: &mut BackendCounters,
+    files: &mut FileCache,
+) -> (Result<u64, i32>, u32) {
+    let i = match files.get(job.path(), direct, c) {
+        Ok(i) => i,
+        Err(e) => return (Err(e), 0),
+    };
+    let r = read_range(job, span, files.file(i), cancel, c);
+    files.put(i, crate::region::now_ns());
+    match r {
+        Ok((n, skip)) => (Ok(n), skip as u32),
+        Err(e) => (Err(e), 0),
+    }
+}
+
+/// Reads `span` of the file in pieces of at most `range::CHUNK`, each
+/// continued after a short read until a read returns 0; a direct read the
+/// file system refuses (`EINVAL`) starts over buffered.
+fn read_range(
+    job: &Job,
+    span: Span,
+    rf: &RangeFile,
+    cancel: &AtomicBool,
+    c: &mut BackendCounters,
+) -> Result<(u64, u64), i32> {
+    let mut plan = RangePlan::new(span, job.buf, job.buf_len, rf)?;
+    let mut reopened: Option<File> = None;
+    let mut pos = plan.start;
+    let mut eof = u64::MAX;
+    while pos < plan.end {
+        if cancel.load(Ordering::Acquire) {
+            return Err(libc::ECANCELED);
+        }
+        let file = reopened.as_ref().unwrap_or(&rf.file);
+        let len = range::CHUNK.min(plan.end - pos);
+        c.syscalls += 1;
+        // SAFETY: pos - start + len <= end - start <= buf_len (RangePlan
+        // keeps the span inside the buffer), so the slice lies in the job's
+        // buffer or destination, valid for writes and ours alone until the
+        // job is reported done (`Job::new`'s contract), and initialized
+        // (mapped memory, or the caller's destination); it lives only for
+        // this read.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(job.buf.add((pos - plan.start) as usize), len as usize)
+        };
+        let n = match file.read_at(dst, pos) {
+            Ok(n) => n as u64,
+            Err(e) => match os(e) {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    set_blocking(file, c)?;
+                    continue;
+                }
+                libc::EINVAL if plan.direct => {
+                    c.buffered_fallbacks += 1;
+                    c.syscalls += 1;
+                    let path = Path::new(OsStr::from_bytes(job.path().to_bytes()));
+                    reopened = Some(
+                        OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+                            .open(path)
+                            .map_err(os)?,
+                    );
+                    plan = RangePlan {
+                        start: span.offset,
+                        end: span.offset + span.len,
+                        skip: 0,
+                        direct: false,
+                    };
+                    pos = plan.start;
+                    continue;
+                }
+                e => return Err(e),
+            },
+        };
+        if plan.direct && n > 0 {
+            c.direct_reads += 1;
+        }
+        if n == 0 || (plan.direct && n < len) {
+            eof = pos + n;
+            break;
+        }
+        pos += n;
+    }
+    Ok((plan.result(span, eof), plan.skip))
+}
+
 impl Backend for ThreadsBackend {
     fn room(&self) -> usize {
         self.window - self.in_flight
@@ -325,16 +445,10 @@ impl Backend for ThreadsBackend {
         // next read; jobs no thread has started complete now.
         self.cancel.store(true, Ordering::Release);
         for job in self.pending.drain(..) {
-            self.ready.push(Done {
-                g: job.g,
-                result: Err(libc::ECANCELED),
-            });
+            self.ready.push(Done::new(job.g, Err(libc::ECANCELED)));
         }
         while let Ok(SendJob(job)) = self.queued.try_recv() {
-            self.ready.push(Done {
-                g: job.g,
-                result: Err(libc::ECANCELED),
-            });
+            self.ready.push(Done::new(job.g, Err(libc::ECANCELED)));
         }
     }
 

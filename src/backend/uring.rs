@@ -58,11 +58,13 @@
 //! statx and probe buffers are leaked and the keep-alive guard of the jobs'
 //! memory is never released, so no late write lands in freed memory.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, after_read, plan};
+use super::range::{CHUNK, FileCache, RangePlan};
+use super::{Backend, BackendCounters, Done, Job, KeepAlive, Next, Span, after_read, plan};
 use crate::config::EnvOverrides;
 use crate::region::now_ns;
 
@@ -72,6 +74,12 @@ const K_READ: u64 = 2;
 const K_CLOSE: u64 = 3;
 const K_PROBE: u64 = 4;
 const K_FADVISE: u64 = 5;
+/// A read of a range job; the read's index in the job's table is in bits
+/// 40 and up of the user data.
+const K_RANGE: u64 = 6;
+/// Reads of one range job in flight at once (1 MiB each: 8 MiB, enough to
+/// keep a disk's queue busy for one large file).
+const RANGE_PAR: usize = 8;
 
 #[inline]
 fn ud(slot: u32, kind: u64) -> u64 {
@@ -251,6 +259,29 @@ enum Step {
     Read,
     /// A CLOSE of the slot, then `then`.
     Close,
+    /// A range job's reads (see [`RangeOp`]).
+    Range,
+}
+
+/// A range job in a slot: its file (from the cache), its plan, and up to
+/// [`RANGE_PAR`] reads in flight, each `(file offset, length)`.
+#[derive(Clone, Copy)]
+struct RangeOp {
+    span: Span,
+    file: usize,
+    fd: i32,
+    plan: RangePlan,
+    /// Next file offset to issue a read at.
+    next: u64,
+    /// First end of file seen (`u64::MAX`: none).
+    eof: u64,
+    /// First error (0: none).
+    err: i32,
+    /// A direct read was refused: start over buffered once all reads ended.
+    restart: bool,
+    reads: [(u64, u64); RANGE_PAR],
+    /// Bit i: read i is in flight.
+    busy: u32,
 }
 
 /// What a slot does next once its file is closed.
@@ -340,6 +371,10 @@ pub struct UringBackend {
     probe_buf: Box<[u64]>,
     /// `cancel_all` was called: nothing is retried or continued.
     cancelled: bool,
+    /// Range jobs, by slot.
+    ranges: Vec<Option<RangeOp>>,
+    /// Files open for range jobs.
+    files: FileCache,
     /// Keeps the jobs' memory alive; leaked if the ring is dropped with
     /// operations in the kernel.
     keep_alive: KeepAlive,
@@ -384,6 +419,8 @@ impl UringBackend {
             drained_at: 0,
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
+            ranges: vec![None; window as usize],
+            files: FileCache::default(),
             keep_alive,
         })
     }
@@ -541,7 +578,165 @@ impl UringBackend {
         let g = self.ops[s as usize].g;
         self.ops[s as usize] = Op::EMPTY;
         self.free_slots.push(s);
-        out.push(Done { g, result });
+        out.push(Done::new(g, result));
+    }
+
+    /// Starts range job `span` in slot `s` (path and buffer already in
+    /// the slot's op): the file from the cache, then the first reads.
+    fn start_range(&mut self, s: u32, span: Span, want_direct: bool, out: &mut Vec<Done>) {
+        let op = self.ops[s as usize];
+        // SAFETY: the job's path is a valid C string until its Done.
+        let path = unsafe { std::ffi::CStr::from_ptr(op.path) };
+        let file = match self.files.get(path, want_direct, &mut self.counters) {
+            Ok(i) => i,
+            Err(e) => return self.finish(s, Err(e), out),
+        };
+        let rf = self.files.file(file);
+        let plan = match RangePlan::new(span, op.buf, op.buf_len, rf) {
+            Ok(p) => p,
+            Err(e) => {
+                self.files.put(file, now_ns());
+                return self.finish(s, Err(e), out);
+            }
+        };
+        self.ranges[s as usize] = Some(RangeOp {
+            span,
+            file,
+            fd: rf.file.as_raw_fd(),
+            plan,
+            next: plan.start,
+            eof: u64::MAX,
+            err: 0,
+            restart: false,
+            reads: [(0, 0); RANGE_PAR],
+            busy: 0,
+        });
+        let op = &mut self.ops[s as usize];
+        op.step = Step::Range;
+        op.pending = 0;
+        self.range_step(s, out);
+    }
+
+    /// Queues read `i` of slot `s`'s range: `len` bytes at file offset `off`.
+    fn queue_range_read(&mut self, s: u32, i: usize, off: u64, len: u64) {
+        let Some(r) = self.ranges[s as usize].as_mut() else {
+            return;
+        };
+        r.reads[i] = (off, len);
+        r.busy |= 1 << i;
+        let (fd, at) = (r.fd, off - r.plan.start);
+        let buf = self.ops[s as usize].buf;
+        // SAFETY: off - start + len <= end - start <= buf_len (the plan
+        // keeps the span inside the job's buffer), so this stays inside it.
+        let dst = unsafe { buf.add(at as usize) };
+        let e = opcode::Read::new(types::Fd(fd), dst, len as u32)
+            .offset(off)
+            .build()
+            .user_data(((i as u64) << 40) | ud(s, K_RANGE));
+        self.ops[s as usize].pending += 1;
+        // SAFETY: the destination lies in the job's buffer, which is the
+        // backend's until the job's Done (reported after this CQE); the
+        // descriptor stays open while the range uses its cached file.
+        unsafe { self.push_sqe(e) };
+        self.followups = true;
+    }
+
+    /// Issues the reads slot `s`'s range can have in flight; completes it
+    /// once none is in flight and nothing is left to read.
+    fn range_step(&mut self, s: u32, out: &mut Vec<Done>) {
+        loop {
+            let Some(r) = self.ranges[s as usize] else {
+                return;
+            };
+            let limit = r.plan.end.min(r.eof);
+            let full = r.busy == (1u32 << RANGE_PAR) - 1;
+            if full || r.err != 0 || r.restart || self.cancelled || r.next >= limit {
+                break;
+            }
+            let i = (!r.busy).trailing_zeros() as usize;
+            let len = CHUNK.min(limit - r.next);
+            if let Some(r) = self.ranges[s as usize].as_mut() {
+                r.next += len;
+            }
+            // `r` is the copy from before the increment.
+            self.queue_range_read(s, i, r.next, len);
+        }
+        if self.ops[s as usize].pending > 0 {
+            return;
+        }
+        let Some(r) = self.ranges[s as usize].take() else {
+            return;
+        };
+        let now = now_ns();
+        if r.restart && !self.cancelled {
+            // The file system refused a direct read: the whole range again,
+            // buffered.
+            self.counters.buffered_fallbacks += 1;
+            self.files.put(r.file, now);
+            return self.start_range(s, r.span, false, out);
+        }
+        self.files.put(r.file, now);
+        let result = if r.err != 0 {
+            Err(r.err)
+        } else if r.next < r.plan.end.min(r.eof) || r.restart {
+            Err(libc::ECANCELED)
+        } else {
+            Ok(r.plan.result(r.span, r.eof))
+        };
+        let skip = if result.is_ok() {
+            r.plan.skip as u32
+        } else {
+            0
+        };
+        self.finish(s, result, out);
+        if let Some(d) = out.last_mut() {
+            d.skip = skip;
+        }
+    }
+
+    /// A range read completed.
+    fn on_range_cqe(&mut self, s: u32, i: usize, res: i32, out: &mut Vec<Done>) {
+        let cancelled = self.cancelled;
+        let Some(r) = self.ranges[s as usize].as_mut() else {
+            return;
+        };
+        if i >= RANGE_PAR || r.busy & (1 << i) == 0 {
+            return;
+        }
+        r.busy &= !(1 << i);
+        let (off, len) = r.reads[i];
+        let direct = r.plan.direct;
+        let mut again = None;
+        if res < 0 {
+            let e = -res;
+            if (e == libc::EAGAIN || e == libc::EINTR) && !cancelled {
+                again = Some((off, len));
+            } else if direct && (e == libc::EINVAL || e == libc::EOPNOTSUPP) {
+                r.restart = true;
+            } else if r.err == 0 {
+                r.err = e;
+            }
+        } else if res == 0 {
+            r.eof = r.eof.min(off);
+        } else {
+            let n = res as u64;
+            if n < len {
+                if direct {
+                    r.eof = r.eof.min(off + n);
+                } else if off + n < r.eof {
+                    // Short, not necessarily the end: read on until 0.
+                    again = Some((off + n, len - n));
+                }
+            }
+        }
+        if direct && res > 0 {
+            self.counters.direct_reads += 1;
+        }
+        self.ops[s as usize].pending -= 1;
+        if let Some((o, l)) = again {
+            self.queue_range_read(s, i, o, l);
+        }
+        self.range_step(s, out);
     }
 
     fn on_statx(&mut self, s: u32, res: i32, out: &mut Vec<Done>) {
@@ -807,6 +1002,10 @@ impl UringBackend {
                 continue;
             }
             match kind {
+                K_RANGE => {
+                    let i = (cqe.user_data() >> 40) as usize;
+                    self.on_range_cqe(s, i, res, out);
+                }
                 K_STATX => {
                     let op = &mut self.ops[s as usize];
                     if op.step != Step::Statx || op.pending == 0 {
@@ -833,7 +1032,7 @@ impl UringBackend {
                             Step::Fast => self.on_fast_done(s, out),
                             Step::Chain | Step::Read => self.on_read_done(s, out),
                             Step::Close => self.on_close_done(s, out),
-                            Step::Statx => {}
+                            Step::Statx | Step::Range => {}
                         }
                     }
                 }
@@ -857,6 +1056,14 @@ impl Backend for UringBackend {
             buf_len: job.buf_len,
             ..Op::EMPTY
         };
+        if let Some(span) = job.range {
+            let was_followup = self.followups;
+            let mut ready = std::mem::take(&mut self.ready);
+            self.start_range(s, span, self.direct, &mut ready);
+            self.ready = ready;
+            self.followups = was_followup;
+            return;
+        }
         // The chain queued here belongs to the new request's batch (it
         // waits for dispatch_n / idle_iters like the request), not a
         // follow-up of a file already in flight.
@@ -896,6 +1103,9 @@ impl Backend for UringBackend {
     }
 
     fn reap(&mut self, out: &mut Vec<Done>, wait: Option<Duration>) -> std::io::Result<()> {
+        if !self.files.is_empty() {
+            self.files.trim(now_ns());
+        }
         let before = out.len();
         out.append(&mut self.ready);
         self.drain_cq(out);
