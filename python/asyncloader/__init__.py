@@ -13,6 +13,10 @@ same meanings) over ``libasyncloader.so`` via ctypes::
         for entry in worker.load(paths, window=64):
             data = entry.get_data()          # bytes; raises OSError on failure
 
+Byte ranges (``Worker.request_range``, ``Worker.load_ranges``) and loads
+into destination memory of any size (``Worker.request_into``,
+``Worker.read_into``; ``Loader(arena_size=...)``, ``Loader.register``).
+
 See ``docs/python.md`` in the repository for the whole guide.
 """
 
@@ -20,6 +24,7 @@ from ._entry import Entry
 from ._loader import Loader, default_config
 from ._util import MAX_PATH_BYTES
 from ._worker import Worker
+from ._ffi import AL_ARENA as ARENA
 from ._ffi import LibraryNotFound, find_library
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "probe",
     "DEFAULT_MAX_FILE_SIZE",
     "MAX_PATH_BYTES",
+    "ARENA",
 ]
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import _ffi, _util
-from ._entry import _Held, _release_views
+from ._entry import _Held, _array_type, _keep_dest, _release_views
 from ._util import _oserror
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Batch(_Held):
         "_arr",
         "_arr_base",
         "_area",
+        "_alen",
         "_ro",
         "_views",
         "sizes",
@@ -85,6 +86,7 @@ class Batch(_Held):
         self._released = False
         self._arr = None
         self._area = 0
+        self._alen = 0
         self._ro: Optional[memoryview] = None
         self._views: List[memoryview] = []
         self._paths: Optional[List[Optional[bytes]]] = None
@@ -181,7 +183,11 @@ class Batch(_Held):
         if ro is None:
             ro = self._export()
         off = self._datas[i] - self._area
-        return bytes(ro[off : off + self.sizes[i]])
+        size = self.sizes[i]
+        if 0 <= off <= self._alen - size:
+            return bytes(ro[off : off + size])
+        # Outside the worker's buffers: a destination (request_into).
+        return ctypes.string_at(self._datas[i], size) if size else b""
 
     def view(self, i: int) -> memoryview:
         """A read-only ``memoryview`` on entry ``i``'s bytes in the shared
@@ -195,9 +201,43 @@ class Batch(_Held):
         if ro is None:
             ro = self._export()
         off = self._datas[i] - self._area
-        v = ro[off : off + self.sizes[i]]
+        size = self.sizes[i]
+        if 0 <= off <= self._alen - size:
+            v = ro[off : off + size]
+        else:
+            v = self._view_outside(i)
         self._views.append(v)
         return v
+
+    def _view_outside(self, i: int) -> memoryview:
+        """A view of entry ``i`` whose data is not in the worker's buffers
+        (a destination: the arena or registered memory). Its own array,
+        which holds the batch's array (so the batch counts what derives
+        from it) and the registration's pin."""
+        size = self.sizes[i]
+        if size == 0:
+            return memoryview(b"")
+        data = self._datas[i]
+        arr = _array_type(size).from_address(data)
+        arr._keep_batch = self._arr
+        _keep_dest(arr, self._worker, data)
+        m0 = memoryview(arr)
+        m1 = m0.cast("B")
+        m2 = m1[:size]
+        v = m2.toreadonly()
+        m2.release()
+        m1.release()
+        m0.release()
+        return v
+
+    def offset(self, i: int) -> int:
+        """The byte offset entry ``i``'s range was requested at (0 for a
+        whole file; see :attr:`Entry.offset`)."""
+        self._live()
+        h = self._handles[i]
+        if not h:
+            return 0
+        return _ffi.lib().need("al_entry_offset")(h)
 
     def numpy(self, i: int) -> Any:
         """A read-only ``numpy.ndarray`` of ``uint8`` over entry ``i``'s
@@ -216,6 +256,7 @@ class Batch(_Held):
         reference count tells whether anything still uses one of them."""
         base, atype = self._worker._buffer_area()
         self._area = base
+        self._alen = ctypes.sizeof(atype)
         self._arr = atype.from_address(base)
         self._arr_base = sys.getrefcount(self._arr)
         m0 = memoryview(self._arr)

@@ -33,6 +33,18 @@ def _array_type(size: int) -> Any:
     return t
 
 
+def _keep_dest(arr: Any, worker: "Worker", data: int) -> None:
+    """When ``data`` is in memory registered with the worker's loader
+    (``Worker.request_into``), makes ``arr`` (which views are cut from)
+    hold that registration's pin: the buffer stays exported and alive as
+    long as a view of it does, registered or not."""
+    loader = worker._loader
+    if loader._mems or loader._retired:
+        pin = loader._pin_of(data)
+        if pin is not None:
+            arr._keep_pin = pin
+
+
 def _release_views(views: Any) -> int:
     """Releases ``views`` (the views we handed out) and returns how many
     could not be released: something (numpy...) holds a buffer on them."""
@@ -108,6 +120,7 @@ class Entry(_Held):
         "_size",
         "_lat",
         "_tag",
+        "_off",
         "_arr",
         "_arr_base",
         "_views",
@@ -124,6 +137,7 @@ class Entry(_Held):
         self._path = path
         self._arr = None
         self._views: Optional[List[memoryview]] = None
+        self._off: Optional[int] = None
         if h is None:
             self._err = err
             self._data = None
@@ -171,6 +185,7 @@ class Entry(_Held):
             self._size = info.size
             self._lat = info.latency_ns
             self._tag = info.tag
+            self._off = info.offset
             self._err = info.error
         else:
             err = lib.al_entry_error(h)
@@ -263,6 +278,18 @@ class Entry(_Held):
         self._check_live()
         return self._tag
 
+    @property
+    def offset(self) -> int:
+        """The byte offset a range was requested at
+        (:meth:`Worker.request_range`, :meth:`Worker.request_into`); 0 for a
+        whole file."""
+        self._check_live()
+        if self._off is None:
+            if self._h is None:
+                return 0
+            self._off = _ffi.lib().need("al_entry_offset")(self._h)
+        return self._off  # type: ignore[return-value]
+
     # -- data ----------------------------------------------------------------
 
     def get_data(self) -> bytes:
@@ -312,6 +339,7 @@ class Entry(_Held):
             # only a few ctypes array types are ever created (one per size
             # class; creating a type costs ~10 us), and views are cut to size.
             self._arr = _array_type(self._size).from_address(self._data)
+            _keep_dest(self._arr, self._worker, self._data)
             self._arr_base = sys.getrefcount(self._arr)
             self._views = []
         m0 = memoryview(self._arr)

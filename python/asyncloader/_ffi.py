@@ -33,7 +33,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 LIB_NAME = "libasyncloader.so"
 
@@ -125,6 +125,7 @@ class al_config(_Sized):
         ("pad0", c_uint32),
         ("drive", c_uint32),
         ("reserved", c_uint32),
+        ("arena_size", c_uint64),
     ]
 
 
@@ -163,7 +164,11 @@ class al_entry_info(_Sized):
         ("size", c_size_t),
         ("latency_ns", c_uint64),
         ("tag", c_uint64),
+        ("offset", c_uint64),
     ]
+
+
+assert ctypes.sizeof(al_config) == 64 and ctypes.sizeof(al_entry_info) == 64
 
 
 class al_batch_item(ctypes.Structure):
@@ -187,6 +192,9 @@ assert ctypes.sizeof(al_batch_item) == 48
 
 #: The C ABI these mirrors follow (``AL_ABI_VERSION`` of the header).
 ABI_VERSION = 2
+
+#: Memory id of the loader's arena (``AL_ARENA``) for ``al_worker_request_into``.
+AL_ARENA = 0
 
 
 LoaderP = POINTER(al_loader)
@@ -335,7 +343,50 @@ class Lib:
         )
         self.al_entry_latency_ns = d("al_entry_latency_ns", c_uint64, [EntryP], required=False)
         self.al_version = d("al_version", c_char_p, [], required=False)
+
+        # Byte ranges and destination memory (issue 15); None in a library
+        # built before them (the Python methods then raise
+        # NotImplementedError).
+        self.al_worker_request_range_bytes = d(
+            "al_worker_request_range_bytes",
+            c_int,
+            [WorkerP, c_char_p, c_size_t, c_uint64, c_uint64, c_uint64],
+            required=False,
+        )
+        self.al_worker_request_into = d(
+            "al_worker_request_into",
+            c_int,
+            [WorkerP, c_char_p, c_size_t, c_uint64, c_uint64, c_uint32, c_uint64, c_uint64],
+            required=False,
+        )
+        self.al_entry_offset = d("al_entry_offset", c_uint64, [EntryP], required=False)
+        self.al_loader_arena = d(
+            "al_loader_arena", c_int, [LoaderP, POINTER(c_void_p), POINTER(c_size_t)], required=False
+        )
+        self.al_worker_arena = d(
+            "al_worker_arena", c_int, [WorkerP, POINTER(c_void_p), POINTER(c_size_t)], required=False
+        )
+        self.al_loader_register_memory = d(
+            "al_loader_register_memory",
+            c_int,
+            [LoaderP, c_void_p, c_size_t, POINTER(c_uint32)],
+            required=False,
+        )
+        self.al_loader_unregister_memory = d(
+            "al_loader_unregister_memory", c_int, [LoaderP, c_uint32], required=False
+        )
         self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)
+
+    def need(self, name: str) -> Any:
+        """Optional function ``name``, or ``NotImplementedError`` when this
+        library was built without it."""
+        f = getattr(self, name)
+        if f is None:
+            raise NotImplementedError(
+                f"{self.path} has no {name}: rebuild the library from this checkout "
+                "(cargo build --release)"
+            )
+        return f
 
     def config_default(self) -> al_config:
         """A fresh ``al_config`` filled by ``al_config_default``: the

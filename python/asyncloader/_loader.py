@@ -7,7 +7,7 @@ import errno as _errno
 import threading
 import weakref
 from ctypes import byref
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _ffi, _util
 from ._ffi import LoaderP, WorkerP
@@ -106,6 +106,10 @@ class Loader:
       ``"auto"`` (the default: ``"worker"`` when :meth:`start` runs a loader
       with at least one worker per core, ``"loader"`` otherwise). ``stats()``
       says which one runs.
+    * ``arena_size`` - bytes of destination memory in the shared region
+      (rounded up to 4 KiB; 0, the default: none): :attr:`arena`, memory
+      :data:`asyncloader.ARENA` of :meth:`Worker.request_into`, reachable
+      from every process of the loader.
 
     Nothing loads until the loader runs: call :meth:`start` (threads in this
     process), :meth:`spawn_loader` (a forked loader process) or
@@ -127,6 +131,7 @@ class Loader:
         ring_window: Optional[int] = None,
         backend: str = DEFAULT,  # type: ignore[assignment]
         drive: str = DEFAULT,  # type: ignore[assignment]
+        arena_size: Optional[int] = None,
     ):
         if idle_iters is not None:
             idle_iters = _u32(idle_iters, "idle_iters")
@@ -162,6 +167,8 @@ class Loader:
             cfg.backend = _enum_value(backend, lib.backends, "backend")
         if drive is not DEFAULT:
             cfg.drive = _enum_value(drive, lib.drives, "drive")
+        if arena_size is not None:
+            cfg.arena_size = _uint(arena_size, "arena_size", 64)
         h = LoaderP()
         rc = lib.al_loader_new(byref(cfg), byref(h))
         if rc in (-_errno.EINVAL, -_errno.E2BIG):
@@ -180,6 +187,12 @@ class Loader:
         self._pid = _util._PID
         self._closed = False
         self._become_thread: Optional[threading.Thread] = None
+        # Memory registered here: id -> (address, length, pin). The pin (a
+        # ctypes array over the caller's buffer) holds its buffer export:
+        # the object cannot be resized or freed while loads may write it.
+        self._mems: Dict[int, Tuple[int, int, Any]] = {}
+        self._retired: List[Any] = []
+        self._arena: Any = None
         self._name = _ffi.lib().al_loader_name(h).decode()
         if _ffi.lib().al_loader_config is not None:
             cfg = self._config_from_name()  # resolved values
@@ -239,6 +252,98 @@ class Loader:
     def direct(self) -> bool:
         """Whether reads use ``O_DIRECT``."""
         return bool(self._cfg.direct)
+
+    @property
+    def arena_size(self) -> int:
+        """Bytes of the arena (0: none; see :attr:`arena`)."""
+        return self._cfg.arena_size
+
+    # -- destination memory --------------------------------------------------
+
+    @property
+    def arena(self) -> Optional[memoryview]:
+        """The arena (``arena_size``) as a writable ``memoryview`` of bytes,
+        ``None`` when the loader has none: memory :data:`asyncloader.ARENA`
+        of :meth:`Worker.request_into`, the same bytes in every process of
+        the loader (attached ``Loader``, pickled ``Worker``, a loader
+        process). Read a span once the entry of the load into it was
+        delivered; do not touch a span while a load writes it. The view
+        keeps this ``Loader`` (and so the mapping) alive."""
+        if self._arena is None:
+            self._arena = _arena_span(_ffi.lib().need("al_loader_arena"), self._h)
+        return _arena_view(self._arena, self)
+
+    def register(self, buffer: Any) -> int:
+        """Registers ``buffer`` - any writable, C-contiguous object with the
+        buffer protocol: ``bytearray``, a numpy array, ``mmap.mmap``, a
+        ``memoryview`` of a tensor's memory - as destination memory for
+        :meth:`Worker.request_into` and returns its id (1 to 16).
+
+        The registration holds an export of the buffer until
+        :meth:`unregister` or :meth:`close`: a ``bytearray`` cannot be
+        resized (``BufferError``), an ``mmap`` not closed, and the object is
+        kept alive. Registered memory is an address in this process: loads
+        into it run only in this process (``start()``, or workers that
+        drive their own loads); with a loader process (``spawn_loader``) or
+        from another process, ``request_into`` raises ``OSError(EXDEV)``:
+        use the :attr:`arena` there. ``OSError(ENOSPC)`` when 16
+        registrations are in use; ``ValueError`` for an empty buffer,
+        ``TypeError`` for a read-only one."""
+        if self._closed:
+            raise ValueError("loader is closed")
+        reg = _ffi.lib().need("al_loader_register_memory")
+        mv = memoryview(buffer)
+        if mv.readonly:
+            raise TypeError("register needs a writable buffer")
+        if not mv.c_contiguous:
+            raise ValueError("register needs a C-contiguous buffer")
+        n = mv.nbytes
+        if n == 0:
+            raise ValueError("register needs a non-empty buffer")
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        pin = (ctypes.c_uint8 * n).from_buffer(mv)  # holds the export
+        addr = ctypes.addressof(pin)
+        mem = ctypes.c_uint32(0)
+        rc = reg(self._h, addr, n, byref(mem))
+        if rc < 0:
+            raise _util._oserror(-rc, _ffi.lib().last_error_message() or "register")
+        self._mems[mem.value] = (addr, n, pin)
+        return mem.value
+
+    def unregister(self, id: int) -> None:  # noqa: A002 - mirrors register's result
+        """Forgets registration ``id`` and gives its buffer back (the
+        export ends: a ``bytearray`` may be resized again). Only when no
+        load into it is in flight: release the entries of its
+        ``request_into`` calls first (views of them keep the buffer
+        alive). ``OSError(EINVAL)`` for an id this ``Loader`` did not
+        register."""
+        unreg = _ffi.lib().need("al_loader_unregister_memory")
+        mem = _u32(id, "id")
+        rc = unreg(self._h, mem)
+        if rc < 0:
+            raise _util._oserror(-rc, _ffi.lib().last_error_message() or "unregister")
+        self._mems.pop(mem, None)
+
+    def _pin_of(self, addr: int) -> Any:
+        """The pin of the registered memory holding ``addr``, if any (kept
+        by views of entries loaded into it)."""
+        for base, n, pin in self._mems.values():
+            if base <= addr < base + n:
+                return pin
+        for base, n, pin in self._retired:
+            if base <= addr < base + n:
+                return pin
+        return None
+
+    def _unregister_all(self, keep: bool) -> None:
+        lib = _ffi._lib
+        for mem, rec in list(self._mems.items()):
+            if lib is not None and lib.al_loader_unregister_memory is not None and self._h:
+                lib.al_loader_unregister_memory(self._h, mem)
+            if keep:
+                self._retired.append(rec)
+        self._mems.clear()
 
     # -- running -------------------------------------------------------------
 
@@ -362,6 +467,12 @@ class Loader:
         self._closed = True
         if self._owner and self._pid == _util._PID:
             self.shutdown()
+            # Every load finished: the registered buffers are free again.
+            self._unregister_all(keep=False)
+        else:
+            # Loads may still run elsewhere: keep the buffers pinned while
+            # this object lives.
+            self._unregister_all(keep=True)
 
     def __enter__(self) -> "Loader":
         return self
@@ -382,6 +493,34 @@ class Loader:
 
     def __repr__(self) -> str:
         return f"<asyncloader.Loader {self._name!r}>"
+
+
+def _arena_span(fn: Any, h: Any) -> Tuple[int, Any]:
+    """(address, ctypes array type) of the arena of loader/worker handle
+    ``h`` in this process, asked with ``fn`` (``al_loader_arena`` or
+    ``al_worker_arena``); (0, None) without an arena."""
+    base = ctypes.c_void_p()
+    n = ctypes.c_size_t()
+    _check(fn(h, byref(base), byref(n)), "arena")
+    if not base.value or not n.value:
+        return (0, None)
+    return (base.value, ctypes.c_uint8 * n.value)
+
+
+def _arena_view(span: Tuple[int, Any], keep: Any) -> Optional[memoryview]:
+    """A writable byte view of the arena ``span``, whose array holds
+    ``keep`` (the Loader or Worker that keeps the mapping), or None. A new
+    array per call, held by nothing but its views: no reference cycle
+    delays freeing ``keep``."""
+    base, atype = span
+    if atype is None:
+        return None
+    arr = atype.from_address(base)
+    arr._keep = keep
+    m = memoryview(arr)
+    v = m.cast("B")
+    m.release()
+    return v
 
 
 def _stats(h: Any) -> Dict[str, Any]:

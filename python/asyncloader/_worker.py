@@ -8,13 +8,13 @@ import os
 import time
 from itertools import islice
 from ctypes import byref, c_size_t
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import _ffi
 from ._batch import Batch
 from ._entry import Entry
 from ._ffi import EntryP
-from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _pack, _slice_ns, _u64
+from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _pack, _slice_ns, _u32, _u64
 
 if TYPE_CHECKING:
     from ._loader import Loader
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 #: queue as before.
 WINDOW_BYTES = 2 << 20
 WINDOW_MIN = 8
+
+_NONE = object()  # no item (load_ranges)
+_U64 = 1 << 64
 
 # ---------------------------------------------------------------------------
 # Worker
@@ -42,7 +45,7 @@ class Worker:
     that created the loader lives).
     """
 
-    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "_area", "__weakref__")
+    __slots__ = ("_h", "_loader", "_id", "_qd", "_aio_waiters", "_area", "_arena", "__weakref__")
 
     def __init__(self, loader: "Loader", worker_id: int, h: Any):
         self._h = h
@@ -51,6 +54,7 @@ class Worker:
         self._qd = loader.queue_depth
         self._aio_waiters: Any = None
         self._area: Any = None
+        self._arena: Any = None
 
     @property
     def id(self) -> int:
@@ -124,6 +128,230 @@ class Worker:
             raise bad
         return n
 
+    # -- byte ranges and destination memory ----------------------------------
+
+    def request_range(self, path: PathLike, offset: int, length: int, tag: int = 0) -> bool:
+        """Requests ``length`` bytes of ``path`` at byte ``offset``, read
+        into an entry buffer like a whole file. The entry holds the bytes
+        actually read: fewer at the end of the file, none for a range past
+        it (not an error), never more than ``length``; :attr:`Entry.offset`
+        is ``offset``. Ranges of one file requested close together share
+        one open of it.
+
+        Returns ``True`` when queued, ``False`` when the queue is full (as
+        :meth:`request`). Raises ``ValueError`` for an ``offset`` or
+        ``length`` outside ``0 .. 2**64 - 1`` (``TypeError`` for a
+        non-integer), and the library's refusals as ``OSError``:
+        ``EINVAL`` when ``offset + length`` goes past the largest file
+        offset (``2**63 - 1``), ``EFBIG`` when ``length`` is more than
+        ``max_file_size`` (split it, or load it into destination memory
+        with :meth:`request_into`), and :meth:`request`'s errors.
+        """
+        p = _fspath_bytes(path)
+        fn = _ffi.lib().need("al_worker_request_range_bytes")
+        rc = fn(self._h, p, len(p), _u64(offset, "offset"), _u64(length, "length"), _u64(tag, "tag"))
+        if rc == 0:
+            return True
+        if rc == -_errno.EAGAIN:
+            return False
+        raise _request_error(rc, "request_range", path)
+
+    def request_into(
+        self,
+        path: PathLike,
+        offset: int,
+        length: int,
+        dest: int,
+        dest_offset: int = 0,
+        tag: int = 0,
+    ) -> bool:
+        """Requests ``length`` bytes of ``path`` at ``offset``, read
+        straight into destination memory ``dest`` at ``dest_offset``:
+        :data:`asyncloader.ARENA` (the loader's :attr:`Loader.arena`) or an
+        id from :meth:`Loader.register`. No ``max_file_size`` limit: files
+        of any size load this way (in 1 MiB reads, several in flight).
+
+        The entry's size is the bytes read (short at the end of the file);
+        its data (``get_data()``, ``memoryview()``, ``Batch.view(i)``) is
+        the destination span itself. Until the entry is released the loader
+        may write that span: do not read it before the entry is delivered,
+        and never request overlapping spans at the same time.
+
+        Returns ``True`` / ``False`` (queue full) as :meth:`request`.
+        Raises ``ValueError``/``TypeError`` for arguments that are not
+        unsigned 64-bit integers, and ``OSError``: ``EINVAL`` when ``dest``
+        names no memory or ``dest_offset .. dest_offset + length`` is not
+        inside it (nothing is written) or the range overflows,
+        ``EXDEV`` for registered memory while the loads run in another
+        process (a loader process: use the arena), and :meth:`request`'s
+        errors.
+        """
+        p = _fspath_bytes(path)
+        fn = _ffi.lib().need("al_worker_request_into")
+        rc = fn(
+            self._h,
+            p,
+            len(p),
+            _u64(offset, "offset"),
+            _u64(length, "length"),
+            _u32(dest, "dest"),
+            _u64(dest_offset, "dest_offset"),
+            _u64(tag, "tag"),
+        )
+        if rc == 0:
+            return True
+        if rc == -_errno.EAGAIN:
+            return False
+        raise _request_error(rc, "request_into", path)
+
+    @property
+    def arena(self) -> Optional[memoryview]:
+        """The loader's arena as mapped in this process (see
+        :attr:`Loader.arena`): a writable ``memoryview``, ``None`` without
+        one. Works in any process the worker was pickled to."""
+        from ._loader import _arena_span, _arena_view
+
+        if self._arena is None:
+            self._arena = _arena_span(_ffi.lib().need("al_worker_arena"), self._h)
+        return _arena_view(self._arena, self)
+
+    def load_ranges(
+        self, items: Iterable[Tuple[PathLike, int, int]], window: Optional[int] = None
+    ) -> Iterator[bytes]:
+        """Loads byte ranges - ``(path, offset, length)`` each, ``length``
+        at most ``max_file_size`` - and yields their bytes **in the order of
+        ``items``** (short or empty at the end of a file, as
+        :meth:`request_range`). Up to ``window`` ranges are in flight
+        (``None``: ``queue_depth``) and at most ``window`` finished ranges
+        wait for their turn, so memory stays bounded for any number of
+        items. A range that failed (or cannot be requested) raises its
+        ``OSError`` when its turn comes. The worker should have nothing
+        else in flight (as for :meth:`load`); leaving the loop early waits
+        for and releases the ranges in flight.
+
+        The members of a tar file, say::
+
+            items = [(shard, m.offset_data, m.size) for m in tarfile.open(shard)]
+            for m, data in zip(members, worker.load_ranges(items)):
+                ...
+        """
+        window = self._qd if window is None else max(1, min(_u32(window, "window"), self._qd))
+        fn = _ffi.lib().need("al_worker_request_range_bytes")
+        h = self._h
+        last_path: Any = _NONE  # the path of the previous item, and its bytes
+        pb = b""
+        it = iter(items)
+        done: Dict[int, Any] = {}  # tag -> bytes or the exception
+        nxt: Any = _NONE  # the next item, taken from `it` but not queued
+        n_req = 0  # items taken (the tag of the next one)
+        n_out = 0  # items yielded
+        outstanding = 0
+        exhausted = False
+        try:
+            while True:
+                # Refill, never more than `window` items ahead of the output.
+                while outstanding < window and n_req < n_out + window and not exhausted:
+                    if nxt is _NONE:
+                        nxt = next(it, _NONE)
+                        if nxt is _NONE:
+                            exhausted = True
+                            break
+                    try:
+                        # request_range, inlined: items usually share one path.
+                        path, off, length = nxt
+                        if path is not last_path:
+                            pb = _fspath_bytes(path)
+                            last_path = path
+                        if not (type(off) is int and type(length) is int and 0 <= off < _U64 and 0 <= length < _U64):
+                            off, length = _u64(off, "offset"), _u64(length, "length")
+                        rc = fn(h, pb, len(pb), off, length, n_req)
+                        if rc == -_errno.EAGAIN:
+                            break  # queue full
+                        if rc < 0:
+                            raise _request_error(rc, "request_range", path)
+                    except (OSError, ValueError, TypeError) as e:
+                        if getattr(e, "errno", None) in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
+                            raise
+                        done[n_req] = e
+                    else:
+                        outstanding += 1
+                    nxt = _NONE
+                    n_req += 1
+                if n_out in done:
+                    v = done.pop(n_out)
+                    n_out += 1
+                    if isinstance(v, BaseException):
+                        raise v
+                    yield v
+                    continue
+                if outstanding == 0:
+                    if exhausted and n_out == n_req:
+                        return
+                    raise RuntimeError(
+                        f"worker {self._id}: queue full with no range of this "
+                        "load in flight: release the entries you hold"
+                    )
+                with self.get_batch(min(32, outstanding)) as b:
+                    outstanding -= len(b)
+                    for i, t in enumerate(b.tags):
+                        done[t] = b.exception(i) if b.errors[i] else b.data(i)
+        finally:
+            self._drain_in_flight(outstanding)
+
+    def read_into(
+        self,
+        path: PathLike,
+        dest: Any,
+        dest_offset: int = 0,
+        offset: int = 0,
+        length: Optional[int] = None,
+    ) -> int:
+        """Reads ``path`` (or ``length`` bytes of it from ``offset``; the
+        rest of the file when ``None``) into destination memory with one
+        :meth:`request_into`, of any size, waits for it, and returns the
+        number of bytes read (fewer than asked at the end of the file).
+
+        ``dest``: :data:`asyncloader.ARENA`, an id from
+        :meth:`Loader.register`, or a writable C-contiguous buffer
+        (``bytearray``, numpy array, ``mmap``), which is registered for
+        the call and unregistered after it (so, as for any registered
+        memory, not with a loader process: use the arena there). The bytes
+        land at ``dest_offset``. The worker should have nothing else in
+        flight. Raises the load's ``OSError`` (``FileNotFoundError``...),
+        ``OSError(EINVAL)`` when the bytes do not fit in ``dest`` (nothing
+        written), ``RuntimeError`` when the queue is full of entries held
+        elsewhere. The wait can be interrupted (Ctrl-C): then the load is
+        waited for a little longer, and a buffer registered for the call
+        stays pinned until the loader goes if it did not finish.
+        """
+        loader = self._loader
+        temp = None
+        if isinstance(dest, int) and not isinstance(dest, bool):
+            mem = dest
+        else:
+            mem = temp = loader.register(dest)
+        in_flight = 0
+        try:
+            if length is None:
+                length = max(0, os.stat(path).st_size - _u64(offset, "offset"))
+            if not self.request_into(path, offset, length, mem, dest_offset):
+                raise RuntimeError(
+                    f"worker {self._id}: queue full: release the entries you hold before read_into"
+                )
+            in_flight = 1
+            with self.get_batch(1) as b:  # waits without limit, in slices
+                in_flight = 0
+                b.raise_for_error()
+                return b.sizes[0]
+        finally:
+            if in_flight:
+                in_flight = self._drain_in_flight(in_flight)
+            if temp is not None:
+                if in_flight:
+                    # The load may still write the buffer: keep it pinned.
+                    loader._retired.append(loader._mems[temp])
+                loader.unregister(temp)
+
     # -- completions ---------------------------------------------------------
 
     def try_get(self) -> Optional[Entry]:
@@ -171,10 +399,11 @@ class Worker:
                 raise _oserror(_errno.ETIMEDOUT, "wait_get")
             # Loop: Python runs pending signal handlers here.
 
-    def _drain_in_flight(self, outstanding: int) -> None:
+    def _drain_in_flight(self, outstanding: int) -> int:
         """Takes and releases ``outstanding`` entries still in flight (5 s at
         most per batch; stops at an error), so their buffers come back when a
-        consumer leaves a loading loop early."""
+        consumer leaves a loading loop early. Returns how many it did not
+        get."""
         while outstanding > 0:
             try:
                 b = self.get_batch(outstanding, timeout=5.0)
@@ -184,6 +413,7 @@ class Worker:
                 break
             outstanding -= len(b)
             b._release_deferred()
+        return outstanding
 
     def get_batch(self, max_n: int = 32, timeout: Optional[float] = None) -> Batch:
         """Waits (like :meth:`wait_get`) until at least one entry is ready,
@@ -533,6 +763,13 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<asyncloader.Worker id={self._id} loader={self._loader.name!r}>"
+
+
+def _request_error(rc: int, what: str, path: Any) -> OSError:
+    """The ``OSError`` of a refused request, with the library's message
+    (which says why: the range, the destination, the limit)."""
+    msg = _ffi.lib().last_error_message()
+    return _oserror(-rc, msg or what, path)
 
 
 def _entries(worker: Worker, b: Batch) -> List[Entry]:
