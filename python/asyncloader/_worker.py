@@ -231,8 +231,9 @@ class Worker:
 
         The members of a tar file, say::
 
-            items = [(shard, m.offset_data, m.size) for m in tarfile.open(shard)]
-            for m, data in zip(members, worker.load_ranges(items)):
+            index = [(m.name, m.offset_data, m.size) for m in tarfile.open(shard) if m.isfile()]
+            items = [(shard, off, size) for _name, off, size in index]
+            for (name, _off, _size), data in zip(index, worker.load_ranges(items)):
                 ...
         """
         window = self._qd if window is None else max(1, min(_u32(window, "window"), self._qd))
