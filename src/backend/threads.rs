@@ -79,6 +79,7 @@ impl ThreadsBackend {
         direct: bool,
         max_file_size: u64,
         keep_alive: KeepAlive,
+        range_open_each: bool,
     ) -> std::io::Result<Self> {
         let window = window.max(1) as usize;
         let (jtx, jrx) = crossbeam_channel::unbounded::<SendJob>();
@@ -95,7 +96,7 @@ impl ThreadsBackend {
                     let _keep_alive = keep_alive;
                     // Files of range jobs, kept open briefly for the next
                     // ranges of the same file (see `range`).
-                    let mut files = FileCache::default();
+                    let mut files = FileCache::new(range_open_each);
                     loop {
                         let next = if files.is_empty() {
                             jrx.recv().map_err(|_| true)

@@ -420,7 +420,7 @@ impl UringBackend {
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
             ranges: vec![None; window as usize],
-            files: FileCache::default(),
+            files: FileCache::new(env.range_open_each),
             keep_alive,
         })
     }
