@@ -307,6 +307,14 @@ typedef struct al_config {
      * Zero.
      */
     uint32_t reserved;
+    /**
+     * Bytes of destination memory in the loader's shared memory, the
+     * arena (`AL_ARENA` of `al_worker_request_into`), reachable from every
+     * process that maps the loader; rounded up to 4 KiB, at most 64 GiB.
+     * 0 (the default): no arena. Callers with the 56-byte struct of older
+     * headers get 0.
+     */
+    uint64_t arena_size;
 } al_config;
 
 /**

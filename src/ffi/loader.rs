@@ -67,13 +67,19 @@ pub struct al_config {
     pub drive: u32,
     /// Zero.
     pub reserved: u32,
+    /// Bytes of destination memory in the loader's shared memory, the
+    /// arena (`AL_ARENA` of `al_worker_request_into`), reachable from every
+    /// process that maps the loader; rounded up to 4 KiB, at most 64 GiB.
+    /// 0 (the default): no arena. Callers with the 56-byte struct of older
+    /// headers get 0.
+    pub arena_size: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<al_config>() == 56);
+const _: () = assert!(std::mem::size_of::<al_config>() == 64);
 const _: () = assert!(std::mem::align_of::<al_config>() == 8);
 
 /// Byte ranges of `al_config`'s fields.
-fn config_spans() -> [(usize, usize); 13] {
+fn config_spans() -> [(usize, usize); 14] {
     [
         span!(al_config, struct_size),
         span!(al_config, queue_depth),
@@ -88,6 +94,7 @@ fn config_spans() -> [(usize, usize); 13] {
         span!(al_config, pad0),
         span!(al_config, drive),
         span!(al_config, reserved),
+        span!(al_config, arena_size),
     ]
 }
 
@@ -109,6 +116,7 @@ impl al_config {
             pad0: 0,
             drive: c.drive as u32,
             reserved: 0,
+            arena_size: c.arena_size,
         }
     }
 
@@ -180,6 +188,7 @@ impl al_config {
             ring_window: take!(p, n, al_config, ring_window).unwrap_or(d.ring_window),
             backend,
             drive,
+            arena_size: take!(p, n, al_config, arena_size).unwrap_or(d.arena_size),
             ..d.clone()
         })
     }
@@ -205,6 +214,7 @@ impl al_config {
         give!(p, n, al_config, ring_window, self.ring_window);
         give!(p, n, al_config, backend, self.backend);
         give!(p, n, al_config, drive, self.drive);
+        give!(p, n, al_config, arena_size, self.arena_size);
         Ok(())
     }
 }

@@ -13,13 +13,14 @@
 #include <stdint.h>
 
 /* The layouts the Rust side asserts too (src/ffi/loader.rs, entry.rs). */
-_Static_assert(sizeof(al_config) == 56 && _Alignof(al_config) == 8, "al_config layout");
+_Static_assert(sizeof(al_config) == 64 && _Alignof(al_config) == 8, "al_config layout");
 _Static_assert(offsetof(al_config, struct_size) == 0, "al_config.struct_size");
 _Static_assert(offsetof(al_config, queue_depth) == 4, "al_config.queue_depth");
 _Static_assert(offsetof(al_config, max_file_size) == 8, "al_config.max_file_size");
 _Static_assert(offsetof(al_config, direct) == 28, "al_config.direct");
 _Static_assert(offsetof(al_config, backend) == 40, "al_config.backend");
 _Static_assert(offsetof(al_config, drive) == 48, "al_config.drive (after the old size)");
+_Static_assert(offsetof(al_config, arena_size) == 56, "al_config.arena_size (after the 56 bytes)");
 _Static_assert(sizeof(al_stats) == 96 && _Alignof(al_stats) == 8, "al_stats layout");
 _Static_assert(offsetof(al_stats, drive) == 88, "al_stats.drive");
 _Static_assert(offsetof(al_stats, state) == 4, "al_stats.state");
@@ -177,7 +178,7 @@ static void config_default_fills_the_documented_defaults(void) {
     al_config c = {.struct_size = sizeof c};
     CHECK_RC(al_config_default(&c), 0);
     CHECK(c.queue_depth == 64 && c.n_workers == 1 && c.loader_threads == 0 && !c.direct);
-    CHECK(c.backend == AL_BACKEND_AUTO);
+    CHECK(c.backend == AL_BACKEND_AUTO && c.arena_size == 0);
 }
 
 static void loader_new_with_a_null_config_or_out_is_einval_and_leaves_out_alone(void) {
