@@ -25,10 +25,11 @@ _Static_assert(sizeof(al_stats) == 96 && _Alignof(al_stats) == 8, "al_stats layo
 _Static_assert(offsetof(al_stats, drive) == 88, "al_stats.drive");
 _Static_assert(offsetof(al_stats, state) == 4, "al_stats.state");
 _Static_assert(offsetof(al_stats, backend) == 72, "al_stats.backend");
-_Static_assert(sizeof(al_entry_info) == 56 && _Alignof(al_entry_info) == 8, "al_entry_info");
+_Static_assert(sizeof(al_entry_info) == 64 && _Alignof(al_entry_info) == 8, "al_entry_info");
 _Static_assert(offsetof(al_entry_info, error) == 4, "al_entry_info.error");
 _Static_assert(offsetof(al_entry_info, latency_ns) == 40, "al_entry_info.latency_ns");
 _Static_assert(offsetof(al_entry_info, tag) == 48, "al_entry_info.tag (after the old size)");
+_Static_assert(offsetof(al_entry_info, offset) == 56, "al_entry_info.offset (after the 56 bytes)");
 _Static_assert(sizeof(al_batch_item) == 48 && _Alignof(al_batch_item) == 8, "al_batch_item");
 _Static_assert(offsetof(al_batch_item, entry) == 0, "al_batch_item.entry");
 _Static_assert(offsetof(al_batch_item, data) == 8, "al_batch_item.data");
