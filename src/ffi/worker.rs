@@ -302,9 +302,11 @@ pub unsafe extern "C" fn al_worker_request_range_bytes(
 /// The entry's `al_entry_data` is the destination (`dst_offset` bytes into
 /// the memory, as mapped in the process that reads the entry) and
 /// `al_entry_size` the bytes read: fewer than `len` at the end of the file,
-/// 0 past it; `al_entry_offset` returns `offset`. The bytes of the span
-/// past those read are left as they were. After a failed load (the entry's
-/// error) the span may hold part of the data.
+/// 0 past it; `al_entry_offset` returns `offset`. Nothing outside the span
+/// is written. Inside it, the bytes past those read are left as they were
+/// by a buffered read, but with `direct` an aligned read across the end of
+/// the file writes zeros up to the span's end; after a failed load (the
+/// entry's error) the span may hold part of the data.
 ///
 /// Returns 0 when queued. `-EINVAL`: NULL, an empty path or one holding a
 /// NUL, a freed handle, `offset + len` past `INT64_MAX`, `mem` naming no
