@@ -50,6 +50,7 @@ cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/attach.c "${LINK[@]}" -o 
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/hardening.c "${LINK[@]}" -o "$OUT/hardening"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/epoll.c "${LINK[@]}" -o "$OUT/epoll"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/batch.c "${LINK[@]}" -o "$OUT/batch"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/ranges.c "${LINK[@]}" -o "$OUT/ranges"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/epoll_dir.c "${LINK[@]}" -o "$OUT/epoll_dir"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
@@ -71,14 +72,14 @@ printf 'odd name' >"$DATA/$(printf 'odd-\377\376.bin')"
 # holding CI until its own limit.
 T="timeout --kill-after=10 120"
 
-# tests/c/errors.c, hardening.c, epoll.c and batch.c are tests/c/runner.h
+# tests/c/errors.c, hardening.c, epoll.c, batch.c and ranges.c are tests/c/runner.h
 # programs: "all" runs every case in a forked child of its own (own loader,
 # own scratch subdirectory, the sanitizers' leak check at its exit) and prints
 # "ok NAME" or "FAIL NAME: reason" per case. The "old caller" structs of
 # hardening.c sit in heap blocks of exactly their size, so ASan reports any
 # access past them; its fork cases use a loader process (al_loader_spawn):
 # no threads when they fork.
-for prog in errors hardening epoll batch; do
+for prog in errors hardening epoll batch ranges; do
     echo "c-sanitize: tests/c/$prog.c"
     mkdir -p "$OUT/scratch-$prog"
     $T "$OUT/$prog" all "$OUT/scratch-$prog"

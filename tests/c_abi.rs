@@ -504,3 +504,27 @@ c_cases!(
         shutdown_wakes_the_loop_and_try_get_says_eshutdown,
     ]
 );
+
+c_cases!(
+    ranges_c,
+    "tests/c/ranges.c",
+    [
+        ranges_match_pread_on_both_backends_and_drives,
+        ranges_match_pread_with_o_direct,
+        entry_offset_is_the_requested_offset_and_zero_for_a_whole_file,
+        loader_take_copies_the_ranges_not_the_buffers,
+        request_into_the_arena_matches_pread_and_writes_nothing_else,
+        request_into_malloc_and_aligned_alloc_memory_matches_pread,
+        arena_is_shared_with_a_loader_process_and_an_attached_process,
+        registered_memory_with_a_loader_process_is_exdev,
+        range_over_int64_max_is_einval_and_queues_nothing,
+        range_over_max_file_size_without_destination_is_efbig,
+        destination_outside_the_arena_is_einval_and_the_arena_untouched,
+        unknown_memory_id_or_no_arena_is_einval,
+        null_arguments_are_einval,
+        register_memory_of_length_zero_is_einval,
+        register_memory_hands_out_16_ids_then_enospc,
+        old_entry_info_without_the_offset_is_not_written,
+        old_config_without_the_arena_size_gets_no_arena,
+    ]
+);
