@@ -53,6 +53,7 @@ cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/batch.c "${LINK[@]}" -o "
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/ranges.c "${LINK[@]}" -o "$OUT/ranges"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/epoll_dir.c "${LINK[@]}" -o "$OUT/epoll_dir"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/read_ranges.c "${LINK[@]}" -o "$OUT/read_ranges"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
 
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1
@@ -90,6 +91,10 @@ $T "$OUT/load_dir" "$DATA" 3 2
 
 echo "c-sanitize: examples/c/epoll_dir.c"
 $T "$OUT/epoll_dir" "$DATA/a"
+
+echo "c-sanitize: examples/c/read_ranges.c"
+TMPDIR=$OUT $T "$OUT/read_ranges"
+$T "$OUT/read_ranges" "$DATA/a/f1.bin" 0:10 3:5000 7000:100000 0:0
 
 echo "c-sanitize: examples/cpp/load_dir.cpp"
 # Only the "spawn" mode here: "start" forks worker processes while loader

@@ -242,6 +242,60 @@ fn c_epoll_example_loads_a_directory_through_eventfds() {
 }
 
 #[test]
+fn c_example_reads_ranges_of_its_own_file_and_of_a_given_one() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("read_ranges");
+    compile("examples/c/read_ranges.c", &exe, false, &[]);
+    // No arguments: a file of its own (in TMPDIR, removed at exit) and the
+    // default ranges, two of them over max_file_size (into the arena).
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let out = run(
+        Command::new(&exe).env("TMPDIR", &scratch),
+        "examples/c/read_ranges.c",
+    );
+    assert!(out.contains("verified: 11 ok, 0 differ, 0 failed"), "{out}");
+    assert_eq!(out.matches("(arena)").count(), 2, "{out}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "file left behind"
+    );
+    // A given file and ranges: odd, across and past the end, empty, longer
+    // than max_file_size.
+    let file = tmp.path().join("data.bin");
+    let mut bytes = vec![0; 2_000_001];
+    asyncloader::testkit::SplitMix64::new(5).fill(&mut bytes);
+    std::fs::write(&file, bytes).unwrap();
+    let ranges = [
+        "0:10",
+        "5:100000",
+        "1999990:100",
+        "2000001:5",
+        "0:0",
+        "0:2000001",
+        "3:1048577",
+        "0x1001:0x2000",
+    ];
+    let out = run(
+        Command::new(&exe).arg(&file).args(ranges),
+        "examples/c/read_ranges.c FILE RANGES",
+    );
+    assert!(out.contains("verified: 8 ok, 0 differ, 0 failed"), "{out}");
+    assert!(
+        out.contains("1999990+100: 11 bytes, same as pread"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0+2000001: 2000001 bytes (arena), same as pread"),
+        "{out}"
+    );
+}
+
+#[test]
 fn cpp_example_loads_a_directory_with_forked_workers() {
     if skip() {
         return;
