@@ -965,7 +965,7 @@ int al_worker_request_range_bytes(struct al_worker *w,
  * only while the loads run here: loader threads started here with
  * `al_loader_start`, or workers that drive their own loads). There is no
  * `max_file_size` limit: files of any size load this way, in reads of
- * 1 MiB, several at a time.
+ * 1 MiB (several in flight on io_uring).
  *
  * The entry's `al_entry_data` is the destination (`dst_offset` bytes into
  * the memory, as mapped in the process that reads the entry) and
