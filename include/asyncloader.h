@@ -40,6 +40,13 @@
 #define AL_ABI_VERSION 2
 
 /**
+ * Memory id of the loader's arena (`al_config.arena_size`) for
+ * `al_worker_request_into`; `al_loader_register_memory` hands out the
+ * others (1 to 16).
+ */
+#define AL_ARENA 0
+
+/**
  * `al_probe` flag: write JSON (one object; see docs/c-api.md) instead of
  * the text `asyncloader info` prints.
  */
@@ -307,6 +314,14 @@ typedef struct al_config {
      * Zero.
      */
     uint32_t reserved;
+    /**
+     * Bytes of destination memory in the loader's shared memory, the
+     * arena (`AL_ARENA` of `al_worker_request_into`), reachable from every
+     * process that maps the loader; rounded up to 4 KiB, at most 64 GiB.
+     * 0 (the default): no arena. Callers with the 56-byte struct of older
+     * headers get 0.
+     */
+    uint64_t arena_size;
 } al_config;
 
 /**
@@ -400,7 +415,7 @@ typedef struct al_batch_item {
      */
     struct al_entry *entry;
     /**
-     * The file's bytes (`al_entry_data`).
+     * The bytes loaded (`al_entry_data`).
      */
     const uint8_t *data;
     /**
@@ -466,6 +481,11 @@ typedef struct al_entry_info {
      * The request's tag (`al_worker_request_tagged`; 0 if untagged).
      */
     uint64_t tag;
+    /**
+     * The requested byte offset (`al_entry_offset`; 0 for a whole file).
+     * Not written for callers with the 56-byte struct of older headers.
+     */
+    uint64_t offset;
 } al_entry_info;
 
 
@@ -606,6 +626,64 @@ int al_loader_shutdown(struct al_loader *l);
  * As `al_loader_start`.
  */
 int al_loader_prefault(struct al_loader *l);
+
+/**
+ * Stores in `*base` and `*len` the loader's arena as mapped in this
+ * process: destination memory `AL_ARENA` of `al_worker_request_into`,
+ * `al_config.arena_size` bytes (4096-byte aligned), shared by every
+ * process that maps the loader (a spawned loader process, forked or
+ * attached processes), each at its own address. `*len` is 0 (and `*base`
+ * the end of the mapping) for a loader without an arena. Read a span once
+ * the entry of a request into it is delivered, and only until it is
+ * released; the loader may write the rest at any time. Valid until
+ * `al_loader_free` (a worker handle keeps its own mapping:
+ * `al_worker_arena`). Returns 0; `-EINVAL` (NULL).
+ *
+ * # Safety
+ *
+ * `l` is NULL or a live loader; `base` and `len` are NULL or valid for
+ * writing a pointer and a `size_t`.
+ */
+int al_loader_arena(const struct al_loader *l, uint8_t **base, size_t *len);
+
+/**
+ * Registers `len` bytes at `base`, memory of this process (a pinned host
+ * buffer, a preallocated batch array), as destination memory for
+ * `al_worker_request_into`, and stores its id (1 to 16) in `*id`.
+ *
+ * Registered memory is an address in this process: requests into it must
+ * come from this process and their loads must run here, in loader threads
+ * started here with `al_loader_start` or in workers that drive their own
+ * loads (`AL_DRIVE_WORKER`). Elsewhere (`al_loader_spawn`, a loader
+ * attached from another process) such requests fail with `-EXDEV`: use the
+ * arena (`AL_ARENA`) there.
+ *
+ * Returns 0; `-EINVAL` (NULL `l`, `base` or `id`, `len` 0, a span that
+ * wraps around the address space); `-ENOSPC` when 16 registrations are in
+ * use (by any process of the loader).
+ *
+ * # Safety
+ *
+ * `l` is NULL or a live loader; `id` is NULL or valid for writing a
+ * `uint32_t`; `base` is NULL or valid for writes of `len` bytes until the
+ * memory is unregistered (after every load into it completed: their
+ * entries released) or the loader is shut down.
+ */
+int al_loader_register_memory(const struct al_loader *l, void *base, size_t len, uint32_t *id);
+
+/**
+ * Forgets registration `id` (from `al_loader_register_memory` in this
+ * process); requests into it fail with `-EINVAL` from now on, and the id
+ * may be handed out again. Returns 0; `-EINVAL` (NULL, `AL_ARENA`, an id
+ * not registered, or registered by another process).
+ *
+ * # Safety
+ *
+ * `l` is NULL or a live loader; no load into the memory is in flight or
+ * delivered and unreleased (every entry of a request into it released, or
+ * the loader shut down).
+ */
+int al_loader_unregister_memory(const struct al_loader *l, uint32_t id);
 
 /**
  * Takes back every entry of worker `id` after the process or thread that
@@ -835,6 +913,98 @@ int al_worker_request_bytes(struct al_worker *w, const uint8_t *path, size_t len
 int al_worker_request_tagged(struct al_worker *w, const uint8_t *path, size_t len, uint64_t tag);
 
 /**
+ * Requests `len` bytes of the file at `path` (NUL-terminated, as for
+ * `al_worker_request`) starting at byte `offset`. The entry holds the bytes
+ * actually read: `len` of them, fewer when the range crosses the end of the
+ * file, none for a range at or past it (a short or empty entry with error
+ * 0, as `pread` gives); `al_entry_offset` returns `offset`. `len` 0 is a
+ * valid, empty range. A failure to open or read the file is the entry's
+ * error, as for a whole file.
+ *
+ * Returns 0 when queued; as `al_worker_request` otherwise, plus
+ * `-EINVAL` when `offset + len` is past `INT64_MAX` (no file offset goes
+ * there) and `-EFBIG` when `len` is more than `max_file_size` (an entry's
+ * buffer holds at most that: split the range, or read it into destination
+ * memory with `al_worker_request_into`, which has no such limit). Nothing
+ * is queued on failure. Ranges of one file requested close together share
+ * one open of the file. With `direct`, the loader reads the aligned span
+ * around the range with O_DIRECT: the data then starts inside the entry's
+ * buffer, not at its beginning (`al_entry_data` points at it).
+ *
+ * # Safety
+ *
+ * As `al_worker_request`.
+ */
+int al_worker_request_range(struct al_worker *w, const char *path, uint64_t offset, uint64_t len);
+
+/**
+ * As `al_worker_request_range`, for a path given as `path_len` bytes at
+ * `path` (no terminating NUL needed; a NUL inside is `-EINVAL`), with a
+ * `tag` that the entry returns (`al_entry_tag`, `al_batch_item.tag`; see
+ * `al_worker_request_tagged`).
+ *
+ * # Safety
+ *
+ * As `al_worker_request_bytes`.
+ */
+int al_worker_request_range_bytes(struct al_worker *w,
+                                  const uint8_t *path,
+                                  size_t path_len,
+                                  uint64_t offset,
+                                  uint64_t len,
+                                  uint64_t tag);
+
+/**
+ * Requests `len` bytes of the file at `path` (`path_len` bytes, as for
+ * `al_worker_request_range_bytes`) starting at byte `offset`, read
+ * straight into destination memory instead of the entry's buffer: to
+ * `dst_offset .. dst_offset + len` of memory `mem`, either the loader's
+ * arena (`AL_ARENA`, sized by `al_config.arena_size`: reachable from every
+ * process that maps the loader) or memory this process registered with
+ * `al_loader_register_memory` (reachable only from this process, and
+ * only while the loads run here: loader threads started here with
+ * `al_loader_start`, or workers that drive their own loads). There is no
+ * `max_file_size` limit: files of any size load this way, in reads of
+ * 1 MiB (several in flight on io_uring).
+ *
+ * The entry's `al_entry_data` is the destination (`dst_offset` bytes into
+ * the memory, as mapped in the process that reads the entry) and
+ * `al_entry_size` the bytes read: fewer than `len` at the end of the file,
+ * 0 past it; `al_entry_offset` returns `offset`. Nothing outside the span
+ * is written. Inside it, the bytes past those read are left as they were
+ * by a buffered read, but with `direct` an aligned read across the end of
+ * the file writes zeros up to the span's end; after a failed load (the
+ * entry's error) the span may hold part of the data.
+ *
+ * Returns 0 when queued. `-EINVAL`: NULL, an empty path or one holding a
+ * NUL, a freed handle, `offset + len` past `INT64_MAX`, `mem` naming no
+ * memory (`AL_ARENA` of a loader without an arena, an id not registered),
+ * or the span `dst_offset .. dst_offset + len` not inside the memory. `-EXDEV`: `mem` was registered by another
+ * process, or the loader runs in another process (`al_loader_spawn`, an
+ * attached loader), which cannot reach this process's memory: use the
+ * arena there. And as `al_worker_request`: `-EAGAIN`, `-ENAMETOOLONG`,
+ * `-ESHUTDOWN`, `-EOWNERDEAD`. Nothing is queued or written on failure.
+ * A request made before the loader runs is checked when it loads: an
+ * entry with error `EXDEV` if it runs elsewhere.
+ *
+ * # Safety
+ *
+ * `w` and `path` as for `al_worker_request_bytes`. From a successful call
+ * until the entry is released, the destination span belongs to the
+ * loader: nothing else may write it (no other request into an overlapping
+ * span) nor read it before the entry is delivered. Registered memory stays
+ * valid as `al_loader_register_memory` requires.
+ */
+int al_worker_request_into(struct al_worker *w,
+                           const uint8_t *path,
+                           size_t path_len,
+                           uint64_t offset,
+                           uint64_t len,
+                           uint32_t mem,
+                           uint64_t dst_offset,
+                           uint64_t tag);
+
+/**
  * Requests the paths packed in `len` bytes at `paths`, each ended by a
  * NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
  * too), in order; the i-th path (from 0) gets the tag `first_tag + i`
@@ -943,7 +1113,9 @@ int al_worker_get_batch(struct al_worker *w,
 /**
  * Stores in `*base` and `*len` the span of this process's memory that
  * holds all of the worker's entry buffers: every `al_entry_data` of the
- * worker lies inside `[*base, *base + *len)`, page aligned. Register it
+ * worker lies inside `[*base, *base + *len)`, page aligned, except that of
+ * an `al_worker_request_into` (in its destination memory: see
+ * `al_worker_arena`). Register it
  * once where memory must be known in advance (`cudaHostRegister`, a
  * binding's buffer export). Read only the bytes of entries you hold: the
  * loader writes the rest at any time. Valid while the handle (or one of
@@ -955,6 +1127,23 @@ int al_worker_get_batch(struct al_worker *w,
  * NULL or valid for writing a pointer and a `size_t`.
  */
 int al_worker_buffers(const struct al_worker *w, const uint8_t **base, size_t *len);
+
+/**
+ * Stores in `*base` and `*len` the loader's arena as mapped in this
+ * process (the destination memory `AL_ARENA` of `al_worker_request_into`;
+ * `al_config.arena_size` bytes, 4096-byte aligned): `*len` is 0 for a
+ * loader without an arena. The same memory as `al_loader_arena`; every
+ * process sees it at its own address. Read only spans of entries you
+ * hold: the loader writes the rest at any time. Valid while the handle
+ * (or one of its entries) lives. Returns 0; `-EINVAL` (NULL, a freed
+ * handle).
+ *
+ * # Safety
+ *
+ * `w` is NULL or a worker handle that still exists; `base` and `len` are
+ * NULL or valid for writing a pointer and a `size_t`.
+ */
+int al_worker_arena(const struct al_worker *w, uint8_t **base, size_t *len);
 
 /**
  * Stores in `*fd` an eventfd that is readable while this worker has
@@ -1028,10 +1217,14 @@ const char *al_entry_path(const struct al_entry *e);
 size_t al_entry_path_len(const struct al_entry *e);
 
 /**
- * The file's bytes (`al_entry_size` of them), in shared memory owned by the
- * loader; valid and unchanged until release. Never NULL for a live entry
- * (also when the size is 0); NULL for NULL or a released entry. The buffer
- * is 4096-byte aligned.
+ * The bytes loaded (`al_entry_size` of them): the file, or the requested
+ * range of it; valid and unchanged until release. Never NULL for a live
+ * entry (also when the size is 0); NULL for NULL or a released entry.
+ * For a whole file, the entry's buffer in shared memory owned by the
+ * loader, 4096-byte aligned; for a range (`al_worker_request_range`) a
+ * place inside that buffer, not necessarily aligned (with `direct` the
+ * loader reads the aligned span around the range); for
+ * `al_worker_request_into`, the destination memory.
  *
  * # Safety
  *
@@ -1040,8 +1233,9 @@ size_t al_entry_path_len(const struct al_entry *e);
 const uint8_t *al_entry_data(const struct al_entry *e);
 
 /**
- * Number of bytes loaded: the file's size, or 0 for a failed load, NULL or
- * a released entry.
+ * Number of bytes loaded: the file's size, for a range the bytes read
+ * (fewer than requested at the end of the file, 0 past it); 0 for a
+ * failed load, NULL or a released entry.
  *
  * # Safety
  *
@@ -1081,6 +1275,17 @@ uint64_t al_entry_latency_ns(const struct al_entry *e);
  * As `al_entry_path`.
  */
 uint64_t al_entry_tag(const struct al_entry *e);
+
+/**
+ * The byte offset the entry was requested at (`al_worker_request_range`,
+ * `al_worker_request_into`): where `al_entry_data` starts in the file. 0
+ * for a whole file, NULL or a released entry.
+ *
+ * # Safety
+ *
+ * As `al_entry_path`.
+ */
+uint64_t al_entry_offset(const struct al_entry *e);
 
 /**
  * Releases the entries of `items[0 .. n-1]` (their `entry` fields), as
@@ -1129,7 +1334,7 @@ int al_entry_handoff(struct al_entry *e, uint64_t *ticket);
 size_t al_batch_handoff(const struct al_batch_item *items, size_t n, uint64_t *tickets);
 
 /**
- * Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call
+ * Writes path, data, sizes, error, latency, tag and offset of `e` to `*out` in one call
  * (written only on success; the fields inside `out->struct_size`).
  * Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
  * cutting a field), `-E2BIG` (`struct_size` above 4096).

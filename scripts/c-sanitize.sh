@@ -50,8 +50,10 @@ cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/attach.c "${LINK[@]}" -o 
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/hardening.c "${LINK[@]}" -o "$OUT/hardening"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/epoll.c "${LINK[@]}" -o "$OUT/epoll"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/batch.c "${LINK[@]}" -o "$OUT/batch"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude tests/c/ranges.c "${LINK[@]}" -o "$OUT/ranges"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/load_dir.c "${LINK[@]}" -o "$OUT/load_dir"
 cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/epoll_dir.c "${LINK[@]}" -o "$OUT/epoll_dir"
+cc -std=c11 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/c/read_ranges.c "${LINK[@]}" -o "$OUT/read_ranges"
 c++ -std=c++17 "${WARN[@]}" "${SAN[@]}" -Iinclude examples/cpp/load_dir.cpp "${LINK[@]}" -o "$OUT/load_dir_cpp"
 
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1
@@ -71,14 +73,14 @@ printf 'odd name' >"$DATA/$(printf 'odd-\377\376.bin')"
 # holding CI until its own limit.
 T="timeout --kill-after=10 120"
 
-# tests/c/errors.c, hardening.c, epoll.c and batch.c are tests/c/runner.h
+# tests/c/errors.c, hardening.c, epoll.c, batch.c and ranges.c are tests/c/runner.h
 # programs: "all" runs every case in a forked child of its own (own loader,
 # own scratch subdirectory, the sanitizers' leak check at its exit) and prints
 # "ok NAME" or "FAIL NAME: reason" per case. The "old caller" structs of
 # hardening.c sit in heap blocks of exactly their size, so ASan reports any
 # access past them; its fork cases use a loader process (al_loader_spawn):
 # no threads when they fork.
-for prog in errors hardening epoll batch; do
+for prog in errors hardening epoll batch ranges; do
     echo "c-sanitize: tests/c/$prog.c"
     mkdir -p "$OUT/scratch-$prog"
     $T "$OUT/$prog" all "$OUT/scratch-$prog"
@@ -89,6 +91,10 @@ $T "$OUT/load_dir" "$DATA" 3 2
 
 echo "c-sanitize: examples/c/epoll_dir.c"
 $T "$OUT/epoll_dir" "$DATA/a"
+
+echo "c-sanitize: examples/c/read_ranges.c"
+TMPDIR=$OUT $T "$OUT/read_ranges"
+$T "$OUT/read_ranges" "$DATA/a/f1.bin" 0:10 3:5000 7000:100000 0:0
 
 echo "c-sanitize: examples/cpp/load_dir.cpp"
 # Only the "spawn" mode here: "start" forks worker processes while loader

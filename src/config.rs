@@ -218,7 +218,9 @@ fn online_cores() -> u32 {
 /// `ASYNCLOADER_BACKEND=io_uring|threads|auto`,
 /// `ASYNCLOADER_STATX=sync|async` (pin where the io_uring backend's statx
 /// runs), `ASYNCLOADER_FAST=0` (no optimistic chain) and
-/// `ASYNCLOADER_DRIVE=loader|worker` (who loads: see [`Drive`]).
+/// `ASYNCLOADER_DRIVE=loader|worker` (who loads: see [`Drive`]) and
+/// `ASYNCLOADER_RANGE_OPEN=each` (every range opens its file: no shared
+/// open, see `backend::range`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct EnvOverrides {
     pub backend: Option<BackendKind>,
@@ -227,6 +229,7 @@ pub(crate) struct EnvOverrides {
     /// through io_uring.
     pub statx_sync: Option<bool>,
     pub fast_off: bool,
+    pub range_open_each: bool,
 }
 
 /// The overrides, read from the environment when a loader starts. The
@@ -249,6 +252,7 @@ pub(crate) fn env_overrides() -> EnvOverrides {
                 _ => None,
             },
             fast_off: var("ASYNCLOADER_FAST").as_deref() == Some("0"),
+            range_open_each: var("ASYNCLOADER_RANGE_OPEN").as_deref() == Some("each"),
             drive: var("ASYNCLOADER_DRIVE")
                 .as_deref()
                 .and_then(Drive::from_name),
@@ -265,6 +269,7 @@ impl EnvOverrides {
         opt(self.backend.map(|b| b as u32))
             | opt(self.statx_sync.map(u32::from)) << 4
             | (self.fast_off as u32) << 8
+            | (self.range_open_each as u32) << 9
             | opt(self.drive.map(|d| d as u32)) << 12
     }
 
@@ -276,6 +281,7 @@ impl EnvOverrides {
             backend: opt(0).and_then(BackendKind::from_u32),
             statx_sync: opt(4).and_then(|v| (v <= 1).then_some(v == 1)),
             fast_off: b >> 8 & 1 == 1,
+            range_open_each: b >> 9 & 1 == 1,
             drive: opt(12).and_then(Drive::from_u32),
         }
     }
@@ -362,13 +368,16 @@ mod tests {
             for statx_sync in [None, Some(true), Some(false)] {
                 for fast_off in [false, true] {
                     for drive in [None, Some(Drive::Auto), Some(Drive::Worker)] {
-                        let e = EnvOverrides {
-                            backend,
-                            drive,
-                            statx_sync,
-                            fast_off,
-                        };
-                        assert_eq!(EnvOverrides::from_bits(e.to_bits()), e);
+                        for range_open_each in [false, true] {
+                            let e = EnvOverrides {
+                                backend,
+                                drive,
+                                statx_sync,
+                                fast_off,
+                                range_open_each,
+                            };
+                            assert_eq!(EnvOverrides::from_bits(e.to_bits()), e);
+                        }
                     }
                 }
             }

@@ -85,7 +85,7 @@ pub(crate) fn make_backend(
                             "io_uring unavailable ({e}); using the thread-pool backend"
                         );
                     }
-                    Box::new(threads_backend(window, direct, max, keep)?)
+                    Box::new(threads_backend(window, direct, max, keep, env)?)
                 }
                 Err(e) => {
                     return Err(Error::os(
@@ -95,7 +95,7 @@ pub(crate) fn make_backend(
                 }
             }
         }
-        BackendKind::Threads => Box::new(threads_backend(window, direct, max, keep)?),
+        BackendKind::Threads => Box::new(threads_backend(window, direct, max, keep, env)?),
     };
     let in_use = if chosen.is_uring() {
         BackendKind::IoUring
@@ -109,8 +109,14 @@ pub(crate) fn make_backend(
     Ok(chosen)
 }
 
-fn threads_backend(window: u32, direct: bool, max: u64, keep: KeepAlive) -> Result<ThreadsBackend> {
-    ThreadsBackend::new(window, direct, max, keep).map_err(|e| {
+fn threads_backend(
+    window: u32,
+    direct: bool,
+    max: u64,
+    keep: KeepAlive,
+    env: &EnvOverrides,
+) -> Result<ThreadsBackend> {
+    ThreadsBackend::new(window, direct, max, keep, env.range_open_each).map_err(|e| {
         Error::os(
             e.raw_os_error().unwrap_or(libc::EAGAIN),
             "starting the thread-pool backend",

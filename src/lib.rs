@@ -15,6 +15,28 @@
 //! # Ok::<(), asyncloader::Error>(())
 //! ```
 //!
+//! Byte ranges of large files, and files of any size into memory of the
+//! caller's (the arena shared by every process, or memory registered by
+//! one):
+//!
+//! ```no_run
+//! use asyncloader::{ARENA, Config, Dest, Loader};
+//!
+//! let loader = Loader::new(Config { arena_size: 1 << 30, ..Config::default() })?;
+//! loader.start()?;
+//! let w = loader.worker(0)?;
+//! w.request_range("/data/shard-0000.tar", 512, 4096)?; // a member, by its index
+//! let e = w.wait_get()?;
+//! assert_eq!((e.offset(), e.len()), (512, 4096)); // fewer at end of file
+//! e.release();
+//! // SAFETY: nothing else reads or writes the arena's first GiB meanwhile.
+//! unsafe { w.request_into(b"/data/video.mp4", 0, 1 << 30, Dest { mem: ARENA, offset: 0 }, 0)? };
+//! let e = w.wait_get()?; // e.data() is the arena's first e.len() bytes
+//! e.release();
+//! loader.shutdown()?;
+//! # Ok::<(), asyncloader::Error>(())
+//! ```
+//!
 //! Modules, one per concern: [`config`], [`error`], `kinds` (the
 //! [`LoaderState`] and [`BackendKind`] enums, also the C header's), `region` (the shared
 //! memory layout), `ring` (the lock-free rings), `futex`, `engine` (the

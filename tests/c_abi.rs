@@ -242,6 +242,60 @@ fn c_epoll_example_loads_a_directory_through_eventfds() {
 }
 
 #[test]
+fn c_example_reads_ranges_of_its_own_file_and_of_a_given_one() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("read_ranges");
+    compile("examples/c/read_ranges.c", &exe, false, &[]);
+    // No arguments: a file of its own (in TMPDIR, removed at exit) and the
+    // default ranges, two of them over max_file_size (into the arena).
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let out = run(
+        Command::new(&exe).env("TMPDIR", &scratch),
+        "examples/c/read_ranges.c",
+    );
+    assert!(out.contains("verified: 11 ok, 0 differ, 0 failed"), "{out}");
+    assert_eq!(out.matches("(arena)").count(), 2, "{out}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "file left behind"
+    );
+    // A given file and ranges: odd, across and past the end, empty, longer
+    // than max_file_size.
+    let file = tmp.path().join("data.bin");
+    let mut bytes = vec![0; 2_000_001];
+    asyncloader::testkit::SplitMix64::new(5).fill(&mut bytes);
+    std::fs::write(&file, bytes).unwrap();
+    let ranges = [
+        "0:10",
+        "5:100000",
+        "1999990:100",
+        "2000001:5",
+        "0:0",
+        "0:2000001",
+        "3:1048577",
+        "0x1001:0x2000",
+    ];
+    let out = run(
+        Command::new(&exe).arg(&file).args(ranges),
+        "examples/c/read_ranges.c FILE RANGES",
+    );
+    assert!(out.contains("verified: 8 ok, 0 differ, 0 failed"), "{out}");
+    assert!(
+        out.contains("1999990+100: 11 bytes, same as pread"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0+2000001: 2000001 bytes (arena), same as pread"),
+        "{out}"
+    );
+}
+
+#[test]
 fn cpp_example_loads_a_directory_with_forked_workers() {
     if skip() {
         return;
@@ -502,5 +556,29 @@ c_cases!(
         dispatch_delivers_every_entry_to_the_callback,
         dispatch_and_eventfd_reject_bad_arguments,
         shutdown_wakes_the_loop_and_try_get_says_eshutdown,
+    ]
+);
+
+c_cases!(
+    ranges_c,
+    "tests/c/ranges.c",
+    [
+        ranges_match_pread_on_both_backends_and_drives,
+        ranges_match_pread_with_o_direct,
+        entry_offset_is_the_requested_offset_and_zero_for_a_whole_file,
+        loader_take_copies_the_ranges_not_the_buffers,
+        request_into_the_arena_matches_pread_and_writes_nothing_else,
+        request_into_malloc_and_aligned_alloc_memory_matches_pread,
+        arena_is_shared_with_a_loader_process_and_an_attached_process,
+        registered_memory_with_a_loader_process_is_exdev,
+        range_over_int64_max_is_einval_and_queues_nothing,
+        range_over_max_file_size_without_destination_is_efbig,
+        destination_outside_the_arena_is_einval_and_the_arena_untouched,
+        unknown_memory_id_or_no_arena_is_einval,
+        null_arguments_are_einval,
+        register_memory_of_length_zero_is_einval,
+        register_memory_hands_out_16_ids_then_enospc,
+        old_entry_info_without_the_offset_is_not_written,
+        old_config_without_the_arena_size_gets_no_arena,
     ]
 );

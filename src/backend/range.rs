@@ -223,9 +223,21 @@ struct Cached {
 #[derive(Default)]
 pub struct FileCache {
     files: Vec<Option<Cached>>,
+    /// Every range opens its own file, closed when it completes
+    /// (`ASYNCLOADER_RANGE_OPEN=each`, for measurements).
+    open_each: bool,
 }
 
 impl FileCache {
+    /// A cache that shares opens, or (`open_each`) one that opens a file
+    /// per range.
+    pub fn new(open_each: bool) -> Self {
+        FileCache {
+            files: Vec::new(),
+            open_each,
+        }
+    }
+
     /// The open file for `path` (opening it if needed), with one more user.
     pub fn get(
         &mut self,
@@ -234,10 +246,15 @@ impl FileCache {
         c: &mut BackendCounters,
     ) -> Result<usize, i32> {
         let key = path.to_bytes();
-        if let Some(i) = self.files.iter().position(|f| {
-            f.as_ref()
-                .is_some_and(|f| f.want_direct == want_direct && *f.path == *key)
-        }) {
+        let shared = if self.open_each {
+            None
+        } else {
+            self.files.iter().position(|f| {
+                f.as_ref()
+                    .is_some_and(|f| f.want_direct == want_direct && *f.path == *key)
+            })
+        };
+        if let Some(i) = shared {
             if let Some(f) = self.files[i].as_mut() {
                 f.users += 1;
             }
@@ -274,6 +291,9 @@ impl FileCache {
             f.users -= 1;
             if f.users == 0 {
                 f.idle_since = now;
+                if self.open_each {
+                    self.files[i] = None;
+                }
             }
         }
         self.trim(now);

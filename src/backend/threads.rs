@@ -79,6 +79,7 @@ impl ThreadsBackend {
         direct: bool,
         max_file_size: u64,
         keep_alive: KeepAlive,
+        range_open_each: bool,
     ) -> std::io::Result<Self> {
         let window = window.max(1) as usize;
         let (jtx, jrx) = crossbeam_channel::unbounded::<SendJob>();
@@ -95,7 +96,7 @@ impl ThreadsBackend {
                     let _keep_alive = keep_alive;
                     // Files of range jobs, kept open briefly for the next
                     // ranges of the same file (see `range`).
-                    let mut files = FileCache::default();
+                    let mut files = FileCache::new(range_open_each);
                     loop {
                         let next = if files.is_empty() {
                             jrx.recv().map_err(|_| true)
@@ -305,10 +306,21 @@ fn load_range(
     c: &mut BackendCounters,
     files: &mut FileCache,
 ) -> (Result<u64, i32>, u32) {
-    let i = match files.get(job.path(), direct, c) {
+    let mut i = match files.get(job.path(), direct, c) {
         Ok(i) => i,
         Err(e) => return (Err(e), 0),
     };
+    let rf = files.file(i);
+    if rf.direct && RangePlan::new(span, job.buf, job.buf_len, rf).is_ok_and(|p| !p.direct) {
+        // A range direct I/O cannot read exactly (an unaligned
+        // destination): the file opened buffered.
+        c.buffered_fallbacks += 1;
+        files.put(i, crate::region::now_ns());
+        i = match files.get(job.path(), false, c) {
+            Ok(i) => i,
+            Err(e) => return (Err(e), 0),
+        };
+    }
     let r = read_range(job, span, files.file(i), cancel, c);
     files.put(i, crate::region::now_ns());
     match r {

@@ -420,7 +420,7 @@ impl UringBackend {
             probe_buf: vec![0u64; window as usize].into_boxed_slice(),
             cancelled: false,
             ranges: vec![None; window as usize],
-            files: FileCache::default(),
+            files: FileCache::new(env.range_open_each),
             keep_alive,
         })
     }
@@ -599,6 +599,13 @@ impl UringBackend {
                 return self.finish(s, Err(e), out);
             }
         };
+        if rf.direct && !plan.direct {
+            // A range direct I/O cannot read exactly (an unaligned
+            // destination): the file opened buffered.
+            self.counters.buffered_fallbacks += 1;
+            self.files.put(file, now_ns());
+            return self.start_range(s, span, false, out);
+        }
         self.ranges[s as usize] = Some(RangeOp {
             span,
             file,

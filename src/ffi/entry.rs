@@ -75,9 +75,12 @@ pub struct al_entry_info {
     pub latency_ns: u64,
     /// The request's tag (`al_worker_request_tagged`; 0 if untagged).
     pub tag: u64,
+    /// The requested byte offset (`al_entry_offset`; 0 for a whole file).
+    /// Not written for callers with the 56-byte struct of older headers.
+    pub offset: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<al_entry_info>() == 56);
+const _: () = assert!(std::mem::size_of::<al_entry_info>() == 64);
 const _: () = assert!(std::mem::align_of::<al_entry_info>() == 8);
 
 const INFO_SIZE: usize = std::mem::size_of::<al_entry_info>();
@@ -100,6 +103,7 @@ impl al_entry_info {
             span!(al_entry_info, size),
             span!(al_entry_info, latency_ns),
             span!(al_entry_info, tag),
+            span!(al_entry_info, offset),
         ];
         // SAFETY: at least the 4 bytes of struct_size are readable (caller).
         let size = unsafe { sized::struct_size(p.cast_const().cast()) };
@@ -111,6 +115,7 @@ impl al_entry_info {
         give!(p, n, al_entry_info, size, self.size);
         give!(p, n, al_entry_info, latency_ns, self.latency_ns);
         give!(p, n, al_entry_info, tag, self.tag);
+        give!(p, n, al_entry_info, offset, self.offset);
         Ok(())
     }
 }
@@ -194,10 +199,14 @@ pub unsafe extern "C" fn al_entry_path_len(e: *const al_entry) -> usize {
     })
 }
 
-/// The file's bytes (`al_entry_size` of them), in shared memory owned by the
-/// loader; valid and unchanged until release. Never NULL for a live entry
-/// (also when the size is 0); NULL for NULL or a released entry. The buffer
-/// is 4096-byte aligned.
+/// The bytes loaded (`al_entry_size` of them): the file, or the requested
+/// range of it; valid and unchanged until release. Never NULL for a live
+/// entry (also when the size is 0); NULL for NULL or a released entry.
+/// For a whole file, the entry's buffer in shared memory owned by the
+/// loader, 4096-byte aligned; for a range (`al_worker_request_range`) a
+/// place inside that buffer, not necessarily aligned (with `direct` the
+/// loader reads the aligned span around the range); for
+/// `al_worker_request_into`, the destination memory.
 ///
 /// # Safety
 ///
@@ -213,8 +222,9 @@ pub unsafe extern "C" fn al_entry_data(e: *const al_entry) -> *const u8 {
     })
 }
 
-/// Number of bytes loaded: the file's size, or 0 for a failed load, NULL or
-/// a released entry.
+/// Number of bytes loaded: the file's size, for a range the bytes read
+/// (fewer than requested at the end of the file, 0 past it); 0 for a
+/// failed load, NULL or a released entry.
 ///
 /// # Safety
 ///
@@ -275,6 +285,21 @@ pub unsafe extern "C" fn al_entry_tag(e: *const al_entry) -> u64 {
     })
 }
 
+/// The byte offset the entry was requested at (`al_worker_request_range`,
+/// `al_worker_request_into`): where `al_entry_data` starts in the file. 0
+/// for a whole file, NULL or a released entry.
+///
+/// # Safety
+///
+/// As `al_entry_path`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_entry_offset(e: *const al_entry) -> u64 {
+    ffi_boundary!(0 => {
+        // SAFETY: the caller's promise.
+        unsafe { live(e) }.map_or(0, |l| l.offset())
+    })
+}
+
 /// One entry of `al_worker_get_batch`: the handle and what a consumer reads
 /// of it, so that a binding where each call costs (Python ctypes) reads a
 /// whole batch without a call per entry. Plain data, 48 bytes; this struct
@@ -286,7 +311,7 @@ pub struct al_batch_item {
     /// The entry: release it (`al_entry_release`, `al_entry_release_many`)
     /// like one from `al_worker_get_many`.
     pub entry: *mut al_entry,
-    /// The file's bytes (`al_entry_data`).
+    /// The bytes loaded (`al_entry_data`).
     pub data: *const u8,
     /// Bytes at `data`; 0 for a failed load.
     pub size: u64,
@@ -429,7 +454,7 @@ unsafe fn handoff(e: *const al_entry) -> Result<u64, Errno> {
     Ok(ticket)
 }
 
-/// Writes path, data, sizes, error, latency and tag of `e` to `*out` in one call
+/// Writes path, data, sizes, error, latency, tag and offset of `e` to `*out` in one call
 /// (written only on success; the fields inside `out->struct_size`).
 /// Returns 0, `-EINVAL` (NULL, released, a `struct_size` below 4 or
 /// cutting a field), `-E2BIG` (`struct_size` above 4096).
@@ -454,6 +479,7 @@ pub unsafe extern "C" fn al_entry_get_info(e: *const al_entry, out: *mut al_entr
             error: l.error(),
             latency_ns: l.latency_ns(),
             tag: l.tag(),
+            offset: l.offset(),
         };
         // SAFETY: non-NULL, struct_size set and that many bytes writable
         // (caller).

@@ -1,7 +1,7 @@
 //! `al_loader`, `al_config` and `al_stats`: creating, running, attaching to
 //! and stopping a loader.
 
-use std::ffi::{CString, c_char, c_int};
+use std::ffi::{CString, c_char, c_int, c_void};
 
 use super::panic::{Errno, ffi_boundary};
 use super::ptr::{put, try_cstr, try_out, try_ref};
@@ -67,13 +67,19 @@ pub struct al_config {
     pub drive: u32,
     /// Zero.
     pub reserved: u32,
+    /// Bytes of destination memory in the loader's shared memory, the
+    /// arena (`AL_ARENA` of `al_worker_request_into`), reachable from every
+    /// process that maps the loader; rounded up to 4 KiB, at most 64 GiB.
+    /// 0 (the default): no arena. Callers with the 56-byte struct of older
+    /// headers get 0.
+    pub arena_size: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<al_config>() == 56);
+const _: () = assert!(std::mem::size_of::<al_config>() == 64);
 const _: () = assert!(std::mem::align_of::<al_config>() == 8);
 
 /// Byte ranges of `al_config`'s fields.
-fn config_spans() -> [(usize, usize); 13] {
+fn config_spans() -> [(usize, usize); 14] {
     [
         span!(al_config, struct_size),
         span!(al_config, queue_depth),
@@ -88,6 +94,7 @@ fn config_spans() -> [(usize, usize); 13] {
         span!(al_config, pad0),
         span!(al_config, drive),
         span!(al_config, reserved),
+        span!(al_config, arena_size),
     ]
 }
 
@@ -109,6 +116,7 @@ impl al_config {
             pad0: 0,
             drive: c.drive as u32,
             reserved: 0,
+            arena_size: c.arena_size,
         }
     }
 
@@ -180,6 +188,7 @@ impl al_config {
             ring_window: take!(p, n, al_config, ring_window).unwrap_or(d.ring_window),
             backend,
             drive,
+            arena_size: take!(p, n, al_config, arena_size).unwrap_or(d.arena_size),
             ..d.clone()
         })
     }
@@ -205,6 +214,7 @@ impl al_config {
         give!(p, n, al_config, ring_window, self.ring_window);
         give!(p, n, al_config, backend, self.backend);
         give!(p, n, al_config, drive, self.drive);
+        give!(p, n, al_config, arena_size, self.arena_size);
         Ok(())
     }
 }
@@ -470,6 +480,122 @@ pub unsafe extern "C" fn al_loader_prefault(l: *mut al_loader) -> c_int {
         // SAFETY: NULL or live (caller).
         let l = unsafe { try_ref(l) }?;
         Ok(l.loader.prefault()?)
+    })
+}
+
+/// Memory id of the loader's arena (`al_config.arena_size`) for
+/// `al_worker_request_into`; `al_loader_register_memory` hands out the
+/// others (1 to 16).
+pub const AL_ARENA: u32 = 0;
+
+const _: () = assert!(AL_ARENA == crate::ARENA);
+
+/// Stores in `*base` and `*len` the loader's arena as mapped in this
+/// process: destination memory `AL_ARENA` of `al_worker_request_into`,
+/// `al_config.arena_size` bytes (4096-byte aligned), shared by every
+/// process that maps the loader (a spawned loader process, forked or
+/// attached processes), each at its own address. `*len` is 0 (and `*base`
+/// the end of the mapping) for a loader without an arena. Read a span once
+/// the entry of a request into it is delivered, and only until it is
+/// released; the loader may write the rest at any time. Valid until
+/// `al_loader_free` (a worker handle keeps its own mapping:
+/// `al_worker_arena`). Returns 0; `-EINVAL` (NULL).
+///
+/// # Safety
+///
+/// `l` is NULL or a live loader; `base` and `len` are NULL or valid for
+/// writing a pointer and a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_arena(
+    l: *const al_loader,
+    base: *mut *mut u8,
+    len: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let base = try_out(base)?;
+        let len = try_out(len)?;
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        let (b, n) = l.loader.arena();
+        // SAFETY: both non-NULL and writable (caller).
+        unsafe {
+            put(base, b);
+            put(len, n);
+        }
+        Ok(())
+    })
+}
+
+/// Registers `len` bytes at `base`, memory of this process (a pinned host
+/// buffer, a preallocated batch array), as destination memory for
+/// `al_worker_request_into`, and stores its id (1 to 16) in `*id`.
+///
+/// Registered memory is an address in this process: requests into it must
+/// come from this process and their loads must run here, in loader threads
+/// started here with `al_loader_start` or in workers that drive their own
+/// loads (`AL_DRIVE_WORKER`). Elsewhere (`al_loader_spawn`, a loader
+/// attached from another process) such requests fail with `-EXDEV`: use the
+/// arena (`AL_ARENA`) there.
+///
+/// Returns 0; `-EINVAL` (NULL `l`, `base` or `id`, `len` 0, a span that
+/// wraps around the address space); `-ENOSPC` when 16 registrations are in
+/// use (by any process of the loader).
+///
+/// # Safety
+///
+/// `l` is NULL or a live loader; `id` is NULL or valid for writing a
+/// `uint32_t`; `base` is NULL or valid for writes of `len` bytes until the
+/// memory is unregistered (after every load into it completed: their
+/// entries released) or the loader is shut down.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_register_memory(
+    l: *const al_loader,
+    base: *mut c_void,
+    len: usize,
+    id: *mut u32,
+) -> c_int {
+    ffi_boundary!(int {
+        let id = try_out(id)?;
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        if base.is_null() || len == 0 || len > isize::MAX as usize {
+            return Err(Errno::msg(
+                libc::EINVAL,
+                "destination memory must be a non-NULL pointer and a length of 1 to SSIZE_MAX bytes",
+            ));
+        }
+        if (base as usize).checked_add(len).is_none() {
+            return Err(Errno::msg(
+                libc::EINVAL,
+                "destination memory wraps around the end of the address space",
+            ));
+        }
+        // SAFETY: `len` writable bytes at `base` for as long as the
+        // registration may be used (caller).
+        let n = unsafe { l.loader.register_memory(base.cast(), len) }?;
+        // SAFETY: non-NULL and writable (caller).
+        unsafe { put(id, n) };
+        Ok(())
+    })
+}
+
+/// Forgets registration `id` (from `al_loader_register_memory` in this
+/// process); requests into it fail with `-EINVAL` from now on, and the id
+/// may be handed out again. Returns 0; `-EINVAL` (NULL, `AL_ARENA`, an id
+/// not registered, or registered by another process).
+///
+/// # Safety
+///
+/// `l` is NULL or a live loader; no load into the memory is in flight or
+/// delivered and unreleased (every entry of a request into it released, or
+/// the loader shut down).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_loader_unregister_memory(l: *const al_loader, id: u32) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: NULL or live (caller).
+        let l = unsafe { try_ref(l) }?;
+        // SAFETY: no load into the memory is left (caller).
+        Ok(unsafe { l.loader.unregister_memory(id) }?)
     })
 }
 

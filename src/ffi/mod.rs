@@ -81,7 +81,10 @@ fn own_message(e: c_int) -> Option<&'static str> {
         libc::EOWNERDEAD => "the loader process or threads died (EOWNERDEAD)",
         libc::ETIMEDOUT => "timed out waiting for an entry (ETIMEDOUT)",
         libc::EBUSY => "the loader is already running (EBUSY)",
-        libc::EFBIG => "file larger than max_file_size (EFBIG)",
+        libc::EFBIG => "file or range larger than max_file_size (EFBIG)",
+        libc::EXDEV => {
+            "destination memory registered in another process than the one loading (EXDEV)"
+        }
         libc::E2BIG => sized::E2BIG_MESSAGE,
         libc::ENOTRECOVERABLE => {
             "internal error in asyncloader (a bug: please report it) (ENOTRECOVERABLE)"

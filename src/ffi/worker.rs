@@ -11,7 +11,7 @@ use super::ptr::{put, try_bytes, try_cstr, try_out};
 use crate::error::Result;
 use crate::loader::LoaderState;
 use crate::process::fork_epoch;
-use crate::worker::{Entry, Worker};
+use crate::worker::{Dest, Entry, Worker};
 
 /// A worker's handle: requests files and receives entries.
 ///
@@ -218,6 +218,140 @@ pub unsafe extern "C" fn al_worker_request_tagged(
         // SAFETY: non-NULL and `len` readable bytes (caller).
         let p = unsafe { try_bytes(path, len) }?;
         Ok(w.payload().request_tagged(p, tag)?)
+    })
+}
+
+/// Requests `len` bytes of the file at `path` (NUL-terminated, as for
+/// `al_worker_request`) starting at byte `offset`. The entry holds the bytes
+/// actually read: `len` of them, fewer when the range crosses the end of the
+/// file, none for a range at or past it (a short or empty entry with error
+/// 0, as `pread` gives); `al_entry_offset` returns `offset`. `len` 0 is a
+/// valid, empty range. A failure to open or read the file is the entry's
+/// error, as for a whole file.
+///
+/// Returns 0 when queued; as `al_worker_request` otherwise, plus
+/// `-EINVAL` when `offset + len` is past `INT64_MAX` (no file offset goes
+/// there) and `-EFBIG` when `len` is more than `max_file_size` (an entry's
+/// buffer holds at most that: split the range, or read it into destination
+/// memory with `al_worker_request_into`, which has no such limit). Nothing
+/// is queued on failure. Ranges of one file requested close together share
+/// one open of the file. With `direct`, the loader reads the aligned span
+/// around the range with O_DIRECT: the data then starts inside the entry's
+/// buffer, not at its beginning (`al_entry_data` points at it).
+///
+/// # Safety
+///
+/// As `al_worker_request`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_range(
+    w: *mut al_worker,
+    path: *const c_char,
+    offset: u64,
+    len: u64,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        // SAFETY: NULL or NUL-terminated (caller).
+        let p = unsafe { try_cstr(path) }?;
+        Ok(w.payload().request_range_tagged(p.to_bytes(), offset, len, 0)?)
+    })
+}
+
+/// As `al_worker_request_range`, for a path given as `path_len` bytes at
+/// `path` (no terminating NUL needed; a NUL inside is `-EINVAL`), with a
+/// `tag` that the entry returns (`al_entry_tag`, `al_batch_item.tag`; see
+/// `al_worker_request_tagged`).
+///
+/// # Safety
+///
+/// As `al_worker_request_bytes`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_range_bytes(
+    w: *mut al_worker,
+    path: *const u8,
+    path_len: usize,
+    offset: u64,
+    len: u64,
+    tag: u64,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        if path.is_null() {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: non-NULL and `path_len` readable bytes (caller).
+        let p = unsafe { try_bytes(path, path_len) }?;
+        Ok(w.payload().request_range_tagged(p, offset, len, tag)?)
+    })
+}
+
+/// Requests `len` bytes of the file at `path` (`path_len` bytes, as for
+/// `al_worker_request_range_bytes`) starting at byte `offset`, read
+/// straight into destination memory instead of the entry's buffer: to
+/// `dst_offset .. dst_offset + len` of memory `mem`, either the loader's
+/// arena (`AL_ARENA`, sized by `al_config.arena_size`: reachable from every
+/// process that maps the loader) or memory this process registered with
+/// `al_loader_register_memory` (reachable only from this process, and
+/// only while the loads run here: loader threads started here with
+/// `al_loader_start`, or workers that drive their own loads). There is no
+/// `max_file_size` limit: files of any size load this way, in reads of
+/// 1 MiB (several in flight on io_uring).
+///
+/// The entry's `al_entry_data` is the destination (`dst_offset` bytes into
+/// the memory, as mapped in the process that reads the entry) and
+/// `al_entry_size` the bytes read: fewer than `len` at the end of the file,
+/// 0 past it; `al_entry_offset` returns `offset`. Nothing outside the span
+/// is written. Inside it, the bytes past those read are left as they were
+/// by a buffered read, but with `direct` an aligned read across the end of
+/// the file writes zeros up to the span's end; after a failed load (the
+/// entry's error) the span may hold part of the data.
+///
+/// Returns 0 when queued. `-EINVAL`: NULL, an empty path or one holding a
+/// NUL, a freed handle, `offset + len` past `INT64_MAX`, `mem` naming no
+/// memory (`AL_ARENA` of a loader without an arena, an id not registered),
+/// or the span `dst_offset .. dst_offset + len` not inside the memory. `-EXDEV`: `mem` was registered by another
+/// process, or the loader runs in another process (`al_loader_spawn`, an
+/// attached loader), which cannot reach this process's memory: use the
+/// arena there. And as `al_worker_request`: `-EAGAIN`, `-ENAMETOOLONG`,
+/// `-ESHUTDOWN`, `-EOWNERDEAD`. Nothing is queued or written on failure.
+/// A request made before the loader runs is checked when it loads: an
+/// entry with error `EXDEV` if it runs elsewhere.
+///
+/// # Safety
+///
+/// `w` and `path` as for `al_worker_request_bytes`. From a successful call
+/// until the entry is released, the destination span belongs to the
+/// loader: nothing else may write it (no other request into an overlapping
+/// span) nor read it before the entry is delivered. Registered memory stays
+/// valid as `al_loader_register_memory` requires.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_into(
+    w: *mut al_worker,
+    path: *const u8,
+    path_len: usize,
+    offset: u64,
+    len: u64,
+    mem: u32,
+    dst_offset: u64,
+    tag: u64,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        if path.is_null() {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: non-NULL and `path_len` readable bytes (caller).
+        let p = unsafe { try_bytes(path, path_len) }?;
+        let dest = Dest {
+            mem,
+            offset: dst_offset,
+        };
+        // SAFETY: the destination span is the loader's until the entry is
+        // released, and registered memory stays valid (caller).
+        Ok(unsafe { w.payload().request_into(p, offset, len, dest, tag) }?)
     })
 }
 
@@ -477,7 +611,9 @@ fn take_many(
 
 /// Stores in `*base` and `*len` the span of this process's memory that
 /// holds all of the worker's entry buffers: every `al_entry_data` of the
-/// worker lies inside `[*base, *base + *len)`, page aligned. Register it
+/// worker lies inside `[*base, *base + *len)`, page aligned, except that of
+/// an `al_worker_request_into` (in its destination memory: see
+/// `al_worker_arena`). Register it
 /// once where memory must be known in advance (`cudaHostRegister`, a
 /// binding's buffer export). Read only the bytes of entries you hold: the
 /// loader writes the rest at any time. Valid while the handle (or one of
@@ -499,6 +635,40 @@ pub unsafe extern "C" fn al_worker_buffers(
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
         let (b, l) = w.payload().buffer_area();
+        // SAFETY: both non-NULL and writable (caller).
+        unsafe {
+            put(base, b);
+            put(len, l);
+        }
+        Ok(())
+    })
+}
+
+/// Stores in `*base` and `*len` the loader's arena as mapped in this
+/// process (the destination memory `AL_ARENA` of `al_worker_request_into`;
+/// `al_config.arena_size` bytes, 4096-byte aligned): `*len` is 0 for a
+/// loader without an arena. The same memory as `al_loader_arena`; every
+/// process sees it at its own address. Read only spans of entries you
+/// hold: the loader writes the rest at any time. Valid while the handle
+/// (or one of its entries) lives. Returns 0; `-EINVAL` (NULL, a freed
+/// handle).
+///
+/// # Safety
+///
+/// `w` is NULL or a worker handle that still exists; `base` and `len` are
+/// NULL or valid for writing a pointer and a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_arena(
+    w: *const al_worker,
+    base: *mut *mut u8,
+    len: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        let base = try_out(base)?;
+        let len = try_out(len)?;
+        // SAFETY: the caller's promise.
+        let w = unsafe { handle(w) }?;
+        let (b, l) = w.payload().arena();
         // SAFETY: both non-NULL and writable (caller).
         unsafe {
             put(base, b);

@@ -13,21 +13,23 @@
 #include <stdint.h>
 
 /* The layouts the Rust side asserts too (src/ffi/loader.rs, entry.rs). */
-_Static_assert(sizeof(al_config) == 56 && _Alignof(al_config) == 8, "al_config layout");
+_Static_assert(sizeof(al_config) == 64 && _Alignof(al_config) == 8, "al_config layout");
 _Static_assert(offsetof(al_config, struct_size) == 0, "al_config.struct_size");
 _Static_assert(offsetof(al_config, queue_depth) == 4, "al_config.queue_depth");
 _Static_assert(offsetof(al_config, max_file_size) == 8, "al_config.max_file_size");
 _Static_assert(offsetof(al_config, direct) == 28, "al_config.direct");
 _Static_assert(offsetof(al_config, backend) == 40, "al_config.backend");
 _Static_assert(offsetof(al_config, drive) == 48, "al_config.drive (after the old size)");
+_Static_assert(offsetof(al_config, arena_size) == 56, "al_config.arena_size (after the 56 bytes)");
 _Static_assert(sizeof(al_stats) == 96 && _Alignof(al_stats) == 8, "al_stats layout");
 _Static_assert(offsetof(al_stats, drive) == 88, "al_stats.drive");
 _Static_assert(offsetof(al_stats, state) == 4, "al_stats.state");
 _Static_assert(offsetof(al_stats, backend) == 72, "al_stats.backend");
-_Static_assert(sizeof(al_entry_info) == 56 && _Alignof(al_entry_info) == 8, "al_entry_info");
+_Static_assert(sizeof(al_entry_info) == 64 && _Alignof(al_entry_info) == 8, "al_entry_info");
 _Static_assert(offsetof(al_entry_info, error) == 4, "al_entry_info.error");
 _Static_assert(offsetof(al_entry_info, latency_ns) == 40, "al_entry_info.latency_ns");
 _Static_assert(offsetof(al_entry_info, tag) == 48, "al_entry_info.tag (after the old size)");
+_Static_assert(offsetof(al_entry_info, offset) == 56, "al_entry_info.offset (after the 56 bytes)");
 _Static_assert(sizeof(al_batch_item) == 48 && _Alignof(al_batch_item) == 8, "al_batch_item");
 _Static_assert(offsetof(al_batch_item, entry) == 0, "al_batch_item.entry");
 _Static_assert(offsetof(al_batch_item, data) == 8, "al_batch_item.data");
@@ -177,7 +179,7 @@ static void config_default_fills_the_documented_defaults(void) {
     al_config c = {.struct_size = sizeof c};
     CHECK_RC(al_config_default(&c), 0);
     CHECK(c.queue_depth == 64 && c.n_workers == 1 && c.loader_threads == 0 && !c.direct);
-    CHECK(c.backend == AL_BACKEND_AUTO);
+    CHECK(c.backend == AL_BACKEND_AUTO && c.arena_size == 0);
 }
 
 static void loader_new_with_a_null_config_or_out_is_einval_and_leaves_out_alone(void) {
