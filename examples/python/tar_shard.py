@@ -24,6 +24,10 @@ row produces every member's bytes:
 * ``pread pool(T)``: a ``ThreadPoolExecutor`` of ``T`` threads (cores and
   2 x cores) doing ``os.pread`` on one shared descriptor, the members split
   into 4 chunks per thread (one task per chunk: no per-member task cost).
+* ``pread pool(T) into buffer``: the same pool reading every member with
+  ``os.preadv`` into its place in one reused buffer (allocated once), then
+  one ``memoryview`` slice per member: the plain counterpart of the arena
+  row.
 * ``asyncloader load_ranges``: ``Worker.load_ranges`` of every member's
   ``(shard, offset_data, size)``: ``bytes`` per member, in index order.
 * ``asyncloader arena views``: ``Worker.request_into`` of every member into
@@ -164,6 +168,36 @@ def row_pread_pool(pool: ThreadPoolExecutor, threads: int, path: str, idx: list)
     return time.perf_counter() - t0, out
 
 
+def _preadv_chunk(fd: int, mv: memoryview, chunk: list) -> None:
+    for off, size, place in chunk:
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [mv[place + got : place + size]], off + got)
+            if n <= 0:
+                break
+            got += n
+
+
+def row_pread_into(
+    pool: ThreadPoolExecutor, threads: int, path: str, idx: list, mv: memoryview, places: list
+) -> tuple[float, list]:
+    """The pread pool reading every member into one reused buffer at
+    ``places[i]`` (``os.preadv`` into a slice): the baseline of the arena
+    row, no allocation per member."""
+    todo = [(off, size, places[i]) for i, (_n, off, size) in enumerate(idx)]
+    n_chunks = max(1, min(len(todo), threads * 4))
+    step = -(-len(todo) // n_chunks)
+    chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        list(pool.map(lambda c: _preadv_chunk(fd, mv, c), chunks))
+    finally:
+        os.close(fd)
+    out = [(name, mv[places[i] : places[i] + size]) for i, (name, _o, size) in enumerate(idx)]
+    return time.perf_counter() - t0, out
+
+
 def row_load_ranges(worker, path: str, idx: list) -> tuple[float, list]:
     t0 = time.perf_counter()
     datas = list(worker.load_ranges([(path, off, size) for _name, off, size in idx]))
@@ -265,12 +299,14 @@ def run(args: argparse.Namespace) -> int:
         n_workers=1,
         direct=args.direct,
         backend=args.backend,
+        drive=args.drive,
         arena_size=max(4096, at),
     )
     loader.start()
     worker = loader.worker(0)
     tf = tarfile.open(path)
     members = [m for m in tf.getmembers() if m.isfile()]
+    buf = memoryview(bytearray(max(1, at)))  # the pread rows' reused buffer
     pools = {t: ThreadPoolExecutor(t) for t in sorted({cores, 2 * cores})}
     for t, pool in pools.items():
         list(pool.map(lambda _: None, range(t)))  # threads started
@@ -279,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
         "tarfile extractfile": lambda: row_tarfile(tf, members),
         "tarfile open+extract": lambda: row_tarfile_open(path),
         **{f"pread pool({t})": (lambda t=t: row_pread_pool(pools[t], t, path, idx)) for t in pools},
+        **{
+            f"pread pool({t}) into buffer": (lambda t=t: row_pread_into(pools[t], t, path, idx, buf, places))
+            for t in pools
+        },
         "asyncloader load_ranges": lambda: row_load_ranges(worker, path, eng_idx),
         "asyncloader arena views": lambda: row_arena(worker, path, eng_idx, places),
     }
@@ -301,10 +341,15 @@ def run(args: argparse.Namespace) -> int:
                     failures.setdefault(name, why)
                 times[name].append(dt)
     finally:
+        st = loader.stats()
         tf.close()
         for pool in pools.values():
             pool.shutdown()
         loader.close()
+    print(
+        f"asyncloader: backend {st['backend']}, drive {st['drive']}, "
+        f"loader_threads {st['loader_threads']}, queue_depth {args.queue_depth}, direct {args.direct}"
+    )
 
     if failures:
         print(f"NOT COMPARABLE: every row must produce all {len(ref)} members byte for byte:")
@@ -337,6 +382,7 @@ def main() -> int:
     ap.add_argument("--queue-depth", type=int, default=64)
     ap.add_argument("--direct", action="store_true", help="O_DIRECT loader")
     ap.add_argument("--backend", default="auto", choices=["auto", "io_uring", "threads"])
+    ap.add_argument("--drive", default="auto", choices=["auto", "loader", "worker"])
     ap.add_argument("--check", action="store_true", help="quick self-test on a small generated shard")
     ap.add_argument("--inject-corrupt", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -30,6 +30,7 @@ WINDOW_MIN = 8
 
 _NONE = object()  # no item (load_ranges)
 _U64 = 1 << 64
+_U32 = 1 << 32
 
 # ---------------------------------------------------------------------------
 # Worker
@@ -147,9 +148,18 @@ class Worker:
         ``max_file_size`` (split it, or load it into destination memory
         with :meth:`request_into`), and :meth:`request`'s errors.
         """
-        p = _fspath_bytes(path)
-        fn = _ffi.lib().need("al_worker_request_range_bytes")
-        rc = fn(self._h, p, len(p), _u64(offset, "offset"), _u64(length, "length"), _u64(tag, "tag"))
+        p = path if type(path) is bytes and b"\0" not in path else _fspath_bytes(path)
+        fn = _ffi.lib().al_worker_request_range_bytes or _ffi.lib().need("al_worker_request_range_bytes")
+        if not (
+            type(offset) is int
+            and type(length) is int
+            and type(tag) is int
+            and 0 <= offset < _U64
+            and 0 <= length < _U64
+            and 0 <= tag < _U64
+        ):
+            offset, length, tag = _u64(offset, "offset"), _u64(length, "length"), _u64(tag, "tag")
+        rc = fn(self._h, p, len(p), offset, length, tag)
         if rc == 0:
             return True
         if rc == -_errno.EAGAIN:
@@ -186,18 +196,23 @@ class Worker:
         process (a loader process: use the arena), and :meth:`request`'s
         errors.
         """
-        p = _fspath_bytes(path)
-        fn = _ffi.lib().need("al_worker_request_into")
-        rc = fn(
-            self._h,
-            p,
-            len(p),
-            _u64(offset, "offset"),
-            _u64(length, "length"),
-            _u32(dest, "dest"),
-            _u64(dest_offset, "dest_offset"),
-            _u64(tag, "tag"),
-        )
+        p = path if type(path) is bytes and b"\0" not in path else _fspath_bytes(path)
+        fn = _ffi.lib().al_worker_request_into or _ffi.lib().need("al_worker_request_into")
+        if not (
+            type(offset) is int
+            and type(length) is int
+            and type(dest) is int
+            and type(dest_offset) is int
+            and type(tag) is int
+            and 0 <= offset < _U64
+            and 0 <= length < _U64
+            and 0 <= dest < _U32
+            and 0 <= dest_offset < _U64
+            and 0 <= tag < _U64
+        ):
+            offset, length = _u64(offset, "offset"), _u64(length, "length")
+            dest, dest_offset, tag = _u32(dest, "dest"), _u64(dest_offset, "dest_offset"), _u64(tag, "tag")
+        rc = fn(self._h, p, len(p), offset, length, dest, dest_offset, tag)
         if rc == 0:
             return True
         if rc == -_errno.EAGAIN:

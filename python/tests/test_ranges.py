@@ -405,6 +405,17 @@ def test_bad_ranges_and_destinations_raise_and_write_nothing(tmp_path, backend):
         for bad in (1.5, "1", True, None):
             with pytest.raises(TypeError):
                 w.request_range(path, bad, 1)
+            with pytest.raises(TypeError):
+                w.request_into(path, 0, 1, asyncloader.ARENA, bad)
+        # Paths as for request: a NUL byte, too long.
+        for p in (b"a\0b", "a\0b"):
+            with pytest.raises(ValueError):
+                w.request_range(p, 0, 1)
+            with pytest.raises(ValueError):
+                w.request_into(p, 0, 1, asyncloader.ARENA)
+        with pytest.raises(OSError) as ei:
+            w.request_range("/" + "x" * 5000, 0, 1)
+        assert ei.value.errno == errno.ENAMETOOLONG
         # offset + length past the largest file offset: the library's EINVAL.
         for off, n in [((1 << 64) - 1, 2), ((1 << 63) - 1, 1)]:
             with pytest.raises(OSError) as ei:
