@@ -153,7 +153,8 @@ impl Loader {
     /// threads started with [`start`](Self::start), or workers that drive
     /// their own loads, `Drive::Worker`); anything else fails with `EXDEV`.
     /// A loader process (`spawn`) or another process's worker can use the
-    /// arena instead. `ENOSPC` when 16 registrations are in use.
+    /// arena instead. `ENOSPC` when 16 registrations of living processes
+    /// are in use (those of a process that died are taken over).
     ///
     /// # Safety
     ///

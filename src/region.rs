@@ -769,17 +769,28 @@ impl Region {
     }
 
     /// Records `len` bytes at `base` in this process as destination memory
-    /// and returns its id (`1..=MAX_MEMS`). See `Loader::register_memory`
+    /// and returns its id (`1..=MAX_MEMS`), in a free slot or one whose
+    /// registering process is gone. See `Loader::register_memory`
     /// for the contract.
     pub(crate) fn register_memory(&self, base: *mut u8, len: u64) -> Result<u32> {
         let pid = std::process::id() as i32;
         for (i, m) in self.header().mems.iter().enumerate() {
-            if m.pid
-                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+            // A free slot, or one whose registrant died (its memory went
+            // with it; nothing can use the registration any more).
+            let cur = m.pid.load(Ordering::Acquire);
+            let free = cur == 0 || (cur > 0 && cur != pid && !crate::process::pid_alive(cur));
+            // Claimed as -1 (no process's pid) until `base` and `len` are
+            // ours, so no process ever pairs its pid with a dead one's
+            // address.
+            if free
+                && m.pid
+                    .compare_exchange(cur, -1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
             {
+                m.ready.store(0, Ordering::Release);
                 m.base.store(base as u64, Ordering::Relaxed);
                 m.len.store(len, Ordering::Relaxed);
+                m.pid.store(pid, Ordering::Release);
                 m.ready.store(1, Ordering::Release);
                 return Ok(i as u32 + 1);
             }

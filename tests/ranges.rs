@@ -479,3 +479,28 @@ fn registered_memory_needs_the_loads_in_this_process() {
     r.stop();
     assert!(mine.iter().all(|&b| b == 0));
 }
+
+/// Registrations of a process that died are taken over: 16 made by a child
+/// that exits without unregistering do not use the table up.
+#[test]
+fn registrations_of_a_dead_process_are_reused() {
+    let r = Running::new(cfg(BackendKind::Auto, Drive::Loader, false), Mode::Threads);
+    let l = r.loader.clone();
+    let pid = in_child(move || {
+        let mut mem = vec![0u8; 4096];
+        for _ in 0..16 {
+            // SAFETY: never used for a load (the child exits).
+            unsafe { l.register_memory(mem.as_mut_ptr(), mem.len()) }.unwrap();
+        }
+        // SAFETY: as above.
+        let e = unsafe { l.register_memory(mem.as_mut_ptr(), mem.len()) }.unwrap_err();
+        assert_eq!(e.errno(), libc::ENOSPC);
+    });
+    assert!(child_ok(pid));
+    let mut mine = vec![0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: `mine` outlives the loader's use of it (none).
+        unsafe { r.loader.register_memory(mine.as_mut_ptr(), mine.len()) }.unwrap();
+    }
+    r.stop();
+}

@@ -539,7 +539,8 @@ pub unsafe extern "C" fn al_loader_arena(
 ///
 /// Returns 0; `-EINVAL` (NULL `l`, `base` or `id`, `len` 0, a span that
 /// wraps around the address space); `-ENOSPC` when 16 registrations are in
-/// use (by any process of the loader).
+/// use (by any living process of the loader: those of a process that died
+/// are taken over).
 ///
 /// # Safety
 ///
