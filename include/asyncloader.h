@@ -47,6 +47,11 @@
 #define AL_ARENA 0
 
 /**
+ * `al_range.mem` of a range read into the entry's own buffer.
+ */
+#define AL_NO_DEST UINT32_MAX
+
+/**
  * `al_probe` flag: write JSON (one object; see docs/c-api.md) instead of
  * the text `asyncloader info` prints.
  */
@@ -400,6 +405,35 @@ typedef struct al_stats {
      */
     uint32_t reserved;
 } al_stats;
+
+/**
+ * One range of `al_worker_request_ranges`. Plain data, 32 bytes; this
+ * struct never changes (a larger one would come with a new function).
+ */
+typedef struct al_range {
+    /**
+     * First byte of the file to read.
+     */
+    uint64_t offset;
+    /**
+     * Bytes to read at most (fewer at the end of the file).
+     */
+    uint64_t len;
+    /**
+     * Where in memory `mem` the bytes go (not read with `AL_NO_DEST`).
+     */
+    uint64_t dst_offset;
+    /**
+     * `AL_NO_DEST`: into the entry's buffer, as `al_worker_request_range`
+     * (`len` at most `max_file_size`); otherwise destination memory, as
+     * `al_worker_request_into` (`AL_ARENA` or a registered id).
+     */
+    uint32_t mem;
+    /**
+     * Zero.
+     */
+    uint32_t reserved;
+} al_range;
 
 /**
  * One entry of `al_worker_get_batch`: the handle and what a consumer reads
@@ -1004,6 +1038,36 @@ int al_worker_request_into(struct al_worker *w,
                            uint32_t mem,
                            uint64_t dst_offset,
                            uint64_t tag);
+
+/**
+ * Requests `ranges[0 .. n-1]` of the one file at `path` (`path_len` bytes,
+ * as for `al_worker_request_range_bytes`), in order; range i (from 0) gets
+ * the tag `first_tag + i` (modulo 2^64). One call for a whole window of a
+ * shard's members, for bindings where each call costs (Python builds the
+ * array once for a shard's index). Each range is requested as
+ * `al_worker_request_range` (`mem` = `AL_NO_DEST`) or
+ * `al_worker_request_into` (any other `mem`) would request it, with the
+ * same results and errors; a non-zero `reserved` is `-EINVAL`.
+ *
+ * Stops at the first range that fails; `*accepted` (if not NULL) always
+ * receives the number queued. Returns 0 when all were queued, otherwise
+ * the error of `ranges[*accepted]` (`-EAGAIN`: the queue is full, retry
+ * from there later; `-EINVAL`, `-EFBIG`, `-EXDEV`: skip or fix that one).
+ *
+ * # Safety
+ *
+ * `w` and `path` as for `al_worker_request_bytes`; `ranges` is NULL (with
+ * `n` 0) or valid for reading `n` records; `accepted` is NULL or valid for
+ * writing a `size_t`. Ranges with a destination: as
+ * `al_worker_request_into`.
+ */
+int al_worker_request_ranges(struct al_worker *w,
+                             const uint8_t *path,
+                             size_t path_len,
+                             const struct al_range *ranges,
+                             size_t n,
+                             uint64_t first_tag,
+                             size_t *accepted);
 
 /**
  * Requests the paths packed in `len` bytes at `paths`, each ended by a

@@ -580,5 +580,6 @@ c_cases!(
         register_memory_hands_out_16_ids_then_enospc,
         old_entry_info_without_the_offset_is_not_written,
         old_config_without_the_arena_size_gets_no_arena,
+        request_ranges_queues_an_array_and_stops_where_one_fails,
     ]
 );

@@ -355,6 +355,109 @@ pub unsafe extern "C" fn al_worker_request_into(
     })
 }
 
+/// One range of `al_worker_request_ranges`. Plain data, 32 bytes; this
+/// struct never changes (a larger one would come with a new function).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct al_range {
+    /// First byte of the file to read.
+    pub offset: u64,
+    /// Bytes to read at most (fewer at the end of the file).
+    pub len: u64,
+    /// Where in memory `mem` the bytes go (not read with `AL_NO_DEST`).
+    pub dst_offset: u64,
+    /// `AL_NO_DEST`: into the entry's buffer, as `al_worker_request_range`
+    /// (`len` at most `max_file_size`); otherwise destination memory, as
+    /// `al_worker_request_into` (`AL_ARENA` or a registered id).
+    pub mem: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<al_range>() == 32);
+const _: () = assert!(std::mem::align_of::<al_range>() == 8);
+
+/// `al_range.mem` of a range read into the entry's own buffer.
+pub const AL_NO_DEST: u32 = u32::MAX;
+
+const _: () = assert!(AL_NO_DEST == crate::region::NO_DEST);
+
+/// Requests `ranges[0 .. n-1]` of the one file at `path` (`path_len` bytes,
+/// as for `al_worker_request_range_bytes`), in order; range i (from 0) gets
+/// the tag `first_tag + i` (modulo 2^64). One call for a whole window of a
+/// shard's members, for bindings where each call costs (Python builds the
+/// array once for a shard's index). Each range is requested as
+/// `al_worker_request_range` (`mem` = `AL_NO_DEST`) or
+/// `al_worker_request_into` (any other `mem`) would request it, with the
+/// same results and errors; a non-zero `reserved` is `-EINVAL`.
+///
+/// Stops at the first range that fails; `*accepted` (if not NULL) always
+/// receives the number queued. Returns 0 when all were queued, otherwise
+/// the error of `ranges[*accepted]` (`-EAGAIN`: the queue is full, retry
+/// from there later; `-EINVAL`, `-EFBIG`, `-EXDEV`: skip or fix that one).
+///
+/// # Safety
+///
+/// `w` and `path` as for `al_worker_request_bytes`; `ranges` is NULL (with
+/// `n` 0) or valid for reading `n` records; `accepted` is NULL or valid for
+/// writing a `size_t`. Ranges with a destination: as
+/// `al_worker_request_into`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn al_worker_request_ranges(
+    w: *mut al_worker,
+    path: *const u8,
+    path_len: usize,
+    ranges: *const al_range,
+    n: usize,
+    first_tag: u64,
+    accepted: *mut usize,
+) -> c_int {
+    ffi_boundary!(int {
+        // SAFETY: NULL or valid for writing a size_t (caller).
+        let count = unsafe { accepted.as_mut() };
+        counted(count, |done| {
+            // SAFETY: the caller's promise.
+            let w = unsafe { handle(w) }?;
+            if path.is_null() || (ranges.is_null() && n != 0) {
+                return Err(Errno::INVAL);
+            }
+            // SAFETY: non-NULL and `path_len` readable bytes (caller).
+            let p = unsafe { try_bytes(path, path_len) }?;
+            let ranges = if n == 0 {
+                &[][..]
+            } else {
+                if n > isize::MAX as usize / std::mem::size_of::<al_range>() {
+                    return Err(Errno::INVAL);
+                }
+                // SAFETY: non-NULL, aligned (caller's array) and valid for
+                // reading `n` records (caller); plain data.
+                unsafe { std::slice::from_raw_parts(ranges, n) }
+            };
+            let w = w.payload();
+            for r in ranges {
+                let tag = first_tag.wrapping_add(*done as u64);
+                if r.reserved != 0 {
+                    return Err(Errno::INVAL);
+                }
+                if r.mem == AL_NO_DEST {
+                    w.request_range_tagged(p, r.offset, r.len, tag)?;
+                } else {
+                    let dest = Dest {
+                        mem: r.mem,
+                        offset: r.dst_offset,
+                    };
+                    // SAFETY: the destination span is the loader's until
+                    // the entry is released, and registered memory stays
+                    // valid (caller).
+                    unsafe { w.request_into(p, r.offset, r.len, dest, tag) }?;
+                }
+                *done += 1;
+            }
+            Ok(())
+        })
+    })
+}
+
 /// Requests the paths packed in `len` bytes at `paths`, each ended by a
 /// NUL byte (`"a/1.jpg\0b/2.jpg\0"`; a last path without its NUL counts
 /// too), in order; the i-th path (from 0) gets the tag `first_tag + i`

@@ -993,6 +993,94 @@ static void old_config_without_the_arena_size_gets_no_arena(void) {
     CHECK(al_last_error_message(msg, sizeof msg) > 0 && strstr(msg, "arena_size") != NULL);
 }
 
+/* al_worker_request_ranges: ranges of one file, into entry buffers and
+ * into the arena, tagged first_tag + i; a full queue accepts part of the
+ * array and the rest goes after releasing; a bad range stops the call
+ * there with the count of those before it. */
+static void request_ranges_queues_an_array_and_stops_where_one_fails(void) {
+    char *path = make_file("ranges.bin", RANGE_FILE, 5);
+    const size_t plen = strlen(path);
+    for (size_t b = 0; b < 2; b++) {
+        for (size_t d = 0; d < 2; d++) {
+            al_config c = config(backends[b], drives[d], 0, ARENA_SIZE);
+            al_loader *l = started(&c);
+            al_worker *w = worker(l);
+            if (!w) {
+                stop(l, w);
+                continue;
+            }
+            uint8_t *arena = NULL;
+            size_t an = 0;
+            CHECK_RC(al_loader_arena(l, &arena, &an), 0);
+            /* 12 ranges, QD 8: every third into the arena. */
+            al_range r[12];
+            memset(r, 0, sizeof r);
+            for (size_t i = 0; i < 12; i++) {
+                r[i].offset = i * 25013u;
+                r[i].len = i == 11 ? 5000 : 3000 + i * 977u; /* the last crosses the end */
+                if (i == 11) r[i].offset = RANGE_FILE - 1000;
+                r[i].mem = i % 3 == 0 ? AL_ARENA : AL_NO_DEST;
+                r[i].dst_offset = i * 8192u;
+            }
+            size_t done = 0, got = 0;
+            while (got < 12) {
+                size_t acc = 99;
+                int rc = al_worker_request_ranges(w, (const uint8_t *)path, plen, r + done,
+                                                  12 - done, 100 + done, &acc);
+                CHECK(rc == 0 || rc == -EAGAIN);
+                CHECK(rc != 0 || acc == 12 - done);
+                done += acc;
+                CHECK(done <= 12);
+                al_entry *e = NULL;
+                CHECK_RC(al_worker_wait_get(w, 30 * SEC, &e), 0);
+                if (!e) break;
+                uint64_t i = al_entry_tag(e) - 100;
+                CHECK(i < 12);
+                if (i < 12) {
+                    check_range(e, path, r[i].offset, r[i].len, "request_ranges");
+                    if (r[i].mem == AL_ARENA)
+                        CHECK(al_entry_data(e) == arena + r[i].dst_offset);
+                }
+                CHECK_RC(al_entry_release(e), 0);
+                got++;
+            }
+            CHECK(done == 12);
+            /* A bad range in the middle: the ones before it are queued. */
+            al_range bad[3] = {r[1], r[2], r[3]};
+            bad[1].len = MAX_FILE + 1; /* over max_file_size, no destination */
+            size_t acc = 99;
+            CHECK_RC(al_worker_request_ranges(w, (const uint8_t *)path, plen, bad, 3, 0, &acc),
+                     -EFBIG);
+            CHECK(acc == 1);
+            bad[1] = r[2];
+            bad[1].reserved = 1;
+            CHECK_RC(al_worker_request_ranges(w, (const uint8_t *)path, plen, bad + 1, 2, 0, &acc),
+                     -EINVAL);
+            CHECK(acc == 0);
+            bad[1] = r[2];
+            bad[1].mem = AL_ARENA;
+            bad[1].dst_offset = ARENA_SIZE - 10; /* outside the arena */
+            CHECK_RC(al_worker_request_ranges(w, (const uint8_t *)path, plen, bad + 1, 2, 0, &acc),
+                     -EINVAL);
+            CHECK(acc == 0);
+            CHECK_RC(al_worker_request_ranges(w, (const uint8_t *)path, plen, NULL, 0, 0, &acc), 0);
+            CHECK(acc == 0);
+            CHECK_RC(al_worker_request_ranges(w, (const uint8_t *)path, plen, NULL, 1, 0, &acc),
+                     -EINVAL);
+            CHECK(acc == 0);
+            al_entry *e = NULL;
+            CHECK_RC(al_worker_wait_get(w, 30 * SEC, &e), 0);
+            if (e) {
+                check_range(e, path, r[1].offset, r[1].len, "before the bad one");
+                CHECK_RC(al_entry_release(e), 0);
+            }
+            check_backend(l, backends[b]);
+            stop(l, w);
+        }
+    }
+    free(path);
+}
+
 static const struct test tests[] = {
     T(ranges_match_pread_on_both_backends_and_drives),
     T(ranges_match_pread_with_o_direct),
@@ -1011,6 +1099,7 @@ static const struct test tests[] = {
     T(register_memory_hands_out_16_ids_then_enospc),
     T(old_entry_info_without_the_offset_is_not_written),
     T(old_config_without_the_arena_size_gets_no_arena),
+    T(request_ranges_queues_an_array_and_stops_where_one_fails),
 };
 
 int main(int argc, char **argv) { return RUN(argc, argv, tests); }
