@@ -13,7 +13,8 @@ same meanings) over ``libasyncloader.so`` via ctypes::
         for entry in worker.load(paths, window=64):
             data = entry.get_data()          # bytes; raises OSError on failure
 
-Byte ranges (``Worker.request_range``, ``Worker.load_ranges``) and loads
+Byte ranges (``Worker.request_range``, ``Worker.load_ranges``; many of one
+file in one call: ``pack_ranges`` and ``Worker.request_ranges``) and loads
 into destination memory of any size (``Worker.request_into``,
 ``Worker.read_into``; ``Loader(arena_size=...)``, ``Loader.register``).
 
@@ -25,6 +26,8 @@ from ._loader import Loader, default_config
 from ._util import MAX_PATH_BYTES
 from ._worker import Worker
 from ._ffi import AL_ARENA as ARENA
+from ._ffi import AL_NO_DEST as NO_DEST
+from ._ranges import pack_ranges
 from ._ffi import LibraryNotFound, find_library
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
     "MAX_PATH_BYTES",
     "ARENA",
+    "NO_DEST",
+    "pack_ranges",
 ]
 
 __version__ = "0.1.0"

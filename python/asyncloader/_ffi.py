@@ -190,11 +190,33 @@ class al_batch_item(ctypes.Structure):
 assert ctypes.sizeof(al_batch_item) == 48
 
 
+class al_range(ctypes.Structure):
+    """Mirror of the C ``al_range`` (32 bytes, fixed): one range of
+    ``al_worker_request_ranges``. Python builds tables of it as 64-bit
+    words (``asyncloader.pack_ranges``: offset, len, dst_offset, then
+    ``mem`` and ``reserved`` in one word), without a Python object per
+    field."""
+
+    _fields_ = [
+        ("offset", c_uint64),
+        ("len", c_uint64),
+        ("dst_offset", c_uint64),
+        ("mem", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+assert ctypes.sizeof(al_range) == 32
+
+
 #: The C ABI these mirrors follow (``AL_ABI_VERSION`` of the header).
 ABI_VERSION = 2
 
 #: Memory id of the loader's arena (``AL_ARENA``) for ``al_worker_request_into``.
 AL_ARENA = 0
+
+#: ``al_range.mem`` of a range read into an entry buffer (``AL_NO_DEST``).
+AL_NO_DEST = 0xFFFFFFFF
 
 
 LoaderP = POINTER(al_loader)
@@ -376,6 +398,14 @@ class Lib:
             "al_loader_unregister_memory", c_int, [LoaderP, c_uint32], required=False
         )
         self.al_abi_version = d("al_abi_version", c_uint32, [], required=False)
+        # Many ranges of one file in one call (a table of al_range; passed
+        # as an address into the caller's buffer, never copied).
+        self.al_worker_request_ranges = d(
+            "al_worker_request_ranges",
+            c_int,
+            [WorkerP, c_char_p, c_size_t, c_void_p, c_size_t, c_uint64, POINTER(c_size_t)],
+            required=False,
+        )
 
     def need(self, name: str) -> Any:
         """Optional function ``name``, or ``NotImplementedError`` when this

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional,
 from . import _ffi
 from ._batch import Batch
 from ._entry import Entry
+from ._ranges import RANGE_SIZE, _no_dest_table, _table_at
 from ._ffi import EntryP
 from ._util import PathLike, _check, _deadline, _fspath_bytes, _oserror, _pack, _slice_ns, _u32, _u64
 
@@ -131,6 +132,62 @@ class Worker:
 
     # -- byte ranges and destination memory ----------------------------------
 
+    def request_ranges(
+        self,
+        path: PathLike,
+        ranges: Any,
+        first_tag: int = 0,
+        start: int = 0,
+        count: Optional[int] = None,
+    ) -> int:
+        """Requests byte ranges of ``path`` from a table of ``al_range``
+        records, in order, in one library call, and returns how many were
+        queued (a prefix; it stops when the queue is full: 0 then, and
+        when ``count`` is 0 or ``start`` the end of the table). Each
+        range is requested as :meth:`request_range` (``mem`` is
+        :data:`asyncloader.NO_DEST`: into an entry buffer) or
+        :meth:`request_into` (any other ``mem``) would request it.
+
+        ``ranges``: a buffer of 32-byte records - a ``bytearray`` from
+        :func:`asyncloader.pack_ranges`, or a numpy array of the same
+        layout (see there) - built once, for a whole shard's index say.
+        ``start`` and ``count`` pick records ``start .. start + count - 1``
+        (``count=None``: to the end; cut to the records there are), with no
+        Python work per record and no copy: the library reads them in
+        place (a read-only buffer other than ``bytes`` is copied, the
+        records asked for). The record at index ``j`` **of the table** gets
+        the tag ``first_tag + j`` (modulo 2**64): with the default, its
+        index, whatever ``start`` is. So a loop keeps the queue full with::
+
+            n = worker.request_ranges(shard, table, start=next_j, count=room)
+            next_j += n
+
+        Raises like :meth:`request_range` / :meth:`request_into` (``OSError``
+        with the library's errno and message: ``EINVAL``, ``EFBIG``,
+        ``EXDEV``, ...; ``EINVAL`` too for a record whose ``reserved`` half
+        is not 0) only when the record at ``start`` cannot be queued for a
+        reason other than a full queue; a bad record later ends the prefix
+        instead (the next call, from ``start + returned``, raises its
+        error). ``ValueError`` for a buffer that is not whole records, a
+        ``start`` past its end or a negative ``count``.
+        """
+        p = path if type(path) is bytes and b"\0" not in path else _fspath_bytes(path)
+        fn = _ffi.lib().al_worker_request_ranges or _ffi.lib().need("al_worker_request_ranges")
+        if type(first_tag) is not int or not 0 <= first_tag < _U64:
+            first_tag = _u64(first_tag, "first_tag")
+        addr, n, keep = _table_at(ranges, start, count)
+        if n == 0:
+            return 0  # nothing asked for
+        if type(start) is not int:
+            start = _u64(start, "start")
+        accepted = c_size_t(0)
+        rc = fn(self._h, p, len(p), addr, n, (first_tag + start) % _U64, byref(accepted))
+        del keep
+        got = accepted.value
+        if rc < 0 and rc != -_errno.EAGAIN and got == 0:
+            raise _request_error(rc, "request_ranges", path, f"record {start}")
+        return got
+
     def request_range(self, path: PathLike, offset: int, length: int, tag: int = 0) -> bool:
         """Requests ``length`` bytes of ``path`` at byte ``offset``, read
         into an entry buffer like a whole file. The entry holds the bytes
@@ -244,6 +301,11 @@ class Worker:
         else in flight (as for :meth:`load`); leaving the loop early waits
         for and releases the ranges in flight.
 
+        Consecutive items of one path are packed into a table and queued
+        with :meth:`request_ranges`, one library call per refill of the
+        window rather than one per range (a few items are taken from
+        ``items`` ahead of the window for that).
+
         The members of a tar file, say::
 
             index = [(m.name, m.offset_data, m.size) for m in tarfile.open(shard) if m.isfile()]
@@ -252,47 +314,106 @@ class Worker:
                 ...
         """
         window = self._qd if window is None else max(1, min(_u32(window, "window"), self._qd))
-        fn = _ffi.lib().need("al_worker_request_range_bytes")
+        lib = _ffi.lib()
+        many = lib.al_worker_request_ranges
+        one = lib.need("al_worker_request_range_bytes") if many is None else None
         h = self._h
-        last_path: Any = _NONE  # the path of the previous item, and its bytes
-        pb = b""
+        run_cap = max(64, 2 * window)  # items packed per run, at most
         it = iter(items)
         done: Dict[int, Any] = {}  # tag -> bytes or the exception
-        nxt: Any = _NONE  # the next item, taken from `it` but not queued
-        n_req = 0  # items taken (the tag of the next one)
+        nxt: Any = _NONE  # the next item, taken from `it` but not packed
+        bad: Any = None  # the exception of an item that could not be packed
+        # The current run: consecutive items of one path, checked and packed.
+        run_path: Any = _NONE
+        pb = b""
+        offs: List[int] = []
+        lens: List[int] = []
+        base = 0  # address of the run's table
+        table: Any = None
+        run_n = run_pos = 0
+        acc = c_size_t(0)
+        pacc = byref(acc)
+        n_req = 0  # items taken and queued or failed (the tag of the next one)
         n_out = 0  # items yielded
         outstanding = 0
         exhausted = False
         try:
             while True:
                 # Refill, never more than `window` items ahead of the output.
-                while outstanding < window and n_req < n_out + window and not exhausted:
-                    if nxt is _NONE:
-                        nxt = next(it, _NONE)
-                        if nxt is _NONE:
-                            exhausted = True
+                while outstanding < window and n_req < n_out + window:
+                    if run_pos == run_n:
+                        if bad is not None:  # it fails in its turn
+                            done[n_req] = bad
+                            bad = None
+                            n_req += 1
+                            continue
+                        if exhausted:
                             break
-                    try:
-                        # request_range, inlined: items usually share one path.
-                        path, off, length = nxt
-                        if path is not last_path:
-                            pb = _fspath_bytes(path)
-                            last_path = path
-                        if not (type(off) is int and type(length) is int and 0 <= off < _U64 and 0 <= length < _U64):
-                            off, length = _u64(off, "offset"), _u64(length, "length")
-                        rc = fn(h, pb, len(pb), off, length, n_req)
-                        if rc == -_errno.EAGAIN:
-                            break  # queue full
-                        if rc < 0:
-                            raise _request_error(rc, "request_range", path)
-                    except (OSError, ValueError, TypeError) as e:
-                        if getattr(e, "errno", None) in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
-                            raise
-                        done[n_req] = e
-                    else:
-                        outstanding += 1
-                    nxt = _NONE
+                        # Pack the next run.
+                        offs = []
+                        lens = []
+                        while len(offs) < run_cap:
+                            if nxt is _NONE:
+                                nxt = next(it, _NONE)
+                                if nxt is _NONE:
+                                    exhausted = True
+                                    break
+                            try:
+                                path, off, length = nxt
+                                if offs:
+                                    if path is not run_path and path != run_path:
+                                        break  # it starts the next run
+                                elif path is not run_path:
+                                    pb = _fspath_bytes(path)
+                                    run_path = path
+                                if not (
+                                    type(off) is int
+                                    and type(length) is int
+                                    and 0 <= off < _U64
+                                    and 0 <= length < _U64
+                                ):
+                                    off, length = _u64(off, "offset"), _u64(length, "length")
+                            except (ValueError, TypeError) as e:
+                                if offs:
+                                    break  # the run ends before it
+                                bad = e
+                                run_path = _NONE
+                                nxt = _NONE
+                                break
+                            offs.append(off)
+                            lens.append(length)
+                            nxt = _NONE
+                        run_n = len(offs)
+                        run_pos = 0
+                        if many is not None and run_n:
+                            table = _no_dest_table(offs, lens)
+                            base = table.buffer_info()[0]
+                        continue
+                    want = min(window - outstanding, n_out + window - n_req, run_n - run_pos)
+                    if many is not None:
+                        rc = many(h, pb, len(pb), base + RANGE_SIZE * run_pos, want, n_req, pacc)
+                        k = acc.value
+                    else:  # a library without al_worker_request_ranges
+                        k = rc = 0
+                        while k < want:
+                            rc = one(h, pb, len(pb), offs[run_pos + k], lens[run_pos + k], n_req + k)
+                            if rc < 0:
+                                break
+                            k += 1
+                    run_pos += k
+                    n_req += k
+                    outstanding += k
+                    if rc == 0:
+                        continue
+                    if rc == -_errno.EAGAIN:
+                        break  # queue full
+                    # The library refused the range at run_pos: it fails in its turn.
+                    e = _request_error(rc, "request_range", run_path)
+                    if e.errno in (_errno.ESHUTDOWN, _errno.EOWNERDEAD):
+                        raise e
+                    done[n_req] = e
                     n_req += 1
+                    run_pos += 1
                 if n_out in done:
                     v = done.pop(n_out)
                     n_out += 1
@@ -301,7 +422,7 @@ class Worker:
                     yield v
                     continue
                 if outstanding == 0:
-                    if exhausted and n_out == n_req:
+                    if exhausted and run_pos == run_n and bad is None and n_out == n_req:
                         return
                     raise RuntimeError(
                         f"worker {self._id}: queue full with no range of this "
@@ -781,11 +902,12 @@ class Worker:
         return f"<asyncloader.Worker id={self._id} loader={self._loader.name!r}>"
 
 
-def _request_error(rc: int, what: str, path: Any) -> OSError:
+def _request_error(rc: int, what: str, path: Any, where: str = "") -> OSError:
     """The ``OSError`` of a refused request, with the library's message
-    (which says why: the range, the destination, the limit)."""
-    msg = _ffi.lib().last_error_message()
-    return _oserror(-rc, msg or what, path)
+    (which says why: the range, the destination, the limit), and ``where``
+    (which record of a table) after it."""
+    msg = _ffi.lib().last_error_message() or what
+    return _oserror(-rc, f"{msg}; {where}" if where else msg, path)
 
 
 def _entries(worker: Worker, b: Batch) -> List[Entry]:

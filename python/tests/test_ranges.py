@@ -502,6 +502,14 @@ def test_loader_process_registered_memory_is_exdev_the_arena_works(tmp_path, bac
         with pytest.raises(OSError) as ei:
             w.read_into(path, bytearray(size))
         assert ei.value.errno == errno.EXDEV
+        # In a table: the ranges before it are queued, it raises EXDEV.
+        table = asyncloader.pack_ranges([(0, 10, asyncloader.ARENA, 0), (0, 10, mem, 0)])
+        assert w.request_ranges(path, table) == 1
+        with pytest.raises(OSError) as ei:
+            w.request_ranges(path, table, start=1)
+        assert ei.value.errno == errno.EXDEV
+        with fetch(w) as b:
+            assert b.tags == [0] and b.data(0) == disk[:10]
         assert mine == bytes(size)
         # The arena is shared with the loader process.
         assert w.read_into(path, asyncloader.ARENA, dest_offset=100) == size
@@ -512,3 +520,323 @@ def test_loader_process_registered_memory_is_exdev_the_arena_works(tmp_path, bac
             disk[size - 3 :],
         ]
         ld.unregister(mem)
+
+
+# -- many ranges of one file in one call: pack_ranges, request_ranges ----------------
+
+
+def take(worker, n, timeout=30):
+    """``{tag: (error, bytes)}`` of the next ``n`` entries, released."""
+    got = {}
+    while len(got) < n:
+        with worker.get_batch(n - len(got), timeout=timeout) as b:
+            assert len(b), "nothing delivered in time"
+            for i, t in enumerate(b.tags):
+                assert t not in got, f"tag {t} twice"
+                got[t] = (b.errors[i], b.data(i) if not b.errors[i] else None)
+    return got
+
+
+def request_all(worker, path, table, n_records, room, first_tag=0):
+    """Every record of ``table`` through ``request_ranges`` windows of at
+    most ``room`` in flight; ``{tag: (error, bytes)}``."""
+    got = {}
+    j = 0
+    while j < n_records:
+        k = worker.request_ranges(path, table, first_tag=first_tag, start=j, count=room)
+        assert k > 0
+        j += k
+        got.update(take(worker, k))
+    return got
+
+
+@pytest.mark.parametrize("drive", ["loader", "worker"])
+def test_request_ranges_into_entry_buffers_match_pread(tmp_path, backend, drive):
+    path = data_file(tmp_path, "data", 300_001, 8)
+    want = ranges(300_001, MAX)
+    table = asyncloader.pack_ranges(want)
+    assert isinstance(table, bytearray) and len(table) == 32 * len(want)
+    with make_loader(backend, drive=drive) as ld:
+        w = ld.worker(0)
+        # Windows of every size up to the queue, tags the records' indices.
+        for room in (1, 5, 16):
+            got = request_all(w, path, table, len(want), room)
+            assert sorted(got) == list(range(len(want)))
+            for j, (o, n) in enumerate(want):
+                assert got[j] == (0, pread(path, o, n)), f"record {j}: {o}+{n}"
+        # The same records as bytes, and as numpy tables: (n, 4) uint64 and
+        # the structured layout of al_range.
+        tables = [bytes(table)]
+        if np is not None:
+            a = np.zeros((len(want), 4), np.uint64)
+            a[:, 0] = [o for o, _ in want]
+            a[:, 1] = [n for _, n in want]
+            a[:, 3] = asyncloader.NO_DEST
+            s = np.zeros(
+                len(want),
+                dtype=[("offset", "<u8"), ("len", "<u8"), ("dst_offset", "<u8"), ("mem", "<u4"), ("reserved", "<u4")],
+            )
+            s["offset"], s["len"], s["mem"] = a[:, 0], a[:, 1], asyncloader.NO_DEST
+            assert a.tobytes() == s.tobytes() == bytes(table)
+            ro = a.copy()
+            ro.flags.writeable = False
+            tables += [a, s, ro]
+        for t in tables:
+            got = request_all(w, path, t, len(want), 16, first_tag=1000)
+            assert got == {1000 + j: (0, pread(path, o, n)) for j, (o, n) in enumerate(want)}
+        assert w.outstanding == 0
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_request_ranges_into_the_arena_and_registered_memory(tmp_path, backend, direct):
+    size = 2_000_003
+    path = data_file(tmp_path, "big", size, 12)
+    disk = pread(path, 0, size)
+    rng = random.Random(3)
+    # Members of a "shard": ranges larger than max_file_size too (no limit
+    # with a destination), packed at odd places of the arena.
+    spans = [(0, 100), (1, MAX * 3), (size - 5, 100), (size + 10, 7), (12_345, 0)]
+    spans += [(rng.randrange(size), rng.randrange(200_000)) for _ in range(40)]
+    items, place = [], 5
+    for o, n in spans:
+        items.append((o, n, asyncloader.ARENA, place))
+        place += n + 3
+    assert place < ARENA_SIZE
+    with make_loader(backend, direct=direct) as ld:
+        w = ld.worker(0)
+        arena = ld.arena
+        arena[:] = b"\xa5" * len(arena)
+        got = request_all(w, path, asyncloader.pack_ranges(items), len(items), 16)
+        mask = bytearray(b"\xa5" * len(arena))
+        for j, (o, n, _m, at) in enumerate(items):
+            exp = disk[o : o + n]
+            assert got[j] == (0, exp), f"record {j}"
+            assert arena[at : at + len(exp)] == exp
+            mask[at : at + len(exp)] = exp
+        assert arena.tobytes() == bytes(mask), "written outside the spans"
+        # Registered memory, and a mix with entry buffers, in one table.
+        mine = bytearray(b"\x5a" * 1000)
+        mem = ld.register(mine)
+        mixed = [(10, 100, mem, 0), (20, 50), (30, 900, mem, 100), (size - 1, 10, asyncloader.NO_DEST, 123)]
+        got = request_all(w, path, asyncloader.pack_ranges(mixed), len(mixed), 16)
+        assert got == {
+            0: (0, disk[10:110]),
+            1: (0, disk[20:70]),
+            2: (0, disk[30:930]),
+            3: (0, disk[size - 1 :]),
+        }
+        assert mine == disk[10:110] + disk[30:930]
+        ld.unregister(mem)
+
+
+def test_request_ranges_partial_when_the_queue_is_full(tmp_path, backend):
+    path = data_file(tmp_path, "f", 10_000, 4)
+    items = [(i * 100, 10 + i) for i in range(10)]
+    table = asyncloader.pack_ranges(items)
+    with make_loader(backend, qd=4) as ld:
+        w = ld.worker(0)
+        assert w.request_ranges(path, table) == 4  # a prefix: the queue holds 4
+        assert w.request_ranges(path, table, start=4) == 0  # full: 0, no error
+        assert w.request_range(path, 0, 1) is False
+        got = take(w, 4)
+        assert got == {j: (0, pread(path, *items[j])) for j in range(4)}
+        # The rest after releasing, from where it stopped.
+        assert w.request_ranges(path, table, start=4) == 4
+        got = take(w, 4)
+        assert w.request_ranges(path, table, start=8) == 2
+        got.update(take(w, 2))
+        assert got == {j: (0, pread(path, *items[j])) for j in range(4, 10)}
+        # Half the queue held elsewhere: the prefix is what fits.
+        assert w.request_range(path, 0, 1, tag=99) and w.request_range(path, 0, 1, tag=98)
+        assert w.request_ranges(path, table, start=3) == 2
+        assert sorted(take(w, 4)) == [3, 4, 98, 99]
+        assert w.outstanding == 0
+
+
+def test_request_ranges_stops_at_a_bad_range(tmp_path, backend):
+    path = data_file(tmp_path, "f", 100_000, 5)
+    with make_loader(backend) as ld:
+        w = ld.worker(0)
+        arena = ld.arena
+        arena[:] = b"\xc3" * len(arena)
+        alen = len(arena)
+        bads = [
+            ((0, MAX + 1), errno.EFBIG),  # longer than an entry buffer
+            (((1 << 63) - 1, 1), errno.EINVAL),  # past the largest file offset
+            ((0, 10, asyncloader.ARENA, alen - 5), errno.EINVAL),  # outside the arena
+            ((0, 10, 7, 0), errno.EINVAL),  # no such memory
+        ]
+        for bad, code in bads:
+            items = [(0, 10), (100, 10, asyncloader.ARENA, 0), (200, 10), bad, (300, 10), (400, 10)]
+            table = asyncloader.pack_ranges(items)
+            # The ranges before it are queued, and the count says so.
+            assert w.request_ranges(path, table, first_tag=50) == 3
+            # From there, the bad one raises with the library's errno.
+            with pytest.raises(OSError) as ei:
+                w.request_ranges(path, table, first_tag=50, start=3)
+            assert ei.value.errno == code, bad
+            assert ei.value.filename == path
+            assert "record 3" in str(ei.value)
+            # Past it, the rest.
+            assert w.request_ranges(path, table, first_tag=50, start=4) == 2
+            got = take(w, 5)
+            assert got == {
+                50: (0, pread(path, 0, 10)),
+                51: (0, pread(path, 100, 10)),
+                52: (0, pread(path, 200, 10)),
+                54: (0, pread(path, 300, 10)),
+                55: (0, pread(path, 400, 10)),
+            }
+            assert arena[:10] == pread(path, 100, 10)
+            arena[:10] = b"\xc3" * 10
+        assert arena.tobytes() == b"\xc3" * alen, "a refused range wrote"
+        assert w.outstanding == 0
+
+
+def test_request_ranges_refuses_a_record_with_reserved_bits(tmp_path, backend):
+    import struct
+
+    path = data_file(tmp_path, "f", 1000, 6)
+    table = bytearray(asyncloader.pack_ranges([(0, 10), (10, 10), (20, 10)]))
+    struct.pack_into("=I", table, 32 + 28, 1)  # record 1: reserved = 1
+    with make_loader(backend) as ld:
+        w = ld.worker(0)
+        assert w.request_ranges(path, table) == 1
+        with pytest.raises(OSError) as ei:
+            w.request_ranges(path, table, start=1)
+        assert ei.value.errno == errno.EINVAL
+        # mem = NO_DEST with reserved bits: still refused, nothing queued.
+        struct.pack_into("=II", table, 32 + 24, asyncloader.NO_DEST, 0x8000_0000)
+        with pytest.raises(OSError) as ei:
+            w.request_ranges(path, table, start=1)
+        assert ei.value.errno == errno.EINVAL
+        assert w.request_ranges(path, table, start=2) == 1
+        assert take(w, 2) == {0: (0, pread(path, 0, 10)), 2: (0, pread(path, 20, 10))}
+        assert w.outstanding == 0
+
+
+def test_request_ranges_start_count_and_the_table(tmp_path, backend):
+    path = data_file(tmp_path, "f", 10_000, 7)
+    items = [(i * 10, 5) for i in range(8)]
+    table = asyncloader.pack_ranges(items)
+    with make_loader(backend) as ld:
+        w = ld.worker(0)
+        assert w.request_ranges(path, table, start=2, count=3) == 3
+        assert sorted(take(w, 3)) == [2, 3, 4]
+        # count is cut to the records there are, as a slice; 0 and the end
+        # request nothing.
+        assert w.request_ranges(path, table, start=6, count=100) == 2
+        assert sorted(take(w, 2)) == [6, 7]
+        assert w.request_ranges(path, table, start=3, count=0) == 0
+        assert w.request_ranges(path, table, start=8) == 0
+        assert w.request_ranges(path, bytearray()) == 0
+        # Tags: first_tag + the record's index in the table, modulo 2**64.
+        assert w.request_ranges(path, table, first_tag=(1 << 64) - 2, start=1, count=3) == 3
+        assert sorted(take(w, 3)) == [0, 1, (1 << 64) - 1]
+        # A slice of the table is a table too (tags count from the slice).
+        assert w.request_ranges(path, memoryview(table)[5 * 32 :], first_tag=5) == 3
+        assert take(w, 3) == {5 + j: (0, pread(path, *items[5 + j])) for j in range(3)}
+        # Bad arguments: ValueError / TypeError, nothing queued.
+        with pytest.raises(ValueError):
+            w.request_ranges(path, table, start=9)
+        with pytest.raises(ValueError):
+            w.request_ranges(path, table, start=-1)
+        with pytest.raises(ValueError):
+            w.request_ranges(path, table, count=-1)
+        with pytest.raises(TypeError):
+            w.request_ranges(path, table, start=1.0)
+        with pytest.raises(ValueError):
+            w.request_ranges(path, table, first_tag=-1)
+        with pytest.raises(ValueError):
+            w.request_ranges(path, table[:-1])  # not whole records
+        with pytest.raises(TypeError):
+            w.request_ranges(path, "a" * 32)  # not a buffer
+        with pytest.raises(TypeError):
+            w.request_ranges(path, items)  # a list: pack it first
+        with pytest.raises(ValueError):
+            w.request_ranges("a\0b", table)
+        with pytest.raises(OSError) as ei:
+            w.request_ranges("/" + "x" * 5000, table)
+        assert ei.value.errno == errno.ENAMETOOLONG
+        if np is not None:
+            with pytest.raises(ValueError):
+                w.request_ranges(path, np.zeros((4, 8), np.uint64)[:, ::2])  # not contiguous
+        assert w.outstanding == 0
+        # The table is read in place, not kept: a bytearray can grow after.
+        table += asyncloader.pack_ranges([(0, 1)])
+        assert w.request_ranges(path, table, start=8) == 1
+        assert take(w, 1) == {8: (0, pread(path, 0, 1))}
+
+
+def test_pack_ranges_checks_every_item():
+    t = asyncloader.pack_ranges([(1, 2), (3, 4, asyncloader.ARENA, 5), (6, 7, 3, 8)])
+    rec = [t[i : i + 32] for i in range(0, len(t), 32)]
+    import struct
+
+    assert [struct.unpack("=QQQII", r) for r in rec] == [
+        (1, 2, 0, asyncloader.NO_DEST, 0),
+        (3, 4, 5, 0, 0),
+        (6, 7, 8, 3, 0),
+    ]
+    assert asyncloader.pack_ranges([]) == bytearray()
+    assert asyncloader.pack_ranges(iter([(0, 1)])) == asyncloader.pack_ranges([(0, 1)])
+    for bad, exc in [
+        ([(1,)], ValueError),
+        ([(1, 2, 3)], ValueError),
+        ([(-1, 2)], ValueError),
+        ([(0, 1 << 64)], ValueError),
+        ([(0, 1, 1 << 32, 0)], ValueError),
+        ([(0, 1, 0, -1)], ValueError),
+        ([(0, 1.5)], TypeError),
+        ([(True, 1)], TypeError),
+        ([(0, 1), (0, "1")], TypeError),
+    ]:
+        with pytest.raises(exc) as ei:
+            asyncloader.pack_ranges(bad)
+        assert f"item {len(bad) - 1}" in str(ei.value)
+
+
+def test_load_ranges_packs_runs_of_one_path(tmp_path, backend, monkeypatch):
+    a = data_file(tmp_path, "a", 50_000, 1)
+    b = data_file(tmp_path, "b", 50_000, 2)
+    rng = random.Random(9)
+    items = []
+    for k in range(300):
+        # Runs of one path of every length, the path as str, bytes, Path.
+        p = a if (k // rng.choice([1, 3, 7])) % 2 else b
+        p = [p, os.fsencode(p), type(tmp_path)(p)][k % 3 if k % 11 == 0 else 0]
+        items.append((p, rng.randrange(50_100), rng.randrange(2000)))
+    items[17] = (a, 0, MAX + 1)  # refused by the library: EFBIG in its turn
+    items[40] = (a, -1, 10)  # not a range: ValueError in its turn
+    items[41] = (a, "0", 10)  # TypeError
+    items[42] = ("a\0b", 0, 10)  # ValueError
+    items[43] = (str(tmp_path / "missing"), 0, 10)  # FileNotFoundError
+    lib = asyncloader._ffi.lib()
+
+    def check(window):
+        out = []
+        it = w.load_ranges(iter(items), window=window)
+        for k in range(len(items)):
+            try:
+                out.append(next(it))
+            except (OSError, ValueError, TypeError) as e:
+                out.append(type(e))
+                it = w.load_ranges(iter(items[k + 1 :]), window=window)  # go on after it
+        exp = []
+        for k, (p, o, n) in enumerate(items):
+            exp.append(
+                {17: OSError, 40: ValueError, 41: TypeError, 42: ValueError, 43: FileNotFoundError}.get(k)
+                or pread(os.fsdecode(p), o, n)
+            )
+        assert out == exp
+        assert w.outstanding == 0
+
+    with make_loader(backend) as ld:
+        w = ld.worker(0)
+        for window in (1, 3, 16):
+            check(window)
+        # A library without al_worker_request_ranges: one call per range.
+        monkeypatch.setattr(lib, "al_worker_request_ranges", None)
+        check(5)
+        with pytest.raises(NotImplementedError):
+            w.request_ranges(a, asyncloader.pack_ranges([(0, 1)]))
