@@ -29,10 +29,21 @@ row produces every member's bytes:
   one ``memoryview`` slice per member: the plain counterpart of the arena
   row.
 * ``asyncloader load_ranges``: ``Worker.load_ranges`` of every member's
-  ``(shard, offset_data, size)``: ``bytes`` per member, in index order.
-* ``asyncloader arena views``: ``Worker.request_into`` of every member into
-  the loader's arena, packed, then one ``memoryview`` slice of the arena per
-  member (no copy; what a decoder reading from memory gets).
+  ``(shard, offset_data, size)`` (the list built before the clock):
+  ``bytes`` per member, in index order. It packs runs of the items into
+  range tables itself, inside the clock.
+* ``asyncloader request_ranges``: the same bytes through
+  ``Worker.request_ranges`` from a table of every member
+  (``asyncloader.pack_ranges``, built once before the clock, like the
+  pools' index): one library call per refill of the queue, a ``bytes`` per
+  member put in its place by its tag.
+* ``asyncloader arena views``: ``Worker.request_ranges`` of a table that
+  sends every member into the loader's arena, packed (built once before
+  the clock), then one ``memoryview`` slice of the arena per member (no
+  copy; what a decoder reading from memory gets).
+* ``asyncloader arena views, 1 call/member``: the same with one
+  ``Worker.request_into`` per member (for comparison: what the table
+  saves).
 
 Each run is verified member by member against ``tarfile``'s extraction
 (count, and every byte). A run that lost or mismatched a member makes the
@@ -199,15 +210,65 @@ def row_pread_into(
 
 
 def row_load_ranges(worker, path: str, idx: list) -> tuple[float, list]:
+    items = [(path, off, size) for _name, off, size in idx]
     t0 = time.perf_counter()
-    datas = list(worker.load_ranges([(path, off, size) for _name, off, size in idx]))
+    datas = list(worker.load_ranges(items))
     dt = time.perf_counter() - t0
     return dt, [(name, d) for (name, _o, _s), d in zip(idx, datas)]
 
 
-def row_arena(worker, path: str, idx: list, places: list) -> tuple[float, list]:
-    """Every member into the arena at ``places[i]``, a window of requests
-    in flight; then one view per member."""
+def _window(worker, p: bytes, table, n: int, on_batch) -> None:
+    """Every record of ``table`` through ``request_ranges``, the queue kept
+    full (one call per refill); ``on_batch(b)`` for each batch taken."""
+    qd = worker.loader.queue_depth
+    nxt = done = 0
+    while done < n:
+        if nxt < n and nxt - done < qd:
+            nxt += worker.request_ranges(p, table, start=nxt, count=qd - (nxt - done))
+            if nxt == done:
+                raise RuntimeError("queue full with nothing of this row in flight")
+        with worker.get_batch(qd) as b:
+            on_batch(b)
+            done += len(b)
+
+
+def row_request_ranges(worker, path: str, idx: list, table) -> tuple[float, list]:
+    """``bytes`` of every member from a table of ranges into entry buffers
+    (built before the clock), each put in its place by its tag."""
+    n = len(idx)
+    datas: list = [None] * n
+
+    def on_batch(b):
+        for i, t in enumerate(b.tags):
+            datas[t] = b.data(i)  # raises for a failed member
+
+    t0 = time.perf_counter()
+    _window(worker, os.fsencode(path), table, n, on_batch)
+    dt = time.perf_counter() - t0
+    return dt, [(name, d) for (name, _o, _s), d in zip(idx, datas)]
+
+
+def row_arena(worker, path: str, idx: list, places: list, table) -> tuple[float, list]:
+    """Every member into the arena at ``places[i]`` from a table of ranges
+    (built before the clock), a window of requests in flight; then one
+    view per member."""
+    n = len(idx)
+    sizes = [-1] * n
+
+    def on_batch(b):
+        for t, s, e in zip(b.tags, b.sizes, b.errors):
+            sizes[t] = -e if e else s
+
+    t0 = time.perf_counter()
+    _window(worker, os.fsencode(path), table, n, on_batch)
+    arena = worker.arena
+    out = [(name, arena[places[i] : places[i] + max(sizes[i], 0)]) for i, (name, _o, _s) in enumerate(idx)]
+    return time.perf_counter() - t0, out
+
+
+def row_arena_per_call(worker, path: str, idx: list, places: list) -> tuple[float, list]:
+    """As :func:`row_arena` with one ``request_into`` per member (no
+    table)."""
     t0 = time.perf_counter()
     p = os.fsencode(path)
     qd = worker.loader.queue_depth
@@ -304,6 +365,12 @@ def run(args: argparse.Namespace) -> int:
     )
     loader.start()
     worker = loader.worker(0)
+    # The range tables, built once (setup, like the index): every member
+    # into an entry buffer, and every member into the arena at its place.
+    buf_table = asyncloader.pack_ranges([(off, size) for _n, off, size in eng_idx])
+    arena_table = asyncloader.pack_ranges(
+        [(off, size, asyncloader.ARENA, places[i]) for i, (_n, off, size) in enumerate(eng_idx)]
+    )
     tf = tarfile.open(path)
     members = [m for m in tf.getmembers() if m.isfile()]
     buf = memoryview(bytearray(max(1, at)))  # the pread rows' reused buffer
@@ -320,7 +387,9 @@ def run(args: argparse.Namespace) -> int:
             for t in pools
         },
         "asyncloader load_ranges": lambda: row_load_ranges(worker, path, eng_idx),
-        "asyncloader arena views": lambda: row_arena(worker, path, eng_idx, places),
+        "asyncloader request_ranges": lambda: row_request_ranges(worker, path, eng_idx, buf_table),
+        "asyncloader arena views": lambda: row_arena(worker, path, eng_idx, places, arena_table),
+        "asyncloader arena views, 1 call/member": lambda: row_arena_per_call(worker, path, eng_idx, places),
     }
     names = list(rows)
     times: dict[str, list] = {n: [] for n in names}
@@ -354,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         print(f"NOT COMPARABLE: every row must produce all {len(ref)} members byte for byte:")
         for name in names:
-            print(f"  {name:26s} {'FAILED: ' + failures[name] if name in failures else 'ok'}")
+            print(f"  {name:38s} {'FAILED: ' + failures[name] if name in failures else 'ok'}")
         return 1
     if args.check:
         print(f"check ok: {len(names)} rows, every one gave all {len(ref)} members byte for byte")
@@ -362,10 +431,10 @@ def run(args: argparse.Namespace) -> int:
 
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"median of {repeat} runs (warm page cache, rows interleaved):")
-    print(f"  {'row':26s} {'members/s':>11s} {'MB/s':>8s}   runs (members/s)")
+    print(f"  {'row':38s} {'members/s':>11s} {'MB/s':>8s}   runs (members/s)")
     for n in names:
         runs = ", ".join(f"{len(idx) / t:,.0f}" for t in times[n])
-        print(f"  {n:26s} {len(idx) / med[n]:11,.0f} {total / med[n] / 1e6:8.0f}   {runs}")
+        print(f"  {n:38s} {len(idx) / med[n]:11,.0f} {total / med[n] / 1e6:8.0f}   {runs}")
     base = [n for n in names if not n.startswith("asyncloader")]
     for n in names:
         if n.startswith("asyncloader"):

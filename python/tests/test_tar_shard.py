@@ -34,7 +34,7 @@ def test_check_verifies_every_member(extra):
     rc, out = run("--check", *extra)
     assert rc == 0, out
     cores = os.cpu_count() or 1
-    rows = 2 + 2 * len({cores, 2 * cores}) + 2  # tarfile x2, pread pools x2, asyncloader x2
+    rows = 2 + 2 * len({cores, 2 * cores}) + 4  # tarfile x2, pread pools x2, asyncloader x4
     assert f"check ok: {rows} rows" in out and "all 120 members byte for byte" in out, out
     assert "NOT COMPARABLE" not in out and not RATIO.search(out), out
 
@@ -53,5 +53,5 @@ def test_benchmark_prints_ratios_against_every_baseline(tmp_path):
     assert "90 members" in out and "median of 2 runs" in out, out
     cores = os.cpu_count() or 1
     n_base = 2 + 2 * len({cores, 2 * cores})
-    assert len(RATIO.findall(out)) == 2 * n_base, out
+    assert len(RATIO.findall(out)) == 4 * n_base, out
     assert (tmp_path / "asyncloader-bench" / "shard-30-s1.tar").exists()
