@@ -219,11 +219,13 @@ def row_load_ranges(worker, path: str, idx: list) -> tuple[float, list]:
 
 def _window(worker, p: bytes, table, n: int, on_batch) -> None:
     """Every record of ``table`` through ``request_ranges``, the queue kept
-    full (one call per refill); ``on_batch(b)`` for each batch taken."""
+    full (one call per refill, once there is room for 16 ranges);
+    ``on_batch(b)`` for each batch taken."""
     qd = worker.loader.queue_depth
+    refill = max(1, min(16, qd // 4))  # ranges per call, at least
     nxt = done = 0
     while done < n:
-        if nxt < n and nxt - done < qd:
+        if nxt < n and (qd - (nxt - done) >= refill or nxt == done):
             nxt += worker.request_ranges(p, table, start=nxt, count=qd - (nxt - done))
             if nxt == done:
                 raise RuntimeError("queue full with nothing of this row in flight")

@@ -303,8 +303,10 @@ class Worker:
 
         Consecutive items of one path are packed into a table and queued
         with :meth:`request_ranges`, one library call per refill of the
-        window rather than one per range (a few items are taken from
-        ``items`` ahead of the window for that).
+        window rather than one per range: a refill waits until there is
+        room for ``min(16, window // 4)`` ranges (at least 1), and up to
+        ``max(64, 2 * window)`` items are taken from ``items`` ahead of
+        the window to pack them.
 
         The members of a tar file, say::
 
@@ -319,6 +321,7 @@ class Worker:
         one = lib.need("al_worker_request_range_bytes") if many is None else None
         h = self._h
         run_cap = max(64, 2 * window)  # items packed per run, at most
+        refill = max(1, min(16, window // 4))  # ranges queued per call, at least
         it = iter(items)
         done: Dict[int, Any] = {}  # tag -> bytes or the exception
         nxt: Any = _NONE  # the next item, taken from `it` but not packed
@@ -339,8 +342,10 @@ class Worker:
         exhausted = False
         try:
             while True:
-                # Refill, never more than `window` items ahead of the output.
-                while outstanding < window and n_req < n_out + window:
+                # Refill, never more than `window` items ahead of the output,
+                # and only once there is room for `refill` (a call per
+                # yielded item otherwise: room comes one item at a time).
+                while min(window - outstanding, n_out + window - n_req) >= refill:
                     if run_pos == run_n:
                         if bad is not None:  # it fails in its turn
                             done[n_req] = bad

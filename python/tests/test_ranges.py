@@ -840,3 +840,22 @@ def test_load_ranges_packs_runs_of_one_path(tmp_path, backend, monkeypatch):
         check(5)
         with pytest.raises(NotImplementedError):
             w.request_ranges(a, asyncloader.pack_ranges([(0, 1)]))
+
+
+def test_load_ranges_queues_many_ranges_per_call(tmp_path, backend, monkeypatch):
+    path = data_file(tmp_path, "f", 100_000, 3)
+    items = [(path, i * 37 % 99_000, 1 + i % 1000) for i in range(2000)]
+    lib = asyncloader._ffi.lib()
+    real = lib.al_worker_request_ranges
+    calls = []
+
+    def counting(h, p, plen, addr, n, first_tag, acc):
+        calls.append(n)
+        return real(h, p, plen, addr, n, first_tag, acc)
+
+    monkeypatch.setattr(lib, "al_worker_request_ranges", counting)
+    with make_loader(backend, qd=64) as ld:
+        w = ld.worker(0)
+        assert list(w.load_ranges(items)) == [pread(path, o, n) for _, o, n in items]
+        # Room comes back one yielded item at a time: a call waits for 16.
+        assert sum(calls) >= len(items) and len(calls) <= len(items) // 16 + 40, calls
