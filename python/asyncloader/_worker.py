@@ -433,7 +433,8 @@ class Worker:
                         f"worker {self._id}: queue full with no range of this "
                         "load in flight: release the entries you hold"
                     )
-                with self.get_batch(min(32, outstanding)) as b:
+                # Every completion that is ready, in one call.
+                with self.get_batch(outstanding) as b:
                     outstanding -= len(b)
                     for i, t in enumerate(b.tags):
                         done[t] = b.exception(i) if b.errors[i] else b.data(i)
