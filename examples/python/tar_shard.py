@@ -45,6 +45,12 @@ row produces every member's bytes:
   ``Worker.request_into`` per member (for comparison: what the table
   saves).
 
+``caller CPU``: the CPU time of the thread that runs the row (the Python
+thread), per member, median of the runs: less noisy than the clock on a
+busy machine, and what Python pays per member. The ``pread`` pools' work is
+in their threads, not counted there: compare it between the asyncloader
+rows only.
+
 Each run is verified member by member against ``tarfile``'s extraction
 (count, and every byte). A run that lost or mismatched a member makes the
 benchmark fail (exit status 1) without any ratio: the failing rows and what
@@ -395,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
     }
     names = list(rows)
     times: dict[str, list] = {n: [] for n in names}
+    cpus: dict[str, list] = {n: [] for n in names}  # the calling thread's CPU
     failures: dict[str, str] = {}
     repeat = 1 if args.check else args.repeat
     try:
@@ -403,7 +410,9 @@ def run(args: argparse.Namespace) -> int:
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 try:
+                    c0 = time.thread_time()
                     dt, out = rows[name]()
+                    cpus[name].append(time.thread_time() - c0)
                     why = verify(out, ref)
                     del out
                 except Exception as e:  # a row that cannot finish is a failure too
@@ -433,10 +442,11 @@ def run(args: argparse.Namespace) -> int:
 
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"median of {repeat} runs (warm page cache, rows interleaved):")
-    print(f"  {'row':38s} {'members/s':>11s} {'MB/s':>8s}   runs (members/s)")
+    print(f"  {'row':38s} {'members/s':>11s} {'MB/s':>8s} {'caller CPU':>10s}   runs (members/s)")
     for n in names:
         runs = ", ".join(f"{len(idx) / t:,.0f}" for t in times[n])
-        print(f"  {n:38s} {len(idx) / med[n]:11,.0f} {total / med[n] / 1e6:8.0f}   {runs}")
+        cpu = statistics.median(cpus[n]) / len(idx) * 1e6
+        print(f"  {n:38s} {len(idx) / med[n]:11,.0f} {total / med[n] / 1e6:8.0f} {cpu:7.2f} us   {runs}")
     base = [n for n in names if not n.startswith("asyncloader")]
     for n in names:
         if n.startswith("asyncloader"):
