@@ -4,7 +4,7 @@
 # fio's sequential 1 MiB reads of the same files (issue 15).
 #
 #   benches/large-files.sh [--install] [--size 1G] [--files 3] [--repeat 5]
-#                          [--buffered] [--keep] [--bin PATH]
+#                          [--buffered] [--huge] [--keep] [--bin PATH]
 #                          [--fio-iodepth "8 32"] [--fio-args "..."]
 #                          [--engine-args "..."] [DIR]
 #
@@ -18,7 +18,11 @@
 #   large_files --direct over the same files (sizes and 64 random 4 KiB
 #     blocks per file compared with pread after each run).
 # The two alternate which goes first. --buffered adds a cold buffered pair:
-#   fio --direct=0 and large_files without --direct.
+#   fio --direct=0 and large_files without --direct. --huge adds a pair
+#   whose memory is in huge pages: fio --iomem=shmhuge (this script reserves
+#   64 hugetlb pages, 128 MiB, and gives them back at the end) and
+#   large_files --dest registered --hugepages (transparent huge pages). On a
+#   virtio disk the pages a 1 MiB read lands in matter: see docs/bench.md.
 # --fio-iodepth "8 32": fio once per iodepth each round (default 32; the
 #   ratios are against each).
 # --fio-args / --engine-args: more options for fio / large_files (e.g.
@@ -32,7 +36,7 @@
 # (exit 1) when a load failed or its bytes differ from the file.
 set -euo pipefail
 
-install=0 size=1G nfiles=3 repeat=5 buffered=0 keep=0 bin="" dir="" depths=32
+install=0 size=1G nfiles=3 repeat=5 buffered=0 huge=0 keep=0 bin="" dir="" depths=32
 fio_args="" engine_args=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,12 +45,13 @@ while [ $# -gt 0 ]; do
     --files) nfiles="$2"; shift ;;
     --repeat) repeat="$2"; shift ;;
     --buffered) buffered=1 ;;
+    --huge) huge=1 ;;
     --keep) keep=1 ;;
     --bin) bin="$2"; shift ;;
     --fio-args) fio_args="$2"; shift ;;
     --fio-iodepth) depths="$2"; shift ;;
     --engine-args) engine_args="$2"; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) dir="$1" ;;
   esac
@@ -78,8 +83,12 @@ bytes="$(numfmt --from=iec "$size")"
 
 tmp="$(mktemp -d)"
 made=()
+hugepages_before=""
 cleanup() {
   rm -rf "$tmp"
+  if [ -n "$hugepages_before" ]; then
+    echo "$hugepages_before" >/proc/sys/vm/nr_hugepages || true
+  fi
   if [ "$keep" = 0 ] && [ ${#made[@]} -gt 0 ]; then rm -f "${made[@]}"; fi
 }
 trap cleanup EXIT
@@ -98,6 +107,14 @@ sync
 fio_files="$(IFS=:; echo "${files[*]}")"
 fs="$(df --output=source,fstype "$dir" | tail -1 | tr -s ' ')"
 
+if [ "$huge" = 1 ]; then
+  hugepages_before="$(cat /proc/sys/vm/nr_hugepages)"
+  if [ "$hugepages_before" -lt 64 ] && ! echo 64 >/proc/sys/vm/nr_hugepages 2>/dev/null; then
+    echo "--huge: cannot reserve hugetlb pages for fio (not root?)" >&2
+    exit 2
+  fi
+fi
+
 cold=1
 drop() {
   sync
@@ -109,14 +126,14 @@ drop() {
   fi
 }
 
-# fio_run NAME DIRECT IODEPTH: MB/s of fio's sequential 1 MiB reads over
-# the files.
+# fio_run NAME DIRECT IODEPTH [FIO_OPTION]: MB/s of fio's sequential 1 MiB
+# reads over the files.
 fio_run() {
   drop
   # shellcheck disable=SC2086 # fio_args is split on purpose
   fio --name=seq --filename="$fio_files" --rw=read --bs=1m --iodepth="$3" \
       --direct="$2" --ioengine=io_uring --file_service_type=sequential \
-      $fio_args --output-format=json >"$tmp/$1.json"
+      ${4:-} $fio_args --output-format=json >"$tmp/$1.json"
   json_get "$tmp/$1.json" "'%.1f' % (d['jobs'][0]['read']['bw_bytes']/1e6)"
 }
 
@@ -140,11 +157,16 @@ echo "== $nfiles files of $size in $dir ($fs), $repeat rounds" >&2
 echo "   fio --rw=read --bs=1m --iodepth=${depths// /|} --ioengine=io_uring --file_service_type=sequential $fio_args" >&2
 echo "   $bin $engine_args (one request_into per file)" >&2
 rows=(direct)
+[ "$huge" = 1 ] && rows+=(huge)
 [ "$buffered" = 1 ] && rows+=(buffered)
 : >"$tmp/rounds"
 for r in $(seq 1 "$repeat"); do
   for row in "${rows[@]}"; do
-    if [ "$row" = direct ]; then d=1; flag=--direct; else d=0; flag=""; fi
+    case "$row" in
+      direct) d=1 fio_mem="" flag=--direct ;;
+      huge) d=1 fio_mem=--iomem=shmhuge flag="--direct --dest registered --hugepages" ;;
+      buffered) d=0 fio_mem="" flag="" ;;
+    esac
     # Alternate the order: a disk that slows down within a run (or noise
     # from other work) does not always land on the same side.
     line="round $r $row"
@@ -152,7 +174,8 @@ for r in $(seq 1 "$repeat"); do
       e="$(engine_run "al-$row-$r" $flag)"
     fi
     for qd in $depths; do
-      f="$(fio_run "fio-$row-$qd-$r" $d "$qd")"
+      f="$(fio_run "fio-$row-$qd-$r" $d "$qd" $fio_mem)"
+      if [ -z "$f" ]; then echo "fio failed (row $row, iodepth $qd)" >&2; exit 1; fi
       echo "$row fio-qd$qd $f" >>"$tmp/rounds"
       line="$line  fio-qd$qd $f"
     done
@@ -176,7 +199,7 @@ failed, cold = sys.argv[2] == "1", sys.argv[3] == "1"
 print(f"{'row':<9} {'who':<12} {'MB/s median (range)':>24} {'asyncloader / it':>17} {'per round':>11}")
 for row, whos in runs.items():
     al = whos.get("asyncloader", [])
-    note = "" if cold or row == "direct" else "  (WARM: caches not dropped)"
+    note = "" if cold or row != "buffered" else "  (WARM: caches not dropped)"
     for who, xs in whos.items():
         m = statistics.median(xs)
         cell = f"{m:.0f} ({min(xs):.0f}-{max(xs):.0f})"

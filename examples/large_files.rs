@@ -18,6 +18,12 @@
 //! - `--dest arena|registered`: where the bytes go (default `arena`,
 //!   `Config::arena_size`; `registered`: anonymous memory of this process,
 //!   `Loader::register_memory`).
+//! - `--hugepages`: with `--dest registered`, asks for transparent huge
+//!   pages (`madvise(MADV_HUGEPAGE)` on a 2 MiB aligned mapping): a 1 MiB
+//!   read then lands in one or two physically contiguous pieces instead of
+//!   up to 256 pages (what the kernel gives depends on
+//!   /sys/kernel/mm/transparent_hugepage/enabled; the run prints how much
+//!   of the memory is huge pages).
 //! - `--mem-budget BYTES`: destination memory at most (default 8 GiB). When
 //!   every file fits, each has its own destination and the checks run after
 //!   the clock stops; otherwise destinations are reused and a file is
@@ -49,6 +55,7 @@ struct Args {
     cold: bool,
     inflight: usize,
     registered: bool,
+    hugepages: bool,
     mem_budget: u64,
     verify: bool,
     samples: u32,
@@ -60,7 +67,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("large_files: {msg}");
     eprintln!(
         "usage: large_files [--direct] [--repeat N] [--cold] [--inflight K] \
-         [--dest arena|registered] [--mem-budget BYTES] [--verify] [--samples N] \
+         [--dest arena|registered] [--hugepages] [--mem-budget BYTES] [--verify] [--samples N] \
          [--drive auto|loader|worker] [--backend auto|uring|threads] FILE_OR_DIR..."
     );
     std::process::exit(2)
@@ -74,6 +81,7 @@ fn parse_args() -> Args {
         cold: false,
         inflight: 1,
         registered: false,
+        hugepages: false,
         mem_budget: 8 << 30,
         verify: false,
         samples: 64,
@@ -90,6 +98,7 @@ fn parse_args() -> Args {
             "--direct" => a.direct = true,
             "--cold" => a.cold = true,
             "--verify" => a.verify = true,
+            "--hugepages" => a.hugepages = true,
             "--repeat" => a.repeat = num(it.next(), "--repeat"),
             "--inflight" => a.inflight = num(it.next(), "--inflight"),
             "--mem-budget" => a.mem_budget = num(it.next(), "--mem-budget"),
@@ -122,6 +131,9 @@ fn parse_args() -> Args {
     }
     if a.paths.is_empty() {
         usage("no file or directory given");
+    }
+    if a.hugepages && !a.registered {
+        usage("--hugepages goes with --dest registered (the arena is shared memory)");
     }
     if a.repeat == 0 || a.inflight == 0 {
         usage("--repeat and --inflight must be at least 1");
@@ -221,19 +233,24 @@ fn check(path: &PathBuf, data: &[u8], all: bool, samples: u32, seed: u64) -> Res
 }
 
 /// Destination memory of this process (`--dest registered`): anonymous,
-/// page aligned, unmapped on drop.
+/// page aligned (2 MiB aligned with huge pages), unmapped on drop.
 struct Anon {
+    map: *mut u8,
+    map_len: usize,
     ptr: *mut u8,
     len: usize,
 }
 
+const HUGE: usize = 2 << 20;
+
 impl Anon {
-    fn new(len: usize) -> std::io::Result<Anon> {
+    fn new(len: usize, huge: bool) -> std::io::Result<Anon> {
+        let map_len = if huge { len + HUGE } else { len };
         // SAFETY: a fresh private anonymous mapping; no address is given.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -243,15 +260,45 @@ impl Anon {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Anon { ptr: p.cast(), len })
+        let map = p.cast::<u8>();
+        let skip = if huge {
+            (HUGE - map as usize % HUGE) % HUGE
+        } else {
+            0
+        };
+        // SAFETY: skip < HUGE and the mapping has len + HUGE bytes.
+        let ptr = unsafe { map.add(skip) };
+        // SAFETY: ptr..ptr + len lies inside the mapping made above.
+        if huge && unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) } != 0 {
+            let e = std::io::Error::last_os_error();
+            eprintln!("warning: madvise(MADV_HUGEPAGE): {e}");
+        }
+        Ok(Anon {
+            map,
+            map_len,
+            ptr,
+            len,
+        })
     }
+}
+
+/// AnonHugePages of /proc/self/smaps_rollup, in bytes.
+fn anon_huge_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb << 10)
 }
 
 impl Drop for Anon {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once (the loader that
         // wrote it was shut down before, see main).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        unsafe { libc::munmap(self.map.cast(), self.map_len) };
     }
 }
 
@@ -422,10 +469,12 @@ fn main() {
         std::process::exit(1)
     });
     let anon = if a.registered {
-        Some(Anon::new(dest_len as usize).unwrap_or_else(|e| {
-            eprintln!("mmap {dest_len} bytes: {e}");
-            std::process::exit(1)
-        }))
+        Some(
+            Anon::new(dest_len as usize, a.hugepages).unwrap_or_else(|e| {
+                eprintln!("mmap {dest_len} bytes: {e}");
+                std::process::exit(1)
+            }),
+        )
     } else {
         None
     };
@@ -468,6 +517,13 @@ fn main() {
         let before = loader.stats();
         let r = run(&a, &w, &files, mem, base, slot, slots, round);
         let after = loader.stats();
+        if round == 0 && a.registered {
+            println!(
+                "destination memory in transparent huge pages: {:.1} of {:.1} MB",
+                anon_huge_bytes() as f64 / 1e6,
+                dest_len as f64 / 1e6
+            );
+        }
         let mbs = r.bytes as f64 / 1e6 / r.secs;
         println!(
             "run {}/{}: {} bytes, {} files, {:.3} s, {:.1} MB/s, direct reads {}, \
