@@ -94,11 +94,13 @@ fn ranges(c: &mut Criterion) {
 
     let p = path.as_os_str().as_encoded_bytes();
     let rows = [
+        ("shared-open/1x8", 1, 8, false),
         ("shared-open/1x64", 1, 64, false),
+        ("shared-open/2x4", 2, 4, false),
         ("shared-open/2x8", 2, 8, false),
         ("shared-open/2x16", 2, 16, false),
         ("shared-open/2x64", 2, 64, false),
-        ("open-each/2x16", 2, 16, true),
+        ("open-each/2x8", 2, 8, true),
     ];
     for (name, workers, qd, open_each) in rows {
         // SAFETY: this thread is the only one running here (the pread pool's
