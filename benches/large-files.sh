@@ -58,19 +58,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if ! command -v fio >/dev/null 2>&1; then
-  if [ "$install" = 1 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio
-  else
-    echo "fio is not installed. Install it with:  apt-get install fio" >&2
-    echo "(or rerun this script with --install to let it do that)" >&2
-    exit 2
-  fi
-fi
-
-json_get() { # json_get FILE PYTHON_EXPR_ON_d
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
-}
+# shellcheck source=benches/fio-common.sh
+. "$(dirname "$0")/fio-common.sh"
+need_fio "$install"
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "$bin" ]; then

@@ -4,7 +4,7 @@
 use std::ffi::{CString, c_char, c_int, c_void};
 
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, try_cstr, try_out, try_ref};
+use super::ptr::{put, put_span, try_cstr, try_out, try_ref};
 use super::sized::{self, give, span, take};
 use super::worker::{al_worker, new_handle};
 use crate::config::{BackendKind, Config, Drive};
@@ -516,12 +516,8 @@ pub unsafe extern "C" fn al_loader_arena(
         let len = try_out(len)?;
         // SAFETY: NULL or live (caller).
         let l = unsafe { try_ref(l) }?;
-        let (b, n) = l.loader.arena();
         // SAFETY: both non-NULL and writable (caller).
-        unsafe {
-            put(base, b);
-            put(len, n);
-        }
+        unsafe { put_span(base, len, l.loader.arena()) };
         Ok(())
     })
 }

@@ -39,6 +39,20 @@ pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
     unsafe { p.write(v) }
 }
 
+/// Writes a span (start, length) to two output pointers checked by
+/// [`try_out`].
+///
+/// # Safety
+///
+/// As [`put`], for both pointers.
+pub(crate) unsafe fn put_span<P>(base: *mut P, len: *mut usize, span: (P, usize)) {
+    // SAFETY: the caller's promise, for each pointer.
+    unsafe {
+        put(base, span.0);
+        put(len, span.1);
+    }
+}
+
 /// A NUL-terminated C string.
 ///
 /// # Safety

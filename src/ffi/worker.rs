@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::entry::{al_batch_item, al_entry};
 use super::handles::Table;
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, try_bytes, try_cstr, try_out};
+use super::ptr::{put, put_span, try_bytes, try_cstr, try_out};
 
 use crate::error::Result;
 use crate::loader::LoaderState;
@@ -737,12 +737,8 @@ pub unsafe extern "C" fn al_worker_buffers(
         let len = try_out(len)?;
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        let (b, l) = w.payload().buffer_area();
         // SAFETY: both non-NULL and writable (caller).
-        unsafe {
-            put(base, b);
-            put(len, l);
-        }
+        unsafe { put_span(base, len, w.payload().buffer_area()) };
         Ok(())
     })
 }
@@ -771,12 +767,8 @@ pub unsafe extern "C" fn al_worker_arena(
         let len = try_out(len)?;
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        let (b, l) = w.payload().arena();
         // SAFETY: both non-NULL and writable (caller).
-        unsafe {
-            put(base, b);
-            put(len, l);
-        }
+        unsafe { put_span(base, len, w.payload().arena()) };
         Ok(())
     })
 }
