@@ -97,4 +97,5 @@ pub use kinds::LoaderState;
 pub use loader::{Loader, Stats};
 #[cfg(not(loom))]
 pub use region::ARENA;
+#[cfg(not(loom))]
 pub use worker::{Dest, Entry, Worker};
