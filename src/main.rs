@@ -56,8 +56,10 @@ struct BenchArgs {
     /// asyncloader worker threads / processes.
     #[arg(long, default_value_t = 2)]
     workers: u32,
-    /// Requests each worker keeps outstanding (and entries it owns).
-    #[arg(long, default_value_t = 64)]
+    /// Requests each worker keeps outstanding (and entries it owns); 0 =
+    /// auto: about 1 MiB of the data set's files per worker when warm (8 to
+    /// 64: buffers that stay in the CPU's cache), 64 with --cold or --direct.
+    #[arg(long, default_value_t = 0)]
     queue_depth: u32,
     /// Loader submits a batch once this many requests wait ...
     #[arg(long, default_value_t = 8)]
@@ -179,6 +181,7 @@ fn main() -> ExitCode {
                 ext: a.ext,
                 workers: a.workers,
                 queue_depth: a.queue_depth,
+                queue_depth_auto: false,
                 dispatch_n: a.dispatch_n,
                 idle_iters: a.idle_iters,
                 loader_threads: a.loader_threads,

@@ -124,7 +124,10 @@ pub struct Opts {
     pub dir: Option<PathBuf>,
     pub ext: Option<String>,
     pub workers: u32,
+    /// 0: picked from the data set by `run` (see [`auto_queue_depth`]).
     pub queue_depth: u32,
+    /// `queue_depth` was 0 and `run` picked it.
+    pub queue_depth_auto: bool,
     pub dispatch_n: u32,
     pub idle_iters: u32,
     pub loader_threads: u32,
@@ -177,7 +180,16 @@ fn validate(o: &Opts) -> Res<Budget> {
         ));
     }
     // The smallest buffer: every limit but the buffer size is checked here;
-    // the size is bounded by the budget below.
+    // the size is bounded by the budget below (for the deepest queue an
+    // automatic queue_depth may pick).
+    let o = &Opts {
+        queue_depth: if o.queue_depth == 0 {
+            AUTO_QD_MAX
+        } else {
+            o.queue_depth
+        },
+        ..o.clone()
+    };
     let probe = Config {
         max_file_size: 1,
         ..rows::loader_config(o, 1, o.direct)
@@ -190,6 +202,27 @@ fn validate(o: &Opts) -> Res<Budget> {
         return Err(format!("{flag}: {e}"));
     }
     Budget::new(o.workers, o.queue_depth, o.memory_budget)
+}
+
+/// Bytes of files a worker keeps outstanding with an automatic
+/// `queue_depth`, warm: the buffers of about 1 MiB of files stay in a core's
+/// L2 between loads. Measured on the ImageNet-like set (docs/bench.md,
+/// "queue_depth by file size"): queue_depth 8 loads 0.99x the `ring` row,
+/// 64 loads 0.83x; on small files the depth makes no difference.
+const AUTO_WINDOW_BYTES: u64 = 1 << 20;
+/// The range of an automatic `queue_depth`.
+const AUTO_QD_MIN: u32 = 8;
+const AUTO_QD_MAX: u32 = 64;
+
+/// `queue_depth` for the data set: the deepest with `--cold` or `--direct`
+/// (reads wait on the device: depth is what keeps it busy), else about
+/// [`AUTO_WINDOW_BYTES`] of files per worker.
+fn auto_queue_depth(ds: &DataSet, cold: bool, direct: bool) -> u32 {
+    if cold || direct || ds.files.is_empty() {
+        return AUTO_QD_MAX;
+    }
+    let mean = (ds.total / ds.files.len() as u64).max(1);
+    (AUTO_WINDOW_BYTES / mean).clamp(AUTO_QD_MIN as u64, AUTO_QD_MAX as u64) as u32
 }
 
 /// Runs the bench; returns the process exit code.
@@ -224,6 +257,15 @@ pub fn run(o: Opts) -> Res<i32> {
     };
     let limit = if o.dir.is_some() { o.files } else { None };
     let ds = DataSet::list(&root, o.ext.as_deref(), limit, budget.cap)?;
+    let o = if o.queue_depth == 0 {
+        Opts {
+            queue_depth: auto_queue_depth(&ds, o.cold, o.direct),
+            queue_depth_auto: true,
+            ..o
+        }
+    } else {
+        o
+    };
     let pool_threads = if o.pool_threads == 0 {
         2 * sys::cores()
     } else {

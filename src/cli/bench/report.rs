@@ -74,10 +74,15 @@ pub(super) fn print(
     }
     let _ = writeln!(
         out,
-        "asyncloader: workers {}, drive {}, queue_depth {}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        "asyncloader: workers {}, drive {}, queue_depth {}{}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
         o.workers,
         o.drive,
         o.queue_depth,
+        if o.queue_depth_auto {
+            " (auto: ~1 MiB of files per worker warm, 64 cold/direct)"
+        } else {
+            ""
+        },
         ds.max.max(1),
         human(ds.cap),
         o.dispatch_n,
@@ -266,6 +271,7 @@ pub(super) fn print(
             "config": {
                 "workers": o.workers,
                 "queue_depth": o.queue_depth,
+                "queue_depth_auto": o.queue_depth_auto,
                 "dispatch_n": o.dispatch_n,
                 "idle_iters": o.idle_iters,
                 "loader_threads": o.loader_threads,
