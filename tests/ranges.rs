@@ -504,3 +504,100 @@ fn registrations_of_a_dead_process_are_reused() {
     }
     r.stop();
 }
+
+/// Ranges hammered from several processes at once (one worker each,
+/// forked after the loader started in a loader process): random ranges of
+/// several files, into entry buffers and into each process's own part of
+/// the arena, every byte compared with `pread`, on both backends.
+#[test]
+fn ranges_from_several_processes_match_pread() {
+    const PROCS: u32 = 3;
+    const PER_PROC: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            data_file(
+                dir.path(),
+                &format!("f{i}"),
+                200_000 + i * 77_777,
+                20 + i as u64,
+            )
+        })
+        .collect();
+    for backend in BACKENDS {
+        let r = Running::new(
+            Config {
+                n_workers: PROCS,
+                ..cfg(backend, Drive::Loader, false)
+            },
+            Mode::Process,
+        );
+        let part = r.loader.arena().1 as u64 / PROCS as u64;
+        let pids: Vec<_> = (0..PROCS)
+            .map(|k| {
+                let w = r.worker(k);
+                let files = files.clone();
+                in_child(move || {
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (k as u64 + 1);
+                    let mut rnd = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    // Each in-flight request into the arena gets its own
+                    // slot of this process's part (completions come in any
+                    // order: slots are handed out from a free list).
+                    let slot = part / 16;
+                    let mut free: Vec<u64> = (0..16).collect();
+                    let mut want = std::collections::HashMap::new();
+                    let (mut next, mut done) = (0u64, 0u64);
+                    while done < PER_PROC {
+                        while next < PER_PROC {
+                            let f = &files[(rnd() % files.len() as u64) as usize];
+                            let p = f.as_os_str().as_encoded_bytes();
+                            let off = rnd() % 300_000;
+                            let into = rnd() % 3 == 0 && !free.is_empty();
+                            let len = if into {
+                                rnd() % slot
+                            } else {
+                                rnd() % (64 << 10)
+                            };
+                            let res = if into {
+                                let dest = Dest {
+                                    mem: ARENA,
+                                    offset: k as u64 * part + free[free.len() - 1] * slot,
+                                };
+                                // SAFETY: each of this process's requests
+                                // in flight has its own slot of its own part.
+                                unsafe { w.request_into(p, off, len, dest, next) }
+                            } else {
+                                w.request_range_tagged(p, off, len, next)
+                            };
+                            match res {
+                                Ok(()) => {
+                                    let s = if into { free.pop() } else { None };
+                                    want.insert(next, (f.clone(), off, len, s));
+                                    next += 1;
+                                }
+                                Err(e) if e.kind() == ErrorKind::QueueFull => break,
+                                Err(e) => panic!("request: {e}"),
+                            }
+                        }
+                        let e = wait(&w);
+                        let (f, off, len, s) = want.remove(&e.tag()).expect("a tag we gave");
+                        assert_eq!(e.error(), 0);
+                        assert!(e.data() == &pread(&f, off, len)[..], "{f:?} {off}+{len}");
+                        e.release();
+                        free.extend(s);
+                        done += 1;
+                    }
+                })
+            })
+            .collect();
+        for pid in pids {
+            assert!(child_ok(pid), "{backend:?}: a child failed");
+        }
+        r.stop();
+    }
+}
