@@ -2,7 +2,7 @@
 # Creates (once) or reuses the cached virtual environment with PyTorch (CPU
 # use; PyPI's wheel, ~5 GB with its CUDA libraries), Pillow and numpy, then
 # installs this checkout's Python package and pytest into it and runs the
-# torch tests (python/tests/test_torch.py) with it.
+# torch tests (python/tests/test_torch.py, test_torch_ranges.py) with it.
 #
 #   bash scripts/torch-venv.sh            # create/reuse, install, test
 #   TORCH_VENV=/path bash scripts/torch-venv.sh
@@ -46,4 +46,4 @@ fi
 
 # From outside the source tree, so `import asyncloader` is the installed one.
 cd python/tests
-ASYNCLOADER_REQUIRE_TORCH=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider test_torch.py
+ASYNCLOADER_REQUIRE_TORCH=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider test_torch.py test_torch_ranges.py

@@ -1,4 +1,5 @@
-"""PyTorch datasets over asyncloader: ``FileDataset`` (map-style, batched)
+"""PyTorch datasets over asyncloader: ``FileDataset`` (map-style, batched),
+``RangeDataset`` (the same over byte ranges: samples inside tar shards)
 and ``ShardedFileIterable`` (iterable-style, sharded, epoch-shuffled).
 
 ``torch`` is imported lazily (only when a class is used), so ``import
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import errno as _errno
 import hashlib
+import operator
 import os
 import random
 import re
@@ -39,17 +41,20 @@ import stat as _stat
 import time
 import threading
 from collections import deque
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _entry, _loader, _util, _worker
+from .tar_index import tar_members
 
 __all__ = [
     "FileDataset",
+    "RangeDataset",
     "ShardedFileIterable",
     "EpochBatchSampler",
     "BatchLoadError",
     "SKIP",
     "collate_bytes",
+    "tar_members",
 ]
 
 #: Returned by an ``on_error`` callable: leave the sample out.
@@ -188,10 +193,11 @@ class _LoaderMixin:
     """Owns (or borrows) a Loader and hands each process its worker."""
 
     def _init_loader(self, paths, loader, max_file_size, n_workers, queue_depth, loader_kwargs,
-                     need_sizes=False):
-        # File sizes: for max_file_size=None and for the lookahead's budget.
-        self._file_sizes: Optional[List[int]] = None
-        if (max_file_size is None and loader is None) or need_sizes:
+                     need_sizes=False, sizes=None):
+        # File sizes: for max_file_size=None and for the lookahead's budget
+        # (``sizes``: known already, the lengths of byte ranges say).
+        self._file_sizes: Optional[List[int]] = sizes
+        if sizes is None and ((max_file_size is None and loader is None) or need_sizes):
             self._file_sizes = _sizes(paths)
         if loader is not None:
             self._loader = loader
@@ -533,6 +539,78 @@ class _Lookahead:
         self.wanted = set()
 
 
+def _load_packed(ds: Any, worker: _worker.Worker, idx: List[int], request: Callable[[int], int],
+                 name: Callable[[int], str], short: Optional[List[int]] = None) -> "PackedSamples":
+    """The batch loop of ``packed=True`` (:class:`FileDataset`,
+    :class:`RangeDataset`): ``request(nxt)`` queues positions ``nxt, ...``
+    of the batch, each tagged with its position, and returns how many it
+    queued; the entries are handed over as tickets. ``name(pos)`` is the
+    path ``on_error`` sees; with ``short`` (the lengths asked for), an
+    entry of fewer bytes fails with ``ENODATA``."""
+    loader = ds._loader
+    n = len(idx)
+    if n > worker.loader.queue_depth:
+        raise ValueError(
+            f"a batch of {n} samples does not fit in queue_depth={worker.loader.queue_depth} "
+            "(packed=True holds a whole batch): raise queue_depth"
+        )
+    tickets = [0] * n
+    sizes = [0] * n
+    errors: Dict[int, int] = {}
+    nxt = inflight = 0
+    waited = 0.0
+    try:
+        while nxt < n or inflight:
+            if nxt < n:
+                k = request(nxt)
+                nxt += k
+                inflight += k
+                if k == 0 and inflight == 0:
+                    # The queue holds batches handed to the main process
+                    # and not taken yet: it takes them in order, and
+                    # they were sent before this one.
+                    if waited > _PACKED_WAIT_S:
+                        raise RuntimeError(
+                            f"asyncloader worker {worker.id}: queue full for {waited:.0f} s with "
+                            "batches handed over and not taken (is the main process consuming?)"
+                        )
+                    time.sleep(0.001)
+                    waited += 0.001
+                    continue
+            b = worker.get_batch(inflight)
+            inflight -= len(b)
+            for pos, size, err in zip(b.tags, b.sizes, b.errors):
+                sizes[pos] = size
+                if err:
+                    errors[pos] = err
+                elif short is not None and size < short[pos]:
+                    errors[pos] = _errno.ENODATA
+            for pos, t in zip(b.tags, b.handoff()):
+                tickets[pos] = t
+    except BaseException:
+        loader.drop_tickets([t for t in tickets if t])
+        worker._drain_in_flight(inflight)  # what is still in flight goes back too
+        raise
+    keep: Optional[List[int]] = None
+    extra: Dict[int, bytes] = {}
+    if errors:
+        keep = []
+        try:
+            for pos in range(n):
+                if pos not in errors:
+                    keep.append(pos)
+                    continue
+                sample = _failed(ds.on_error, errors[pos], name(pos), idx[pos])
+                if sample is not SKIP:
+                    extra[pos] = bytes(sample)
+                    keep.append(pos)
+        except BaseException:
+            loader.drop_tickets([t for t in tickets if t])
+            raise
+        ds.skipped += n - len(keep)
+    return PackedSamples(loader.name, tickets, sizes, keep, extra)
+
+
 # ---------------------------------------------------------------------------
 # FileDataset
 # ---------------------------------------------------------------------------
@@ -757,66 +835,11 @@ class FileDataset(_LoaderMixin, _Dataset):
         (tickets) instead of copying them; see :class:`PackedSamples`."""
         paths = [self.paths[i] for i in idx]  # IndexError before any request
         worker = self._worker()
-        loader = self._loader
-        n = len(paths)
-        if n > worker.loader.queue_depth:
-            raise ValueError(
-                f"a batch of {n} samples does not fit in queue_depth={worker.loader.queue_depth} "
-                "(packed=True holds a whole batch): raise queue_depth"
-            )
-        tickets = [0] * n
-        sizes = [0] * n
-        errors: Dict[int, int] = {}
-        nxt = inflight = 0
-        waited = 0.0
-        try:
-            while nxt < n or inflight:
-                if nxt < n:
-                    k = worker.request_many(paths[nxt:], first_tag=nxt)
-                    nxt += k
-                    inflight += k
-                    if k == 0 and inflight == 0:
-                        # The queue holds batches handed to the main process
-                        # and not taken yet: it takes them in order, and
-                        # they were sent before this one.
-                        if waited > _PACKED_WAIT_S:
-                            raise RuntimeError(
-                                f"asyncloader worker {worker.id}: queue full for {waited:.0f} s with "
-                                "batches handed over and not taken (is the main process consuming?)"
-                            )
-                        time.sleep(0.001)
-                        waited += 0.001
-                        continue
-                b = worker.get_batch(inflight)
-                inflight -= len(b)
-                for pos, size, err in zip(b.tags, b.sizes, b.errors):
-                    sizes[pos] = size
-                    if err:
-                        errors[pos] = err
-                for pos, t in zip(b.tags, b.handoff()):
-                    tickets[pos] = t
-        except BaseException:
-            loader.drop_tickets([t for t in tickets if t])
-            worker._drain_in_flight(inflight)  # what is still in flight goes back too
-            raise
-        keep: Optional[List[int]] = None
-        extra: Dict[int, bytes] = {}
-        if errors:
-            keep = []
-            try:
-                for pos in range(n):
-                    if pos not in errors:
-                        keep.append(pos)
-                        continue
-                    sample = _failed(self.on_error, errors[pos], os.fsdecode(paths[pos]), idx[pos])
-                    if sample is not SKIP:
-                        extra[pos] = bytes(sample)
-                        keep.append(pos)
-            except BaseException:
-                loader.drop_tickets([t for t in tickets if t])
-                raise
-            self.skipped += n - len(keep)
-        return PackedSamples(loader.name, tickets, sizes, keep, extra)
+
+        def request(nxt: int) -> int:
+            return worker.request_many(paths[nxt:], first_tag=nxt)
+
+        return _load_packed(self, worker, idx, request, lambda pos: os.fsdecode(paths[pos]))
 
     def _plan(self, batch: Any, la: _Lookahead) -> List[int]:
         """The indices of this worker's next batches, as far as the byte
@@ -882,6 +905,184 @@ class FileDataset(_LoaderMixin, _Dataset):
         for i in picked[k:]:
             la.bytes -= sizes[i]
         la.outstanding += k
+
+
+# ---------------------------------------------------------------------------
+# RangeDataset
+# ---------------------------------------------------------------------------
+
+_MAX_OFF = (1 << 63) - 1  # the largest file offset: offset + length must not pass it
+
+
+def _check_items(items: Sequence[Any]) -> List[Tuple[Any, int, int]]:
+    out = []
+    for i, item in enumerate(items):
+        try:
+            path, off, length = item
+        except (TypeError, ValueError):
+            raise ValueError(f"item {i} is not (path, offset, length): {item!r}") from None
+        if isinstance(off, bool) or isinstance(length, bool):
+            raise TypeError(f"item {i}: offset and length must be integers, not bool")
+        off, length = operator.index(off), operator.index(length)
+        if off < 0 or length < 0 or off + length > _MAX_OFF:
+            raise ValueError(
+                f"item {i}: offset {off} and length {length} must be >= 0 with offset + length "
+                f"at most {_MAX_OFF}"
+            )
+        out.append((path, off, length))
+    return out
+
+
+def _range_requester(worker: _worker.Worker, items: Sequence[Tuple[Any, int, int]]) -> Callable[[int], int]:
+    """``request(nxt)`` for a batch of ranges: queues items ``nxt, ...`` (the
+    record of batch position ``p`` is tagged ``p``), a run of consecutive
+    items of one path per ``request_ranges`` call, and returns how many it
+    queued."""
+    from ._ranges import _no_dest_table
+
+    n = len(items)
+    pbs = [_util._fspath_bytes(p) for p, _o, _n in items]
+    table = _no_dest_table([o for _p, o, _n in items], [ln for _p, _o, ln in items])
+    run_end = [n] * n  # where the run of one path holding position p ends
+    for p in range(n - 2, -1, -1):
+        run_end[p] = run_end[p + 1] if pbs[p] == pbs[p + 1] else p + 1
+
+    def request(nxt: int) -> int:
+        queued = 0
+        while nxt < n:
+            want = run_end[nxt] - nxt
+            try:
+                k = worker.request_ranges(pbs[nxt], table, start=nxt, count=want)
+            except OSError:
+                if queued:
+                    return queued  # the next call raises it, with nothing lost
+                raise
+            queued += k
+            nxt += k
+            if k < want:
+                break
+        return queued
+
+    return request
+
+
+class RangeDataset(_LoaderMixin, _Dataset):
+    """A map-style dataset over byte ranges: sample ``i`` is
+    ``transform(length bytes of path at offset)`` for ``items[i] = (path,
+    offset, length)`` - samples stored inside larger files: tar shards
+    (see :func:`tar_members`), record files, an index you wrote. Behaves
+    like :class:`FileDataset` (a batch per :meth:`__getitems__`, the
+    loader created once in the main process and a worker id claimed by
+    each DataLoader worker, any sampler and start method,
+    :func:`collate_bytes`, ``packed=True``) with these differences:
+
+    * ``max_file_size``: ``None`` uses the largest ``length`` (nothing is
+      stat'ed); a ``length`` over ``max_file_size`` (or over the
+      ``loader``'s) is a ``ValueError`` here, not a failed load.
+    * A range that ends past the end of its file reads fewer bytes: that
+      sample fails with ``ENODATA`` (through ``on_error``, like a missing
+      file), unless ``allow_short=True`` (then its bytes are what there
+      is, possibly none).
+    * ``on_error`` callables get the item's path; the error's ``index`` is
+      the dataset index.
+    * No ``lookahead_bytes`` (:meth:`FileDataset.batch_sampler`'s
+      read-ahead): each batch is requested when it is asked for.
+
+    Ranges of one file that are consecutive in a batch go to the loader
+    in one call (``Worker.request_ranges``) and share its open.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Tuple[Union[str, bytes, "os.PathLike"], int, int]],
+        transform: Optional[Callable[[bytes], Any]] = None,
+        *,
+        allow_short: bool = False,
+        max_file_size: Optional[int] = None,
+        loader: Optional[_loader.Loader] = None,
+        n_workers: Optional[int] = None,
+        queue_depth: int = _DEFAULT_QUEUE_DEPTH,
+        on_error: Union[str, Callable[[str, OSError], Any]] = "raise",
+        loader_kwargs: Optional[Dict[str, Any]] = None,
+        packed: bool = False,
+    ):
+        if packed and transform is not None:
+            raise ValueError("packed=True hands raw bytes to collate_bytes: it takes no transform")
+        self.items = _check_items(items)
+        self.packed = bool(packed)
+        self.transform = transform
+        self.allow_short = bool(allow_short)
+        self.on_error = _check_on_error(on_error)
+        self.skipped = 0
+        lengths = [ln for _p, _o, ln in self.items]
+        limit = loader.max_file_size if loader is not None else max_file_size
+        if limit is not None:
+            for i, ln in enumerate(lengths):
+                if ln > limit:
+                    raise ValueError(
+                        f"item {i} ({os.fsdecode(self.items[i][0])!r} at {self.items[i][1]}) is "
+                        f"{ln} bytes, more than max_file_size={limit}"
+                    )
+        self._init_loader([p for p, _o, _n in self.items], loader, max_file_size, n_workers,
+                          queue_depth, loader_kwargs or {}, sizes=lengths)
+        self._file_sizes = None  # the lengths are in the items (no lookahead to budget)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        out = self.__getitems__([index])
+        if not out:
+            raise KeyError(f"sample {index} was skipped (on_error)")
+        return out[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Any]:
+        """The samples of ``indices``, in that order: the batch's ranges
+        are requested at once (a window of ``queue_depth``) and gathered
+        as they complete."""
+        idx = [int(i) for i in indices]
+        items = [self.items[i] for i in idx]  # IndexError before any request
+        worker = self._worker()
+        request = _range_requester(worker, items)
+        short = None if self.allow_short else [ln for _p, _o, ln in items]
+        if self.packed:
+            return _load_packed(self, worker, idx, request,  # type: ignore[return-value]
+                                lambda pos: os.fsdecode(items[pos][0]), short)
+        n = len(idx)
+        out: List[Any] = [SKIP] * n
+        transform = self.transform
+        on_error = self.on_error
+        qd = worker.loader.queue_depth
+        nxt = inflight = 0
+        try:
+            while nxt < n or inflight:
+                if nxt < n and inflight < qd:
+                    k = request(nxt)
+                    nxt += k
+                    inflight += k
+                if inflight == 0:
+                    raise RuntimeError(
+                        f"asyncloader worker {worker.id}: queue full with nothing of this batch "
+                        "in flight (entries held elsewhere in this process?)"
+                    )
+                with worker.get_batch(inflight) as b:
+                    inflight -= len(b)
+                    for i, pos in enumerate(b.tags):
+                        err = b.errors[i]
+                        if not err and short is not None and b.sizes[i] < short[pos]:
+                            err = _errno.ENODATA
+                        if err:
+                            out[pos] = _failed(on_error, err, os.fsdecode(items[pos][0]), idx[pos])
+                        else:
+                            data = b.data(i)
+                            out[pos] = transform(data) if transform is not None else data
+        finally:
+            worker._drain_in_flight(inflight)
+        if any(s is SKIP for s in out):
+            kept = [s for s in out if s is not SKIP]
+            self.skipped += n - len(kept)
+            return kept
+        return out
 
 
 # ---------------------------------------------------------------------------
