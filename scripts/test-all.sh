@@ -29,6 +29,8 @@ echo "== integration tests with io_uring statx (ASYNCLOADER_STATX=async)"
 ASYNCLOADER_STATX=async $T 600 cargo test --test engine 2>&1
 echo "== integration tests without the optimistic chain (ASYNCLOADER_FAST=0)"
 ASYNCLOADER_FAST=0 $T 600 cargo test --test engine 2>&1
+echo "== integration tests with the probe read in every optimistic chain (ASYNCLOADER_FAST=probe)"
+ASYNCLOADER_FAST=probe $T 600 cargo test --test engine 2>&1
 
 echo "== loom model of the rings"
 $T 900 bash scripts/loom.sh

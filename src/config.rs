@@ -217,7 +217,8 @@ fn online_cores() -> u32 {
 /// measurements (documented in the README):
 /// `ASYNCLOADER_BACKEND=io_uring|threads|auto`,
 /// `ASYNCLOADER_STATX=sync|async` (pin where the io_uring backend's statx
-/// runs), `ASYNCLOADER_FAST=0` (no optimistic chain) and
+/// runs), `ASYNCLOADER_FAST=0` (no optimistic chain),
+/// `ASYNCLOADER_FAST=probe` (its probe read in every chain) and
 /// `ASYNCLOADER_DRIVE=loader|worker` (who loads: see [`Drive`]) and
 /// `ASYNCLOADER_RANGE_OPEN=each` (every range opens its file: no shared
 /// open, see `backend::range`).
@@ -229,6 +230,8 @@ pub(crate) struct EnvOverrides {
     /// through io_uring.
     pub statx_sync: Option<bool>,
     pub fast_off: bool,
+    /// The optimistic chain always carries its probe read.
+    pub fast_probe: bool,
     pub range_open_each: bool,
 }
 
@@ -252,6 +255,7 @@ pub(crate) fn env_overrides() -> EnvOverrides {
                 _ => None,
             },
             fast_off: var("ASYNCLOADER_FAST").as_deref() == Some("0"),
+            fast_probe: var("ASYNCLOADER_FAST").as_deref() == Some("probe"),
             range_open_each: var("ASYNCLOADER_RANGE_OPEN").as_deref() == Some("each"),
             drive: var("ASYNCLOADER_DRIVE")
                 .as_deref()
@@ -270,6 +274,7 @@ impl EnvOverrides {
             | opt(self.statx_sync.map(u32::from)) << 4
             | (self.fast_off as u32) << 8
             | (self.range_open_each as u32) << 9
+            | (self.fast_probe as u32) << 10
             | opt(self.drive.map(|d| d as u32)) << 12
     }
 
@@ -282,6 +287,7 @@ impl EnvOverrides {
             statx_sync: opt(4).and_then(|v| (v <= 1).then_some(v == 1)),
             fast_off: b >> 8 & 1 == 1,
             range_open_each: b >> 9 & 1 == 1,
+            fast_probe: b >> 10 & 1 == 1,
             drive: opt(12).and_then(Drive::from_u32),
         }
     }
@@ -369,14 +375,17 @@ mod tests {
                 for fast_off in [false, true] {
                     for drive in [None, Some(Drive::Auto), Some(Drive::Worker)] {
                         for range_open_each in [false, true] {
-                            let e = EnvOverrides {
-                                backend,
-                                drive,
-                                statx_sync,
-                                fast_off,
-                                range_open_each,
-                            };
-                            assert_eq!(EnvOverrides::from_bits(e.to_bits()), e);
+                            for fast_probe in [false, true] {
+                                let e = EnvOverrides {
+                                    backend,
+                                    drive,
+                                    statx_sync,
+                                    fast_off,
+                                    fast_probe,
+                                    range_open_each,
+                                };
+                                assert_eq!(EnvOverrides::from_bits(e.to_bits()), e);
+                            }
                         }
                     }
                 }

@@ -949,6 +949,69 @@ fn terminal_with_nothing_to_read_does_not_block() {
 }
 
 #[test]
+fn terminal_holding_a_line_is_not_a_file() {
+    // A line waiting in a terminal reads like a short file: a read returns
+    // it, fewer bytes than asked and not a multiple of 4 KiB.
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor;
+    // the write names a live array.
+    let (master, tty) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+        let line = b"a line of text\n";
+        assert_eq!(
+            libc::write(m, line.as_ptr().cast(), line.len()),
+            line.len() as isize
+        );
+        (
+            m,
+            std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
+                name.as_bytes(),
+            )),
+        )
+    };
+    let r = Running::new(cfg(1, 4), Mode::Threads);
+    let w = r.worker(0);
+    for _ in 0..3 {
+        assert_eq!(load_one(&w, &tty), libc::EINVAL);
+    }
+    r.stop();
+    // SAFETY: closing the pty master we opened.
+    unsafe { libc::close(master) };
+}
+
+#[test]
+fn page_multiple_files_among_others_load_whole_warm() {
+    // Without its probe read the optimistic chain cannot tell a file of a
+    // multiple of 4 KiB from a read that stopped where cached pages ran
+    // out: those go the careful way. Every file, every round, byte for byte,
+    // with a partly cached one of each kind among them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    for i in 0..96usize {
+        sizes.push(match i % 4 {
+            0 => 4096 * (1 + i % 7),
+            1 => 4096 * (1 + i % 5) + 1 + i,
+            2 => 4096 * (1 + i % 3) - 1 - i,
+            _ => 100 + 37 * i,
+        });
+    }
+    let paths = make_files(dir.path(), &sizes);
+    let r = Running::new(cfg(1, 16), Mode::Threads);
+    let w = r.worker(0);
+    for round in 0..4 {
+        if round == 2 {
+            evict(&paths[4], 4096, 0); // 4096 * 5 bytes, the last four pages
+            evict(&paths[5], 4096, 0); // 4096 * 2 + 6 bytes, from the second page
+        }
+        assert_eq!(load_all(&w, &paths), paths.len());
+    }
+    r.stop();
+}
+
+#[test]
 fn empty_files_and_dev_null_are_told_apart() {
     let dir = tempfile::tempdir().unwrap();
     let empty = make_files(dir.path(), &[0])[0].clone();

@@ -129,6 +129,69 @@ pub(crate) fn fifo_accepts_nowait() -> bool {
     !refuses
 }
 
+/// Whether a terminal opened by path accepts `RWF_NOWAIT` reads on this
+/// kernel. A terminal returns a line, a read shorter than asked that is not
+/// its end; the optimistic chain without its probe read would take such a
+/// line for a whole file (see [`ProbePolicy`]). Asked once per process, of
+/// a fresh pseudo-terminal with a line in it, opened by its path like any
+/// file: `EOPNOTSUPP` says no. Anything unexpected says yes, which keeps
+/// the probe read in every chain.
+pub(crate) fn tty_accepts_nowait() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: not asked yet; 1: accepts; 2: refuses. A race asks twice.
+    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    match ANSWER.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let refuses = (|| -> std::io::Result<bool> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::fs::OpenOptionsExt;
+        // SAFETY: posix_openpt takes flags only; a descriptor it returns is
+        // ours alone, owned by `master` from here on.
+        let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh open descriptor nothing else owns.
+        let master = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: `master` is an open pseudo-terminal master; ptsname_r
+        // writes at most `name.len()` bytes, NUL included, into `name`.
+        let ok = unsafe {
+            libc::grantpt(master.as_raw_fd()) == 0
+                && libc::unlockpt(master.as_raw_fd()) == 0
+                && libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) == 0
+        };
+        if !ok {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated
+        // string inside the array.
+        let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes());
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(std::path::Path::new(path))?;
+        std::io::Write::write_all(&mut std::fs::File::from(master.try_clone()?), b"x\n")?;
+        let mut byte = [0u8; 8];
+        let iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: byte.len(),
+        };
+        // SAFETY: one iovec naming a writable array that outlives the call;
+        // the descriptor is open (owned by `tty`).
+        let r = unsafe { libc::preadv2(tty.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        Ok(r < 0 && err == Some(libc::EOPNOTSUPP))
+    })()
+    .unwrap_or(false);
+    ANSWER.store(if refuses { 2 } else { 1 }, Ordering::Relaxed);
+    !refuses
+}
+
 /// Where a file's statx runs.
 ///
 /// io_uring always hands `IORING_OP_STATX` to an io-wq worker thread
@@ -246,6 +309,59 @@ impl FastPolicy {
     }
 }
 
+/// Whether the optimistic chain carries its 1-byte probe read.
+///
+/// The probe tells a file that ended from a read that stopped early. Without
+/// it, a short read is taken as the whole file only when it cannot have
+/// stopped early: the chain's `RWF_NOWAIT` read is accepted only by files
+/// with `FMODE_NOWAIT` — regular files of page-cache file systems, block
+/// devices, pipes, a few character devices; procfs, sysfs, terminals and
+/// FIFOs refuse it, the last two checked at run time
+/// ([`tty_accepts_nowait`], [`fifo_accepts_nowait`] with its FADVISE
+/// guard). A page-cache read stops before the end of the file or the
+/// buffer only where the cached pages end (`RWF_NOWAIT`), that is at a
+/// multiple of the page size, itself a multiple of 4 KiB. So a read of
+/// 1..=max bytes, fewer than the buffer, that is not a multiple of 4 KiB
+/// ended at the end of the file. One that is a multiple of 4 KiB is
+/// ambiguous: it goes the statx way, and the next [`PROBE_AFTER_ALIGNED`]
+/// chains carry the probe again (a data set of page-multiple files keeps
+/// it on for good). Saves one of the chain's four SQEs per file (see
+/// docs/bench.md). `ASYNCLOADER_FAST=probe` keeps it always (for
+/// measurements).
+#[derive(Clone, Copy, Debug)]
+struct ProbePolicy {
+    always: bool,
+    /// Chains that still carry the probe.
+    left: u32,
+}
+
+/// Chains that carry the probe read after a read of a multiple of 4 KiB.
+const PROBE_AFTER_ALIGNED: u32 = 64;
+
+impl ProbePolicy {
+    fn new(env: &EnvOverrides) -> Self {
+        ProbePolicy {
+            always: env.fast_probe || tty_accepts_nowait(),
+            left: 0,
+        }
+    }
+
+    fn want(&mut self) -> bool {
+        if self.left > 0 {
+            self.left -= 1;
+            return true;
+        }
+        self.always
+    }
+
+    /// A chain's read returned `res` bytes.
+    fn record(&mut self, res: i32) {
+        if res > 0 && res % 4096 == 0 {
+            self.left = PROBE_AFTER_ALIGNED;
+        }
+    }
+}
+
 /// The step a slot's operation is in (what its pending CQEs belong to).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
@@ -307,6 +423,8 @@ struct Op {
     read_res: i32,
     probe_res: i32,
     close_res: i32,
+    /// The optimistic chain carries its probe read.
+    probed: bool,
     /// Offset and length of the current read.
     offset: u64,
     req_len: u64,
@@ -335,6 +453,7 @@ impl Op {
         read_res: 0,
         probe_res: 0,
         close_res: 0,
+        probed: false,
         offset: 0,
         req_len: 0,
         stat_size: 0,
@@ -360,6 +479,7 @@ pub struct UringBackend {
     statx: StatxPolicy,
     ready: Vec<Done>,
     fast: FastPolicy,
+    probe: ProbePolicy,
     /// The optimistic chain needs its FADVISE guard against FIFOs here.
     fifo_guard: bool,
     /// When the chains queued since the last submit were queued (one clock
@@ -414,6 +534,7 @@ impl UringBackend {
             statx: StatxPolicy::new(env),
             ready: Vec::new(),
             fast: FastPolicy::new(direct, env),
+            probe: ProbePolicy::new(env),
             fifo_guard: fifo_accepts_nowait(),
             clock: None,
             drained_at: 0,
@@ -882,16 +1003,20 @@ impl UringBackend {
     /// regular file, with no statx first:
     /// `OPENAT(O_NONBLOCK)` → `FADVISE(NORMAL)` → `READ(buf_len,
     /// RWF_NOWAIT)` → `READ(1 byte, RWF_NOWAIT)` → `CLOSE`, reads at the
-    /// file position, the reads and close hard-linked.
+    /// file position, the reads and close hard-linked. The FADVISE only where
+    /// FIFOs accept `RWF_NOWAIT`, the probe read only when [`ProbePolicy`]
+    /// asks for it.
     ///
     /// It completes a file only when everything is unambiguous: the first
-    /// read returned 1..=max_file_size bytes and the probe read found end of
-    /// file. Anything else — an open error, `EAGAIN` (not cached, or a FIFO
-    /// or tty with nothing to read: `O_NONBLOCK` and `RWF_NOWAIT` make them
-    /// fail instead of blocking), 0 bytes (empty, `/dev/null`, a FIFO
-    /// without writer), more than the limit (`/dev/zero`), more data behind
-    /// (partly cached) — goes to the careful path, which classifies it with
-    /// statx. A directory's read fails with `EISDIR`, which is final.
+    /// read returned 1..=max_file_size bytes, fewer than its buffer, and the
+    /// probe read found end of file (without the probe: the count is not a
+    /// multiple of 4 KiB). Anything else — an open error, `EAGAIN` (not
+    /// cached, or a FIFO or tty with nothing to read: `O_NONBLOCK` and
+    /// `RWF_NOWAIT` make them fail instead of blocking), 0 bytes (empty,
+    /// `/dev/null`, a FIFO without writer), more than the limit
+    /// (`/dev/zero`), more data behind (partly cached) — goes to the careful
+    /// path, which classifies it with statx. A directory's read fails with
+    /// `EISDIR`, which is final.
     ///
     /// Why nothing blocks: `RWF_NOWAIT` is refused (`EOPNOTSUPP`) by files
     /// without `FMODE_NOWAIT` — named FIFOs, terminals, most character
@@ -920,10 +1045,13 @@ impl UringBackend {
         // docs/bench.md). Its failure also cancels the CLOSE: the completion
         // then closes the slot explicitly (`on_fast_done`).
         let guard = self.fifo_guard;
+        let probed = self.probe.want();
         let fadvise = opcode::Fadvise::new(types::Fixed(s), 0, libc::POSIX_FADV_NORMAL)
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(ud(s, K_FADVISE));
+        // Hard links after the read: a short read, the normal case, counts
+        // as a failure inside a chain and would cancel the rest.
         let read = opcode::Read::new(types::Fixed(s), op.buf, op.buf_len as u32)
             .offset(CUR_POS)
             .rw_flags(libc::RWF_NOWAIT)
@@ -943,22 +1071,25 @@ impl UringBackend {
         let op = &mut self.ops[s as usize];
         op.step = Step::Fast;
         op.t_fast = *self.clock.get_or_insert_with(now_ns);
-        op.pending = if guard { 5 } else { 4 };
+        op.pending = 3 + guard as u8 + probed as u8;
+        op.probed = probed;
         op.open_res = 0;
         op.read_res = 0;
         op.probe_res = 0;
         op.close_res = 0;
         // SAFETY: the path and the buffer belong to the in-flight job, the
         // probe byte to this slot (boxed, never reallocated, leaked if the
-        // ring is dropped with it in flight); all stay valid until the five
-        // CQEs of the five SQEs are reaped.
+        // ring is dropped with it in flight); all stay valid until the CQEs
+        // of the SQEs pushed here are reaped (`pending` counts them).
         unsafe {
             self.push_sqe(open);
             if guard {
                 self.push_sqe(fadvise);
             }
             self.push_sqe(read);
-            self.push_sqe(probe);
+            if probed {
+                self.push_sqe(probe);
+            }
             self.push_sqe(close);
         }
         self.followups = true;
@@ -975,16 +1106,33 @@ impl UringBackend {
         // files cost much more CPU than on the statx path, see
         // docs/bench.md). Count it as a miss so cold data goes the statx way.
         let quick = self.drained_at.saturating_sub(op.t_fast) < FAST_CHAIN_NS;
+        if op.open_res >= 0 {
+            self.probe.record(op.read_res);
+        }
+        // The file ended where the read stopped: the probe read says so, or
+        // without it, the count cannot be where cached pages ran out
+        // (`ProbePolicy`).
+        let at_end = if op.probed {
+            op.probe_res == 0
+        } else {
+            op.read_res % 4096 != 0
+        };
         let then = if op.open_res >= 0 && op.read_res == -libc::EISDIR {
             self.fast.record(quick);
             Then::Finish(Err(libc::EISDIR))
         } else if op.open_res >= 0
             && op.read_res > 0
             && op.read_res as u64 <= self.max_file_size
-            && op.probe_res == 0
+            && (op.read_res as u64) < op.buf_len
+            && at_end
         {
             self.fast.record(quick);
             Then::Finish(Ok(op.read_res as u64))
+        } else if op.open_res >= 0 && op.read_res > 0 && !op.probed && !at_end {
+            // Ambiguous without the probe, not a miss: the statx path reads
+            // it again, and the next chains carry the probe.
+            self.fast.record(quick);
+            Then::SlowPath
         } else {
             self.fast.record(false);
             Then::SlowPath
