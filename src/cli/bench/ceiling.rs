@@ -21,7 +21,6 @@ use std::io::Read;
 use std::mem::ManuallyDrop;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use asyncloader::config::{BUF_ALIGN, buffer_size};
@@ -30,7 +29,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 use memmap2::MmapOptions;
 
 use super::data::DataSet;
-use super::measure::{Part, Run};
+use super::measure::{Part, Run, timed_threads};
 use crate::cli::progress::Ticks;
 use crate::cli::sys::{self, Cpu};
 
@@ -98,49 +97,6 @@ impl RingShape {
             }
         )
     }
-}
-
-/// Runs `threads` bodies, each given a start function to call once set
-/// up (it waits for every thread to be ready). The wall time runs from the
-/// first thread's start to the last thread's end, as each thread saw them
-/// (not from when this thread, woken last on a busy machine, saw the start).
-fn timed_threads<F>(threads: usize, body: F) -> (f64, Part)
-where
-    F: Fn(&dyn Fn() -> u64) -> Part + Sync,
-{
-    let barrier = Barrier::new(threads);
-    let go = || {
-        barrier.wait();
-        sys::now_ns()
-    };
-    let mut part = Part::default();
-    let (mut t0, mut t1) = (u64::MAX, 0);
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let started = std::cell::Cell::new(None);
-                    let start = || {
-                        let t = go();
-                        started.set(Some(t));
-                        t
-                    };
-                    let p = body(&start);
-                    // A body that returned before starting still meets the
-                    // others at the start.
-                    let t = started.get().unwrap_or_else(go);
-                    (t, p, sys::now_ns())
-                })
-            })
-            .collect();
-        for h in hs {
-            let (t, p, end) = h.join().expect("ceiling thread panicked");
-            t0 = t0.min(t);
-            t1 = t1.max(end);
-            part.merge(p);
-        }
-    });
-    (t1.saturating_sub(t0) as f64 * 1e-9, part)
 }
 
 /// The `ring` row (`ring-direct` when `shape.direct`).

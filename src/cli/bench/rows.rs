@@ -15,7 +15,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::data::DataSet;
-use super::measure::{Part, Run};
+use super::measure::{Part, Run, timed_threads};
 use super::{Method, Opts, Res};
 use crate::cli::progress::Ticks;
 use crate::cli::sys::{self, Cpu};
@@ -152,21 +152,32 @@ pub(super) fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
         .map(|k| loader.worker(k))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let t0 = sys::now_ns();
-    let mut part = Part::default();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = workers
-            .iter()
-            .enumerate()
-            .map(|(k, w)| s.spawn(move || load_with_worker(w, ds, k, n, pb)))
-            .collect();
-        for h in hs {
-            part.merge(h.join().expect("worker thread panicked"));
-        }
+    // Timed like the ceiling rows: from when every worker thread is set up
+    // (spawned, its first load done) to the last one's end.
+    let next_k = AtomicUsize::new(0);
+    let (wall_s, part) = timed_threads(n, |start| {
+        let k = next_k.fetch_add(1, Ordering::Relaxed);
+        let w = &workers[k];
+        warm_up(w, ds, k);
+        start();
+        load_with_worker(w, ds, k, n, pb)
     });
-    let wall_s = (sys::now_ns() - t0) as f64 * 1e-9;
     drop(workers);
     finish_loader_row(loader, wall_s, cpu0, part, n)
+}
+
+/// Sets a worker up before the clock starts, as the ceiling rows set up
+/// their rings and buffers first: one load of the worker's first file,
+/// not counted, makes what a long run has made by then (with the workers
+/// driving, the worker's io_uring in this process). Errors are left to the
+/// measured loop, which loads the file again.
+fn warm_up(w: &Worker, ds: &DataSet, k: usize) {
+    let Some(p) = ds.files.get(k) else { return };
+    if w.request(p).is_ok()
+        && let Ok(e) = w.wait_get_timeout(std::time::Duration::from_secs(60))
+    {
+        e.release();
+    }
 }
 
 /// Shuts the row's loader down (a forked loader is reaped, so
@@ -229,9 +240,14 @@ fn worker_child(
     k: usize,
     n: usize,
     mut go: PipeReader,
+    mut ready: PipeWriter,
     mut out: PipeWriter,
 ) -> ! {
-    // Wait for the start signal: EOF on `go` once the parent closes it.
+    // Set up before the clock starts (see `warm_up`), say so, then wait for
+    // the start signal: EOF on `go` once the parent closes it.
+    warm_up(w, ds, k);
+    let _ = ready.write_all(b"r");
+    drop(ready);
     let mut b = [0u8; 1];
     while let Err(e) = go.read(&mut b) {
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -272,6 +288,8 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
     // `forked` is declared after the start pipe so that on an early return
     // it is dropped first: the children are killed before `go_w` closes.
     let (go_r, go_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // Each child writes one byte here once set up (`warm_up`).
+    let (mut ready_r, ready_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let mut forked = Forked(Vec::with_capacity(n));
     for k in 0..n {
         // Any error here returns with `forked` dropped: the workers
@@ -300,8 +318,9 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
                 // `forked`, emptied, kills no sibling if it ever drops).
                 drop(go_w);
                 drop(r);
+                drop(ready_r);
                 drop(std::mem::take(&mut forked.0));
-                worker_child(&w, ds, k, n, go_r, wr);
+                worker_child(&w, ds, k, n, go_r, ready_w, wr);
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(wr);
@@ -310,6 +329,19 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
         }
     }
     drop(go_r);
+    drop(ready_w);
+    // Every child set up (or gone: EOF), then the clock starts.
+    let mut seen = 0;
+    let mut b = [0u8; 16];
+    while seen < n {
+        match ready_r.read(&mut b) {
+            Ok(0) => break,
+            Ok(r) => seen += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(ready_r);
     let t0 = sys::now_ns();
     drop(go_w); // go
     // Collect the reports; meanwhile show progress from the loader's counters.
