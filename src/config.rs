@@ -18,6 +18,11 @@ pub struct Config {
     /// Number of worker contexts (ids `0..n_workers`).
     pub n_workers: u32,
     /// A batch is submitted once this many requests are waiting ...
+    /// 0 = auto (the default): 8 with loader threads; with the workers
+    /// driving, the worker's io_uring window (`ring_window`, 32 by default)
+    /// but at most `queue_depth` — a worker that waits for an entry submits
+    /// whatever is queued anyway, so a larger batch costs a busy worker
+    /// nothing and saves system calls and passes (see docs/bench.md).
     pub dispatch_n: u32,
     /// ... or once the loader loop ran this many passes without a new request
     /// (at most [`limits::MAX_IDLE_ITERS`]). The first passes spin; later
@@ -54,7 +59,7 @@ impl Default for Config {
             queue_depth: 64,
             max_file_size: 4 << 20,
             n_workers: 1,
-            dispatch_n: 8,
+            dispatch_n: 0,
             idle_iters: 16,
             direct: false,
             loader_threads: 0,
@@ -139,9 +144,6 @@ impl Config {
                 format!("{} is not in 1..={MAX_FILE_SIZE}", self.max_file_size),
             ));
         }
-        if self.dispatch_n == 0 {
-            return Err(ConfigError::new("dispatch_n", "must be at least 1"));
-        }
         if self.idle_iters > MAX_IDLE_ITERS {
             return Err(ConfigError::new(
                 "idle_iters",
@@ -197,6 +199,17 @@ impl Config {
         }
     }
 
+    /// `dispatch_n` with 0 (auto) resolved for a loader that runs with
+    /// `drive` (resolved: `Loader` or `Worker`).
+    pub fn effective_dispatch_n(&self, drive: Drive) -> u32 {
+        auto_dispatch_n(
+            self.dispatch_n,
+            drive,
+            self.effective_ring_window(),
+            self.queue_depth,
+        )
+    }
+
     /// `ring_window` with 0 resolved to the default.
     pub fn effective_ring_window(&self) -> u32 {
         match self.ring_window {
@@ -204,6 +217,15 @@ impl Config {
             0 => 32,
             n => n,
         }
+    }
+}
+
+/// See [`Config::dispatch_n`].
+pub(crate) fn auto_dispatch_n(dispatch_n: u32, drive: Drive, ring_window: u32, qd: u32) -> u32 {
+    match (dispatch_n, drive) {
+        (0, Drive::Worker) => ring_window.min(qd).max(1),
+        (0, _) => 8,
+        (n, _) => n,
     }
 }
 
@@ -327,7 +349,7 @@ mod tests {
                 ..Config::default()
             },
             Config {
-                dispatch_n: 0,
+                ring_window: u32::MAX,
                 ..Config::default()
             },
             Config {
@@ -349,7 +371,7 @@ mod tests {
             "queue_depth",
             "n_workers",
             "max_file_size",
-            "dispatch_n",
+            "ring_window",
             "max_file_size",
             "max_file_size",
             "idle_iters",

@@ -256,6 +256,7 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
     let stats = &h.thread_stats[ctx.tid as usize];
     let n = cfg.n_workers;
     let qd = cfg.queue_depth;
+    let dispatch_n = cfg.effective_dispatch_n(crate::Drive::Loader);
     let mut rr = ctx.tid % n;
     let mut unsubmitted = 0u32;
     let mut idle = 0u32;
@@ -322,7 +323,7 @@ pub(crate) fn run_thread(region: &Arc<Region>, ctx: ThreadCtx) -> Result<()> {
         idle = if got > 0 { 0 } else { idle.saturating_add(1) };
 
         let dispatch = unsubmitted > 0
-            && (unsubmitted >= cfg.dispatch_n
+            && (unsubmitted >= dispatch_n
                 || idle >= cfg.idle_iters
                 || backend.room() == 0
                 || stopping);

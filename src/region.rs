@@ -115,6 +115,12 @@ pub struct RawConfig {
 }
 
 impl RawConfig {
+    /// `dispatch_n` with 0 (auto) resolved for `drive` (see
+    /// [`Config::dispatch_n`]).
+    pub fn effective_dispatch_n(&self, drive: crate::Drive) -> u32 {
+        crate::config::auto_dispatch_n(self.dispatch_n, drive, self.ring_window, self.queue_depth)
+    }
+
     fn from_config(c: &Config) -> Self {
         RawConfig {
             queue_depth: c.queue_depth,

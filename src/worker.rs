@@ -382,7 +382,7 @@ impl Worker {
         if self.region.header().drive() == Drive::Worker {
             // A batch goes out once dispatch_n wait (the rest when the
             // worker asks for entries).
-            if rings.req.len() >= self.region.cfg().dispatch_n {
+            if rings.req.len() >= self.region.cfg().effective_dispatch_n(Drive::Worker) {
                 // The request is queued whatever the pass says: a failed
                 // submit is reported by the wait_get that needs it, not as
                 // a failed request (which a caller would retry: twice).

@@ -64,9 +64,12 @@ fn check_rows(v: &serde_json::Value, files: u64, methods: &[&str]) {
             assert!(r["ratio_to_ceiling"].is_null(), "{m}: {r}");
         }
         if !NO_LOADER.contains(&m) {
+            // Each worker loads its first file once more before the clock
+            // starts (the bench's warm-up, counted by the loader).
+            let workers = v["config"]["workers"].as_u64().unwrap().min(files);
             let l = &r["loader"];
-            assert_eq!(l["completions"].as_u64(), Some(files), "{m}: {l}");
-            assert_eq!(l["requests"].as_u64(), Some(files), "{m}: {l}");
+            assert_eq!(l["completions"].as_u64(), Some(files + workers), "{m}: {l}");
+            assert_eq!(l["requests"].as_u64(), Some(files + workers), "{m}: {l}");
             assert!(l["batches"].as_u64().unwrap() > 0, "{m}: {l}");
             assert_ne!(l["backend"].as_str(), Some("auto"), "{m}: {l}");
         }

@@ -179,7 +179,7 @@ def test_integer_like_arguments_are_accepted():
     [
         ({"queue_depth": 0}, "queue_depth"),
         ({"n_workers": 0}, "n_workers"),
-        ({"dispatch_n": 0}, "dispatch_n"),
+        ({"idle_iters": 1 << 30}, "idle_iters"),
         ({"max_file_size": 0}, "max_file_size"),
         ({"loader_threads": 100000}, "loader_threads"),
         ({"ring_window": 1 << 30}, "ring_window"),

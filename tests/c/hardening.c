@@ -260,10 +260,10 @@ static void config_error_message_names_the_field(void) {
     last_error(msg, sizeof msg);
     CHECK(strstr(msg, "backend") != NULL);
     c = full_config(4);
-    c.dispatch_n = 0;
+    c.ring_window = 0xffffffffu;
     CHECK_RC(al_loader_new(&c, &l), -EINVAL);
     last_error(msg, sizeof msg);
-    CHECK(strstr(msg, "dispatch_n") != NULL);
+    CHECK(strstr(msg, "ring_window") != NULL);
 }
 
 static void last_error_message_is_cut_like_snprintf(void) {

@@ -72,9 +72,10 @@ pub(super) fn print(
     if let Some(l) = &left_out_line {
         let _ = writeln!(out, "{l}");
     }
+    let dispatch_n = effective_dispatch_n(o, ds, false);
     let _ = writeln!(
         out,
-        "asyncloader: workers {}, drive {}, queue_depth {}{}, max_file_size {} (cap {}), dispatch_n {}, idle_iters {}, loader_threads {}, ring_window {}",
+        "asyncloader: workers {}, drive {}, queue_depth {}{}, max_file_size {} (cap {}), dispatch_n {}{}, idle_iters {}, loader_threads {}, ring_window {}",
         o.workers,
         o.drive,
         o.queue_depth,
@@ -85,7 +86,16 @@ pub(super) fn print(
         },
         ds.max.max(1),
         human(ds.cap),
-        o.dispatch_n,
+        dispatch_n,
+        if o.dispatch_n == 0 {
+            format!(
+                " (auto: {}; {} direct)",
+                "the workers' io_uring window, at most queue_depth, with the workers driving; 8 with loader threads",
+                effective_dispatch_n(o, ds, true)
+            )
+        } else {
+            String::new()
+        },
         o.idle_iters,
         if o.loader_threads == 0 {
             format!("{} (cores)", sys::cores())
@@ -272,7 +282,9 @@ pub(super) fn print(
                 "workers": o.workers,
                 "queue_depth": o.queue_depth,
                 "queue_depth_auto": o.queue_depth_auto,
-                "dispatch_n": o.dispatch_n,
+                "dispatch_n": effective_dispatch_n(o, ds, false),
+                "dispatch_n_direct": effective_dispatch_n(o, ds, true),
+                "dispatch_n_auto": o.dispatch_n == 0,
                 "idle_iters": o.idle_iters,
                 "loader_threads": o.loader_threads,
                 "ring_window": o.ring_window,
@@ -292,6 +304,12 @@ pub(super) fn print(
         );
     }
     Ok(())
+}
+
+/// The batch size the rows' loaders use (`dispatch_n` 0 resolved).
+fn effective_dispatch_n(o: &Opts, ds: &DataSet, direct: bool) -> u32 {
+    let c = super::rows::loader_config(o, ds.max, direct);
+    c.effective_dispatch_n(c.effective_drive())
 }
 
 fn label(o: &Opts, m: Method, pool_threads: usize, rings: &Rings) -> String {
