@@ -70,14 +70,15 @@ pub(super) fn run_pool(ds: &DataSet, threads: usize, pb: &ProgressBar) -> Run {
     }
 }
 
-/// One asyncloader worker's loop over the files `k, k + n, k + 2n, ...`.
-fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressBar) -> Part {
-    let mine: Vec<usize> = (k..ds.files.len()).step_by(n).collect();
+/// One asyncloader worker's loop: it takes the next file index from `next`
+/// (shared by the row's workers, as the ceiling and pool rows share theirs,
+/// so no worker idles at the end while another still has a list to go)
+/// and keeps up to `queue_depth` requests outstanding.
+fn load_with_worker(w: &Worker, ds: &DataSet, next: &AtomicUsize, pb: &ProgressBar) -> Part {
     let mut part = Part {
-        lat: Vec::with_capacity(mine.len()),
+        lat: Vec::with_capacity(ds.files.len()),
         ..Part::default()
     };
-    let (mut next, mut done) = (0usize, 0usize);
     let mut ticks = Ticks::new(pb);
     let take = |e: asyncloader::Entry, part: &mut Part| {
         let lat = e.latency_ns();
@@ -87,33 +88,84 @@ fn load_with_worker(w: &Worker, ds: &DataSet, k: usize, n: usize, pb: &ProgressB
         }
         e.release();
     };
-    while done < mine.len() {
-        while next < mine.len() {
-            match w.request(&ds.files[mine[next]]) {
-                Ok(()) => next += 1,
-                Err(e) if e.kind() == ErrorKind::QueueFull => break,
+    // A file taken from `next` whose request found the queue full.
+    let mut pending: Option<usize> = None;
+    let (mut outstanding, mut exhausted) = (0usize, false);
+    loop {
+        loop {
+            let i = match pending.take() {
+                Some(i) => i,
+                None if exhausted => break,
+                None => match next.fetch_add(1, Ordering::Relaxed) {
+                    i if i < ds.files.len() => i,
+                    _ => {
+                        exhausted = true;
+                        break;
+                    }
+                },
+            };
+            match w.request(&ds.files[i]) {
+                Ok(()) => outstanding += 1,
+                Err(e) if e.kind() == ErrorKind::QueueFull => {
+                    pending = Some(i);
+                    break;
+                }
                 Err(e) => {
-                    part.fatal = Some(format!("request {}: {e}", ds.files[mine[next]].display()));
+                    part.fatal = Some(format!("request {}: {e}", ds.files[i].display()));
                     return part;
                 }
             }
         }
+        if outstanding == 0 {
+            break;
+        }
         match w.wait_get_timeout(std::time::Duration::from_secs(60)) {
             Ok(e) => take(e, &mut part),
             Err(e) => {
-                part.fatal = Some(format!("wait_get after {done} files: {e}"));
+                part.fatal = Some(format!("wait_get with {outstanding} outstanding: {e}"));
                 return part;
             }
         }
-        done += 1;
+        outstanding -= 1;
         ticks.step();
         while let Some(e) = w.try_get() {
             take(e, &mut part);
-            done += 1;
+            outstanding -= 1;
             ticks.step();
         }
     }
     part
+}
+
+/// The next file index of a row, shared with forked worker processes: the
+/// first word of a `MAP_SHARED` page of a memfd (a private anonymous
+/// mapping would be copied on the children's first write).
+struct SharedNext {
+    map: memmap2::MmapMut,
+}
+
+impl SharedNext {
+    fn new() -> Res<Self> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"asyncloader-bench-next",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| format!("memfd_create: {e}"))?;
+        let f = std::fs::File::from(fd);
+        f.set_len(4096).map_err(|e| format!("memfd size: {e}"))?;
+        // SAFETY: a fresh memfd nobody else has a descriptor of (close-on-
+        // exec, never passed on); only this process and its forked children
+        // map it, and they touch it only through the atomic below.
+        let map = unsafe { memmap2::MmapMut::map_mut(&f) }.map_err(|e| format!("mmap: {e}"))?;
+        Ok(SharedNext { map })
+    }
+
+    fn get(&self) -> &AtomicUsize {
+        // SAFETY: the mapping is page-aligned (so aligned for AtomicUsize),
+        // 4096 bytes long, zero-filled by the kernel (index 0), lives as
+        // long as `self`, and is only ever accessed atomically.
+        unsafe { &*(self.map.as_ptr() as *const AtomicUsize) }
+    }
 }
 
 /// The loader of a row: buffers sized by the largest file of the data set
@@ -155,12 +207,13 @@ pub(super) fn run_threads(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
     // Timed like the ceiling rows: from when every worker thread is set up
     // (spawned, its first load done) to the last one's end.
     let next_k = AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
     let (wall_s, part) = timed_threads(n, |start| {
         let k = next_k.fetch_add(1, Ordering::Relaxed);
         let w = &workers[k];
         warm_up(w, ds, k);
         start();
-        load_with_worker(w, ds, k, n, pb)
+        load_with_worker(w, ds, &next, pb)
     });
     drop(workers);
     finish_loader_row(loader, wall_s, cpu0, part, n)
@@ -238,7 +291,7 @@ fn worker_child(
     w: &Worker,
     ds: &DataSet,
     k: usize,
-    n: usize,
+    next: &AtomicUsize,
     mut go: PipeReader,
     mut ready: PipeWriter,
     mut out: PipeWriter,
@@ -255,7 +308,7 @@ fn worker_child(
         }
     }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        load_with_worker(w, ds, k, n, &ProgressBar::hidden())
+        load_with_worker(w, ds, next, &ProgressBar::hidden())
     }));
     let code = match r {
         Ok(part) => match serde_json::to_vec(&part) {
@@ -287,6 +340,7 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
     // The children wait for EOF on `go_r`: the parent's closing `go_w`.
     // `forked` is declared after the start pipe so that on an early return
     // it is dropped first: the children are killed before `go_w` closes.
+    let next = SharedNext::new()?;
     let (go_r, go_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     // Each child writes one byte here once set up (`warm_up`).
     let (mut ready_r, ready_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -320,7 +374,7 @@ pub(super) fn run_process(o: &Opts, ds: &DataSet, pb: &ProgressBar, method: Meth
                 drop(r);
                 drop(ready_r);
                 drop(std::mem::take(&mut forked.0));
-                worker_child(&w, ds, k, n, go_r, ready_w, wr);
+                worker_child(&w, ds, k, next.get(), go_r, ready_w, wr);
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(wr);
