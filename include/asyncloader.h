@@ -277,9 +277,9 @@ typedef struct al_config {
     uint32_t n_workers;
     /**
      * A batch is submitted once this many requests are waiting ... 0 = auto
-     * (the default): 8 with loader threads; with the workers driving, the
-     * worker's io_uring window (`ring_window`, 32 by default) but at most
-     * `queue_depth`.
+     * (the default): 8 with loader threads; with the workers driving, about
+     * 1 MiB of files by the sizes loaded lately, 8 to the worker's io_uring
+     * window (`ring_window`, 32 by default, at most `queue_depth`).
      */
     uint32_t dispatch_n;
     /**

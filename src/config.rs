@@ -19,10 +19,13 @@ pub struct Config {
     pub n_workers: u32,
     /// A batch is submitted once this many requests are waiting ...
     /// 0 = auto (the default): 8 with loader threads; with the workers
-    /// driving, the worker's io_uring window (`ring_window`, 32 by default)
-    /// but at most `queue_depth` — a worker that waits for an entry submits
-    /// whatever is queued anyway, so a larger batch costs a busy worker
-    /// nothing and saves system calls and passes (see docs/bench.md).
+    /// driving, as many files as make about 1 MiB by the sizes the worker
+    /// loaded lately, at least 8 and at most its io_uring window
+    /// (`ring_window`, 32 by default, and `queue_depth`): 32 small files,
+    /// 8 of ~128 KiB. A worker that waits for an entry submits whatever is
+    /// queued anyway, so a larger batch costs a busy worker nothing and
+    /// saves system calls and passes; a batch of large files stays small
+    /// enough to be in the CPU's cache when it is read (see docs/bench.md).
     pub dispatch_n: u32,
     /// ... or once the loader loop ran this many passes without a new request
     /// (at most [`limits::MAX_IDLE_ITERS`]). The first passes spin; later
@@ -200,7 +203,9 @@ impl Config {
     }
 
     /// `dispatch_n` with 0 (auto) resolved for a loader that runs with
-    /// `drive` (resolved: `Loader` or `Worker`).
+    /// `drive` (resolved: `Loader` or `Worker`); for `Worker` the largest
+    /// batch auto picks (it goes by the sizes of the files loaded, see
+    /// [`Config::dispatch_n`]).
     pub fn effective_dispatch_n(&self, drive: Drive) -> u32 {
         auto_dispatch_n(
             self.dispatch_n,

@@ -61,9 +61,9 @@ struct BenchArgs {
     /// 64: buffers that stay in the CPU's cache), 64 with --cold or --direct.
     #[arg(long, default_value_t = 0)]
     queue_depth: u32,
-    /// Loader submits a batch once this many requests wait (0 = auto: the
-    /// workers' io_uring window, at most --queue-depth, when the workers
-    /// drive their loads; 8 with loader threads) ...
+    /// Loader submits a batch once this many requests wait (0 = auto: with
+    /// the workers driving their loads, ~1 MiB of files, 8 to the workers'
+    /// io_uring window; 8 with loader threads) ...
     #[arg(long, default_value_t = 0)]
     dispatch_n: u32,
     /// ... or after this many loader passes without a new request.

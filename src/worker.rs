@@ -382,7 +382,15 @@ impl Worker {
         if self.region.header().drive() == Drive::Worker {
             // A batch goes out once dispatch_n wait (the rest when the
             // worker asks for entries).
-            if rings.req.len() >= self.region.cfg().effective_dispatch_n(Drive::Worker) {
+            let cfg = self.region.cfg();
+            let batch = match cfg.dispatch_n {
+                0 => match self.region.drivers.batch(self.id) {
+                    0 => cfg.effective_dispatch_n(Drive::Worker).min(8),
+                    b => b,
+                },
+                n => n,
+            };
+            if rings.req.len() >= batch {
                 // The request is queued whatever the pass says: a failed
                 // submit is reported by the wait_get that needs it, not as
                 // a failed request (which a caller would retry: twice).

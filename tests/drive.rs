@@ -835,3 +835,74 @@ fn auto_drive_resolution() {
     load_one(&l, 0, p);
     l.shutdown().unwrap();
 }
+
+/// `dispatch_n` auto with the workers driving: a request submits once about
+/// 1 MiB of files wait, by the sizes the worker loaded lately — 32 small
+/// files (the io_uring window), 8 (the least) of 256 KiB. Until then
+/// nothing is submitted; a get submits what waits.
+#[test]
+fn auto_dispatch_batches_about_a_mib_by_the_sizes_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("s")).unwrap();
+    std::fs::create_dir(dir.path().join("l")).unwrap();
+    let small = make_files(&dir.path().join("s"), &[1000; 40]);
+    let large = make_files(&dir.path().join("l"), &[256 << 10; 30]);
+    let l = started(Config {
+        dispatch_n: 0,
+        max_file_size: 1 << 20,
+        ..wcfg(1, 64)
+    });
+    let w = l.worker(0).unwrap();
+    let one = |p: &Path| {
+        w.request(p).unwrap();
+        let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(e.error(), 0);
+        e.release();
+    };
+    let drain = |n: usize| {
+        for _ in 0..n {
+            let e = w.wait_get_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(e.error(), 0);
+            e.release();
+        }
+    };
+    one(&small[0]);
+    let b = l.stats().batches;
+    for p in &small[1..32] {
+        w.request(p).unwrap();
+    }
+    assert_eq!(l.stats().batches, b, "31 small files wait: no batch yet");
+    w.request(&small[32]).unwrap();
+    assert_eq!(l.stats().batches, b + 1, "the 32nd submits");
+    drain(32);
+    // Large files, one at a time, until the average has moved.
+    for p in &large[..12] {
+        one(p);
+    }
+    let b = l.stats().batches;
+    for p in &large[12..19] {
+        w.request(p).unwrap();
+    }
+    assert_eq!(l.stats().batches, b, "7 large files wait: no batch yet");
+    w.request(&large[19]).unwrap();
+    assert_eq!(l.stats().batches, b + 1, "the 8th submits");
+    drain(8);
+    // An explicit dispatch_n is kept as given.
+    l.shutdown().unwrap();
+    let l = started(Config {
+        dispatch_n: 3,
+        max_file_size: 1 << 20,
+        ..wcfg(1, 64)
+    });
+    let w = l.worker(0).unwrap();
+    let b = l.stats().batches;
+    w.request(&small[0]).unwrap();
+    w.request(&small[1]).unwrap();
+    assert_eq!(l.stats().batches, b);
+    w.request(&small[2]).unwrap();
+    assert_eq!(l.stats().batches, b + 1);
+    for _ in 0..3 {
+        w.wait_get_timeout(Duration::from_secs(30)).unwrap().release();
+    }
+    l.shutdown().unwrap();
+}

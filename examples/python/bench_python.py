@@ -454,7 +454,7 @@ def main() -> int:
         "--window", type=int, default=0, help="requests in flight per worker (0 = the package default: sized from the files)"
     )
     ap.add_argument("--queue-depth", type=int, default=64)
-    ap.add_argument("--dispatch-n", type=int, default=8)
+    ap.add_argument("--dispatch-n", type=int, default=0, help="0 = the library's auto")
     ap.add_argument("--idle-iters", type=int, default=16)
     ap.add_argument("--loader-threads", type=int, default=0, help="0 = one per core")
     ap.add_argument("--ring-window", type=int, default=0, help="0 = engine default")

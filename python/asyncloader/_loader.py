@@ -91,7 +91,7 @@ class Loader:
     * ``n_workers`` - number of worker contexts (ids ``0..n_workers-1``).
     * ``dispatch_n`` - a batch is submitted once this many requests wait...
       (0, the default: 8 with loader threads; with the workers driving,
-      the worker's io_uring window, at most ``queue_depth``)
+      about 1 MiB of files, 8 up to the worker's io_uring window)
     * ``idle_iters`` (alias ``max_idle_iters``) - ...or after this many
       loader-loop passes without a new request.
     * ``direct`` - read with ``O_DIRECT`` (bypass the page cache).

@@ -42,9 +42,9 @@ pub struct al_config {
     /// Number of worker contexts (ids `0 .. n_workers - 1`).
     pub n_workers: u32,
     /// A batch is submitted once this many requests are waiting ... 0 = auto
-    /// (the default): 8 with loader threads; with the workers driving, the
-    /// worker's io_uring window (`ring_window`, 32 by default) but at most
-    /// `queue_depth`.
+    /// (the default): 8 with loader threads; with the workers driving, about
+    /// 1 MiB of files by the sizes loaded lately, 8 to the worker's io_uring
+    /// window (`ring_window`, 32 by default, at most `queue_depth`).
     pub dispatch_n: u32,
     /// ... or once the loader loop ran this many passes without a request.
     pub idle_iters: u32,

@@ -89,8 +89,7 @@ pub(super) fn print(
         dispatch_n,
         if o.dispatch_n == 0 {
             format!(
-                " (auto: {}; {} direct)",
-                "the workers' io_uring window, at most queue_depth, with the workers driving; 8 with loader threads",
+                " (auto, at most: ~1 MiB of files a batch, 8 to the io_uring window, with the workers driving; 8 with loader threads; {} direct)",
                 effective_dispatch_n(o, ds, true)
             )
         } else {
