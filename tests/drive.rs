@@ -902,7 +902,9 @@ fn auto_dispatch_batches_about_a_mib_by_the_sizes_loaded() {
     w.request(&small[2]).unwrap();
     assert_eq!(l.stats().batches, b + 1);
     for _ in 0..3 {
-        w.wait_get_timeout(Duration::from_secs(30)).unwrap().release();
+        w.wait_get_timeout(Duration::from_secs(30))
+            .unwrap()
+            .release();
     }
     l.shutdown().unwrap();
 }

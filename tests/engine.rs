@@ -925,61 +925,46 @@ fn fifo_with_a_silent_writer_does_not_block() {
     drop(writer);
 }
 
-#[test]
-fn terminal_with_nothing_to_read_does_not_block() {
-    // A pseudo-terminal with nothing to read.
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor.
-    let (master, tty) = unsafe {
+/// A fresh pseudo-terminal: its master end and the path of its other end.
+fn pty() -> (std::fs::File, PathBuf) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor,
+    // which the returned File owns from here on.
+    unsafe {
         let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
         assert!(m >= 0);
         assert_eq!(libc::grantpt(m), 0);
         assert_eq!(libc::unlockpt(m), 0);
         let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
         (
-            m,
-            std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
+            std::fs::File::from_raw_fd(m),
+            PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
                 name.as_bytes(),
             )),
         )
-    };
+    }
+}
+
+#[test]
+fn terminal_with_nothing_to_read_does_not_block() {
+    let (_master, tty) = pty();
     std::thread::sleep(Duration::from_millis(100));
     einval_at_once(&tty, "a terminal");
-    // SAFETY: closing the pty master we opened.
-    unsafe { libc::close(master) };
 }
 
 #[test]
 fn terminal_holding_a_line_is_not_a_file() {
+    use std::io::Write;
     // A line waiting in a terminal reads like a short file: a read returns
     // it, fewer bytes than asked and not a multiple of 4 KiB.
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on our own descriptor;
-    // the write names a live array.
-    let (master, tty) = unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(m >= 0);
-        assert_eq!(libc::grantpt(m), 0);
-        assert_eq!(libc::unlockpt(m), 0);
-        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
-        let line = b"a line of text\n";
-        assert_eq!(
-            libc::write(m, line.as_ptr().cast(), line.len()),
-            line.len() as isize
-        );
-        (
-            m,
-            std::path::PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked(
-                name.as_bytes(),
-            )),
-        )
-    };
+    let (mut master, tty) = pty();
+    master.write_all(b"a line of text\n").unwrap();
     let r = Running::new(cfg(1, 4), Mode::Threads);
     let w = r.worker(0);
     for _ in 0..3 {
         assert_eq!(load_one(&w, &tty), libc::EINVAL);
     }
     r.stop();
-    // SAFETY: closing the pty master we opened.
-    unsafe { libc::close(master) };
 }
 
 #[test]

@@ -59,6 +59,7 @@
 //! memory is never released, so no late write lands in freed memory.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
@@ -93,19 +94,11 @@ const CUR_POS: u64 = u64::MAX;
 /// kernel (then the optimistic chain needs its FADVISE guard: see
 /// `queue_fast`). Asked once per process, of a pipe reopened through
 /// `/proc/self/fd` (the same `fifo_open` as a named FIFO) with one byte in
-/// it: a read that is refused with `EOPNOTSUPP` says no. Anything unexpected
-/// (no /proc, an error) says yes, which keeps the guard.
+/// it. Anything unexpected (no /proc, an error) says yes, which keeps the
+/// guard.
 pub(crate) fn fifo_accepts_nowait() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    // 0: not asked yet; 1: accepts; 2: refuses. A race asks twice.
     static ANSWER: AtomicU8 = AtomicU8::new(0);
-    match ANSWER.load(Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
-    }
-    let refuses = (|| -> std::io::Result<bool> {
-        use std::os::fd::AsRawFd;
+    accepts_nowait_once(&ANSWER, || {
         use std::os::unix::fs::OpenOptionsExt;
         let (rd, wr) = std::io::pipe()?;
         std::io::Write::write_all(&mut &wr, b"x")?;
@@ -113,20 +106,8 @@ pub(crate) fn fifo_accepts_nowait() -> bool {
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(format!("/proc/self/fd/{}", rd.as_raw_fd()))?;
-        let mut byte = 0u8;
-        let iov = libc::iovec {
-            iov_base: (&raw mut byte).cast(),
-            iov_len: 1,
-        };
-        // SAFETY: one iovec naming one writable byte that outlives the
-        // call; the descriptor is open (owned by `fifo`).
-        let r = unsafe { libc::preadv2(fifo.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
-        let err = std::io::Error::last_os_error().raw_os_error();
-        Ok(r < 0 && err == Some(libc::EOPNOTSUPP))
-    })()
-    .unwrap_or(false);
-    ANSWER.store(if refuses { 2 } else { 1 }, Ordering::Relaxed);
-    !refuses
+        Ok(nowait_refused(&fifo))
+    })
 }
 
 /// Whether a terminal opened by path accepts `RWF_NOWAIT` reads on this
@@ -134,19 +115,12 @@ pub(crate) fn fifo_accepts_nowait() -> bool {
 /// its end; the optimistic chain without its probe read would take such a
 /// line for a whole file (see [`ProbePolicy`]). Asked once per process, of
 /// a fresh pseudo-terminal with a line in it, opened by its path like any
-/// file: `EOPNOTSUPP` says no. Anything unexpected says yes, which keeps
-/// the probe read in every chain.
+/// file. Anything unexpected says yes, which keeps the probe read in every
+/// chain.
 pub(crate) fn tty_accepts_nowait() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    // 0: not asked yet; 1: accepts; 2: refuses. A race asks twice.
     static ANSWER: AtomicU8 = AtomicU8::new(0);
-    match ANSWER.load(Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
-    }
-    let refuses = (|| -> std::io::Result<bool> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    accepts_nowait_once(&ANSWER, || {
+        use std::os::fd::{FromRawFd, OwnedFd};
         use std::os::unix::fs::OpenOptionsExt;
         // SAFETY: posix_openpt takes flags only; a descriptor it returns is
         // ours alone, owned by `master` from here on.
@@ -175,21 +149,40 @@ pub(crate) fn tty_accepts_nowait() -> bool {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(std::path::Path::new(path))?;
-        std::io::Write::write_all(&mut std::fs::File::from(master.try_clone()?), b"x\n")?;
-        let mut byte = [0u8; 8];
-        let iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: byte.len(),
-        };
-        // SAFETY: one iovec naming a writable array that outlives the call;
-        // the descriptor is open (owned by `tty`).
-        let r = unsafe { libc::preadv2(tty.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
-        let err = std::io::Error::last_os_error().raw_os_error();
-        Ok(r < 0 && err == Some(libc::EOPNOTSUPP))
-    })()
-    .unwrap_or(false);
-    ANSWER.store(if refuses { 2 } else { 1 }, Ordering::Relaxed);
+        let mut master = std::fs::File::from(master);
+        std::io::Write::write_all(&mut master, b"x\n")?;
+        // `master` stays open until the read is done.
+        Ok(nowait_refused(&tty))
+    })
+}
+
+/// Asks `refused` once per process, the answer kept in `answer` (0: not
+/// asked yet; 1: accepts; 2: refuses; a race asks twice). An error says
+/// "accepts", the cautious answer.
+fn accepts_nowait_once(answer: &AtomicU8, refused: impl FnOnce() -> std::io::Result<bool>) -> bool {
+    match answer.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let refuses = refused().unwrap_or(false);
+    answer.store(if refuses { 2 } else { 1 }, Ordering::Relaxed);
     !refuses
+}
+
+/// Whether a `RWF_NOWAIT` read of `f` (which has data waiting) is refused
+/// with `EOPNOTSUPP`: the file has no `FMODE_NOWAIT`.
+fn nowait_refused(f: &std::fs::File) -> bool {
+    let mut buf = [0u8; 8];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec naming a writable array that outlives the call; the
+    // descriptor is open (owned by `f`).
+    let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    r < 0 && err == Some(libc::EOPNOTSUPP)
 }
 
 /// Where a file's statx runs.
