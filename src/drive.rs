@@ -231,12 +231,17 @@ impl Driver {
     /// docs/bench.md).
     fn batch(&self, region: &Region) -> u32 {
         let cfg = region.cfg();
-        let window = cfg.ring_window.min(cfg.queue_depth).max(1);
+        let window = crate::config::auto_dispatch_n(
+            0,
+            crate::Drive::Worker,
+            cfg.ring_window,
+            cfg.queue_depth,
+        );
         let by_bytes = match self.avg_bytes {
             0 => 8,
             avg => (BATCH_BYTES / avg).min(u32::MAX as u64) as u32,
         };
-        by_bytes.clamp(8, window.max(8)).min(window)
+        by_bytes.max(8).min(window)
     }
 
     /// Files in the backend (submitted or queued in it).
