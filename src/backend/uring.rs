@@ -2,12 +2,14 @@
 //! descriptor slot, batched with the other files of the pass. Two chains:
 //!
 //! **The optimistic chain** (the common warm case: a buffered load, while it
-//! mostly works — see [`FastPolicy`]): `OPENAT(O_NONBLOCK)` → `FADVISE` →
-//! `READ(buf_len, RWF_NOWAIT)` → 1-byte `READ` probe → `CLOSE`, no statx
-//! first. It completes the file only when the result is unambiguous: some
-//! bytes within the limit, then end of file (the probe read returned 0).
+//! mostly works — see [`FastPolicy`]): `OPENAT(O_NONBLOCK)` →
+//! `READ(buf_len, RWF_NOWAIT)` → `CLOSE`, no statx first (plus a `FADVISE`
+//! guard where FIFOs accept `RWF_NOWAIT`, and a 1-byte probe `READ` while
+//! [`ProbePolicy`] asks for one). It completes the file only when the result
+//! is unambiguous: some bytes within the limit, then end of file (a count
+//! that only the end of the file explains, or the probe read returned 0).
 //! Anything else — not cached, a FIFO or a device, empty, too big, more
-//! behind the first read (procfs) — goes to the statx path.
+//! behind the first read — goes to the statx path.
 //!
 //! **The statx path** (cold data, `O_DIRECT`, everything the optimistic
 //! chain did not settle), two steps:
@@ -360,7 +362,7 @@ impl ProbePolicy {
 enum Step {
     /// A statx submitted to io_uring.
     Statx,
-    /// The optimistic chain: OPEN → FADVISE → READ → PROBE → CLOSE.
+    /// The optimistic chain: OPEN → (FADVISE) → READ → (PROBE) → CLOSE.
     Fast,
     /// OPEN → READ, then CLOSE when `with_close`.
     Chain,
