@@ -66,6 +66,21 @@ pub(crate) unsafe fn try_cstr<'a>(p: *const c_char) -> Result<&'a CStr, Errno> {
     Ok(unsafe { CStr::from_ptr(p) })
 }
 
+/// A path given as `len` bytes at `p`: as [`try_bytes`], except that a
+/// NULL path is `EINVAL` whatever `len` (no request names the empty path
+/// by NULL).
+///
+/// # Safety
+///
+/// As [`try_bytes`].
+pub(crate) unsafe fn try_path_bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8], Errno> {
+    if p.is_null() {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { try_bytes(p, len) }
+}
+
 /// `len` bytes at `p`; NULL is `EINVAL` unless `len` is 0.
 ///
 /// # Safety

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::entry::{al_batch_item, al_entry};
 use super::handles::Table;
 use super::panic::{Errno, ffi_boundary};
-use super::ptr::{put, put_span, try_bytes, try_cstr, try_out};
+use super::ptr::{put, put_span, try_bytes, try_cstr, try_out, try_path_bytes};
 
 use crate::error::Result;
 use crate::loader::LoaderState;
@@ -185,11 +185,8 @@ pub unsafe extern "C" fn al_worker_request_bytes(
     ffi_boundary!(int {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        if path.is_null() {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: non-NULL and `len` readable bytes (caller).
-        let p = unsafe { try_bytes(path, len) }?;
+        // SAFETY: NULL or `len` readable bytes (caller).
+        let p = unsafe { try_path_bytes(path, len) }?;
         Ok(w.payload().request_bytes(p)?)
     })
 }
@@ -212,11 +209,8 @@ pub unsafe extern "C" fn al_worker_request_tagged(
     ffi_boundary!(int {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        if path.is_null() {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: non-NULL and `len` readable bytes (caller).
-        let p = unsafe { try_bytes(path, len) }?;
+        // SAFETY: NULL or `len` readable bytes (caller).
+        let p = unsafe { try_path_bytes(path, len) }?;
         Ok(w.payload().request_tagged(p, tag)?)
     })
 }
@@ -278,11 +272,8 @@ pub unsafe extern "C" fn al_worker_request_range_bytes(
     ffi_boundary!(int {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        if path.is_null() {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: non-NULL and `path_len` readable bytes (caller).
-        let p = unsafe { try_bytes(path, path_len) }?;
+        // SAFETY: NULL or `path_len` readable bytes (caller).
+        let p = unsafe { try_path_bytes(path, path_len) }?;
         Ok(w.payload().request_range_tagged(p, offset, len, tag)?)
     })
 }
@@ -340,11 +331,8 @@ pub unsafe extern "C" fn al_worker_request_into(
     ffi_boundary!(int {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        if path.is_null() {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: non-NULL and `path_len` readable bytes (caller).
-        let p = unsafe { try_bytes(path, path_len) }?;
+        // SAFETY: NULL or `path_len` readable bytes (caller).
+        let p = unsafe { try_path_bytes(path, path_len) }?;
         let dest = Dest {
             mem,
             offset: dst_offset,
@@ -418,11 +406,11 @@ pub unsafe extern "C" fn al_worker_request_ranges(
         counted(count, |done| {
             // SAFETY: the caller's promise.
             let w = unsafe { handle(w) }?;
-            if path.is_null() || (ranges.is_null() && n != 0) {
+            if ranges.is_null() && n != 0 {
                 return Err(Errno::INVAL);
             }
-            // SAFETY: non-NULL and `path_len` readable bytes (caller).
-            let p = unsafe { try_bytes(path, path_len) }?;
+            // SAFETY: NULL or `path_len` readable bytes (caller).
+            let p = unsafe { try_path_bytes(path, path_len) }?;
             let ranges = if n == 0 {
                 &[][..]
             } else {
