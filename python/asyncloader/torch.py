@@ -616,7 +616,17 @@ def _load_packed(ds: Any, worker: _worker.Worker, idx: List[int], request: Calla
 # ---------------------------------------------------------------------------
 
 
-class FileDataset(_LoaderMixin, _Dataset):
+class _MapStyle:
+    """``__getitem__`` of the map-style datasets: a batch of one."""
+
+    def __getitem__(self, index: int) -> Any:
+        out = self.__getitems__([index])
+        if not out:
+            raise KeyError(f"sample {index} was skipped (on_error)")
+        return out[0]
+
+
+class FileDataset(_MapStyle, _LoaderMixin, _Dataset):
     """A map-style dataset: sample ``i`` is ``transform(bytes of paths[i])``
     (the bytes themselves without a transform).
 
@@ -699,12 +709,6 @@ class FileDataset(_LoaderMixin, _Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def __getitem__(self, index: int) -> Any:
-        out = self.__getitems__([index])
-        if not out:
-            raise KeyError(f"sample {index} was skipped (on_error)")
-        return out[0]
 
     def __getitems__(self, indices: Sequence[int]) -> List[Any]:
         """The samples of ``indices``, in that order (one batched request).
@@ -966,7 +970,7 @@ def _range_requester(worker: _worker.Worker, items: Sequence[Tuple[Any, int, int
     return request
 
 
-class RangeDataset(_LoaderMixin, _Dataset):
+class RangeDataset(_MapStyle, _LoaderMixin, _Dataset):
     """A map-style dataset over byte ranges: sample ``i`` is
     ``transform(length bytes of path at offset)`` for ``items[i] = (path,
     offset, length)`` - samples stored inside larger files: tar shards
@@ -1029,12 +1033,6 @@ class RangeDataset(_LoaderMixin, _Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        out = self.__getitems__([index])
-        if not out:
-            raise KeyError(f"sample {index} was skipped (on_error)")
-        return out[0]
 
     def __getitems__(self, indices: Sequence[int]) -> List[Any]:
         """The samples of ``indices``, in that order: the batch's ranges
