@@ -17,10 +17,8 @@ if os.environ.get("ASYNCLOADER_REQUIRE_TORCH") == "1":  # scripts/torch-venv.sh
 else:
     torch = pytest.importorskip("torch")
 from torch.utils.data import (  # noqa: E402
-    BatchSampler,
     DataLoader,
     DistributedSampler,
-    RandomSampler,
     SequentialSampler,
 )
 
@@ -32,6 +30,7 @@ from asyncloader.torch import (  # noqa: E402
     ShardedFileIterable,
 )
 from conftest import make_files  # noqa: E402
+from _torch_helpers import as_list, explode, fixed_batches, replace_with_marker, tagged  # noqa: E402
 
 N = 300
 BATCH = 32
@@ -42,31 +41,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchdata")
     files = make_files(root, N, lo=0, hi=40000, seed=7)
     return sorted(files), files
-
-
-def as_list(batch):
-    """collate_fn: the samples of a batch as a list (bytes stay bytes)."""
-    return list(batch)
-
-
-def tagged(data):
-    """Picklable transform (spawn): the sample with its length."""
-    return (len(data), data)
-
-
-def explode(data):
-    if len(data) % 7 == 3:
-        raise ValueError("transform failed on purpose")
-    return data
-
-
-def replace_with_marker(path, exc):
-    return b"missing:" + os.path.basename(path).encode() + b":" + str(exc.errno).encode()
-
-
-def fixed_batches(n, seed, bs=BATCH):
-    g = torch.Generator().manual_seed(seed)
-    return [list(b) for b in BatchSampler(RandomSampler(range(n), generator=g), bs, False)]
 
 
 def check_batches(loader, batches, paths, files):
@@ -95,7 +69,7 @@ def test_shuffle_in_main_process_and_two_fork_workers(data):
             seen = [s for b in dl for s in b]
             assert sorted(seen) == sorted(files.values())
             # exact order: batches given up front
-            batches = fixed_batches(N, seed=nw)
+            batches = fixed_batches(N, seed=nw, bs=BATCH)
             dl = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=as_list,
                             multiprocessing_context="fork" if nw else None)
             check_batches(dl, batches, paths, files)
@@ -107,7 +81,7 @@ def test_shuffle_in_main_process_and_two_fork_workers(data):
 def test_spawn_and_forkserver_workers(data, method):
     paths, files = data
     with FileDataset(paths, transform=tagged) as ds:
-        batches = fixed_batches(N, seed=11)
+        batches = fixed_batches(N, seed=11, bs=BATCH)
         dl = DataLoader(ds, batch_sampler=batches, num_workers=2, collate_fn=as_list,
                         multiprocessing_context=method)
         got = list(dl)
@@ -178,7 +152,7 @@ def all_taken(ds):
 def test_packed_batches_are_exact_in_process_and_through_workers(data, method):
     paths, files = data
     with FileDataset(paths, packed=True) as ds:
-        batches = fixed_batches(N, seed=3)
+        batches = fixed_batches(N, seed=3, bs=BATCH)
         for nw in (0, 2):
             dl = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=collate_bytes,
                             multiprocessing_context=method if nw else None)

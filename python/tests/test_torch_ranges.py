@@ -16,9 +16,10 @@ if os.environ.get("ASYNCLOADER_REQUIRE_TORCH") == "1":  # scripts/torch-venv.sh
     import torch
 else:
     torch = pytest.importorskip("torch")
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from asyncloader.tar_index import tar_members as tar_members_plain  # noqa: E402
+from _torch_helpers import as_list, explode, fixed_batches, replace_with_marker, tagged  # noqa: E402
 from asyncloader.torch import (  # noqa: E402
     SKIP,
     BatchLoadError,
@@ -73,29 +74,6 @@ def shards(tmp_path_factory):
     return items, [want[(p, off)] for p, off, _n in items]
 
 
-def as_list(batch):
-    return list(batch)
-
-
-def tagged(data):
-    return (len(data), data)
-
-
-def explode(data):
-    if len(data) % 7 == 3:
-        raise ValueError("transform failed on purpose")
-    return data
-
-
-def replace_with_marker(path, exc):
-    return b"missing:" + os.path.basename(path).encode() + b":" + str(exc.errno).encode()
-
-
-def fixed_batches(n, seed, bs=BATCH):
-    g = torch.Generator().manual_seed(seed)
-    return [list(b) for b in BatchSampler(RandomSampler(range(n), generator=g), bs, False)]
-
-
 def unpacked(dl):
     return [[bytes(buf[off[i]:off[i + 1]].numpy()) for i in range(len(off) - 1)] for buf, off in dl]
 
@@ -142,7 +120,7 @@ def test_batches_in_process_and_two_fork_workers_shuffled(shards):
                             collate_fn=as_list, multiprocessing_context=ctx)
             seen = [s for b in dl for s in b]
             assert sorted(seen) == sorted(want)
-            batches = fixed_batches(N, seed=nw)  # exact order: batches given up front
+            batches = fixed_batches(N, seed=nw, bs=BATCH)  # exact order: batches given up front
             dl = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=as_list,
                             multiprocessing_context=ctx)
             got = list(dl)
@@ -171,7 +149,7 @@ def test_spawn_workers_with_a_transform_and_a_small_queue(shards):
 def test_packed_batches(shards, method):
     items, want = shards
     with RangeDataset(items, packed=True) as ds:
-        batches = fixed_batches(N, seed=3)
+        batches = fixed_batches(N, seed=3, bs=BATCH)
         for nw in (0, 2):
             dl = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=collate_bytes,
                             multiprocessing_context=method if nw else None)
