@@ -1,7 +1,6 @@
 //! The files of a bench run and the memory its asyncloader buffers may
 //! take.
 
-use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -106,8 +105,6 @@ pub(super) struct DataSet {
     pub(super) cap: u64,
     /// Indices whose bytes are checked: every 97th, the first and the last.
     pub(super) sample: Vec<u32>,
-    /// Path bytes of each sampled file → its index.
-    pub(super) sample_of: HashMap<Vec<u8>, u32>,
 }
 
 impl DataSet {
@@ -185,10 +182,6 @@ impl DataSet {
         if sample.last() != Some(&(n - 1)) {
             sample.push(n - 1);
         }
-        let sample_of = sample
-            .iter()
-            .map(|&i| (keep[i as usize].as_os_str().as_bytes().to_vec(), i))
-            .collect();
         Ok(DataSet {
             root,
             files: keep,
@@ -198,7 +191,6 @@ impl DataSet {
             left_out,
             cap,
             sample,
-            sample_of,
         })
     }
 }

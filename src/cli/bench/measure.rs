@@ -43,18 +43,10 @@ impl Part {
         }
     }
 
-    pub(super) fn loaded(&mut self, ds: &DataSet, path: &[u8], data: &[u8], lat: u64) {
-        self.ok += 1;
-        self.bytes += data.len() as u64;
-        self.lat.push(lat);
-        if let Some(&i) = ds.sample_of.get(path) {
-            self.samples
-                .push((i, data.len() as u64, sys::hash_bytes(data)));
-        }
-    }
-
-    /// `loaded` for a row that knows the file's index: the sample check is
-    /// a binary search of `ds.sample`, not a lookup by path.
+    /// File `i` of `ds` loaded as `data`: counted, and hashed if it is one
+    /// of the sampled files (a binary search of `ds.sample`). Every row
+    /// knows its files' indices (the asyncloader rows as the requests'
+    /// tags), so all pay the same bookkeeping per file.
     pub(super) fn loaded_at(&mut self, ds: &DataSet, i: usize, data: &[u8], lat: u64) {
         self.ok += 1;
         self.bytes += data.len() as u64;

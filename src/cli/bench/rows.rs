@@ -35,7 +35,7 @@ fn read_files(ds: &DataSet, next: &AtomicUsize, pb: &ProgressBar) -> Part {
         let lat = sys::now_ns() - t;
         let pb_ = p.as_os_str().as_bytes();
         match r {
-            Ok(d) => part.loaded(ds, pb_, &d, lat),
+            Ok(d) => part.loaded_at(ds, i, &d, lat),
             Err(e) => part.failed(pb_, e, lat),
         }
         ticks.step();
@@ -83,7 +83,8 @@ fn load_with_worker(w: &Worker, ds: &DataSet, next: &AtomicUsize, pb: &ProgressB
     let take = |e: asyncloader::Entry, part: &mut Part| {
         let lat = e.latency_ns();
         match e.error() {
-            0 => part.loaded(ds, e.path_bytes(), e.data(), lat),
+            // The tag is the file's index, as the other rows know theirs.
+            0 => part.loaded_at(ds, e.tag() as usize, e.data(), lat),
             err => part.failed(e.path_bytes(), std::io::Error::from_raw_os_error(err), lat),
         }
         e.release();
@@ -104,7 +105,7 @@ fn load_with_worker(w: &Worker, ds: &DataSet, next: &AtomicUsize, pb: &ProgressB
                     }
                 },
             };
-            match w.request(&ds.files[i]) {
+            match w.request_tagged(ds.files[i].as_os_str().as_bytes(), i as u64) {
                 Ok(()) => outstanding += 1,
                 Err(e) if e.kind() == ErrorKind::QueueFull => {
                     pending = Some(i);
