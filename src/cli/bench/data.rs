@@ -31,6 +31,8 @@ pub(super) struct Budget {
     pub(super) total: u64,
     /// `workers x queue_depth`.
     pub(super) entries: u64,
+    /// How `entries` was counted, for the output.
+    pub(super) entries_how: String,
     /// Largest file loaded: `total / entries` in whole 4 KiB pages, less
     /// one page (the buffer holds one byte more than `max_file_size` to
     /// detect a larger file), at most `limits::MAX_FILE_SIZE`.
@@ -38,7 +40,15 @@ pub(super) struct Budget {
 }
 
 impl Budget {
-    pub(super) fn new(workers: u32, queue_depth: u32, chosen: Option<u64>) -> Res<Budget> {
+    /// `queue_depth`: the one given, or for an automatic one the deepest
+    /// it may pick (`auto_qd`), as the cap is chosen before the files are
+    /// listed.
+    pub(super) fn new(
+        workers: u32,
+        queue_depth: u32,
+        auto_qd: bool,
+        chosen: Option<u64>,
+    ) -> Res<Budget> {
         let (available, source) = sys::available_memory();
         let total = chosen.unwrap_or(available / MEMORY_SHARE);
         let how = match chosen {
@@ -46,6 +56,13 @@ impl Budget {
             None => format!("{source} {} / {MEMORY_SHARE}", human(available)),
         };
         let entries = workers as u64 * queue_depth as u64;
+        let entries_how = if auto_qd {
+            format!(
+                "{workers} workers x queue_depth {queue_depth}, the deepest an automatic queue_depth picks"
+            )
+        } else {
+            format!("{workers} workers x queue_depth {queue_depth}")
+        };
         // A whole number of pages per entry; the cap is one page less, a
         // round figure whose buffer (one byte more, rounded up to a page,
         // see `config::buffer_size`) is exactly `per_entry`.
@@ -66,6 +83,7 @@ impl Budget {
             how,
             total,
             entries,
+            entries_how,
             cap,
         })
     }
@@ -74,12 +92,13 @@ impl Budget {
     pub(super) fn explain(&self) -> String {
         format!(
             "asyncloader buffers capped at {} per entry: the smaller of {} (the largest file the library loads, \
-             config::limits::MAX_FILE_SIZE) and a memory budget of {} ({}) over {} entries (workers x queue_depth)",
+             config::limits::MAX_FILE_SIZE) and a memory budget of {} ({}) over {} entries ({})",
             human(self.cap),
             human(limits::MAX_FILE_SIZE),
             human(self.total),
             self.how,
-            self.entries
+            self.entries,
+            self.entries_how
         )
     }
 }

@@ -182,6 +182,7 @@ fn validate(o: &Opts) -> Res<Budget> {
     // The smallest buffer: every limit but the buffer size is checked here;
     // the size is bounded by the budget below (for the deepest queue an
     // automatic queue_depth may pick).
+    let auto_qd = o.queue_depth == 0;
     let o = &Opts {
         queue_depth: if o.queue_depth == 0 {
             AUTO_QD_MAX
@@ -201,7 +202,7 @@ fn validate(o: &Opts) -> Res<Budget> {
         };
         return Err(format!("{flag}: {e}"));
     }
-    Budget::new(o.workers, o.queue_depth, o.memory_budget)
+    Budget::new(o.workers, o.queue_depth, auto_qd, o.memory_budget)
 }
 
 /// Bytes of files a worker keeps outstanding with an automatic
